@@ -1,0 +1,118 @@
+"""``chat``: rooms of named users, with history, over the gateway's broker.
+
+Connect to ``/chat?room=lobby&name=alice``. Plain text, or ``{"type": "message",
+"text": "..."}``, is a message to the room. The server sends JSON: ``welcome`` and
+``history`` on connect; ``join``, ``leave`` and ``message`` to the room; ``error``
+to one client. Message ids count up per room, across instances when the broker is
+Redis. A taken name gets a numeric suffix (``alice-2``); the welcome says which.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from wsgate import Connection, Handler, Message
+
+_ROOM = re.compile(r"^[\w.-]{1,64}$")
+_MAX_NAME = 32
+
+
+class ChatOptions(BaseModel):
+    """Options of the chat handler."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    history: int = Field(default=50, ge=0, le=10_000, description="messages kept per room and sent on join")
+    max_text: int = Field(default=2000, gt=0, description="longest message text accepted, in characters")
+    default_room: str = Field(default="lobby", pattern=_ROOM.pattern)
+
+
+class ChatInputError(ValueError):
+    """A client message the chat cannot take; its text goes back to the client."""
+
+
+def parse_client_message(raw: str, max_text: int) -> str:
+    """The text of a client message: plain text or ``{"type": "message", "text": ...}``."""
+    text: Any = raw
+    if raw.lstrip().startswith("{"):
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict):
+            if obj.get("type", "message") != "message" or not isinstance(obj.get("text"), str):
+                raise ChatInputError('send plain text or {"type": "message", "text": "..."}')
+            text = obj["text"]
+    if not text.strip():
+        raise ChatInputError("empty message")
+    if len(text) > max_text:
+        raise ChatInputError(f"message too long: {len(text)} characters, at most {max_text}")
+    return str(text)
+
+
+def clean_name(requested: str | None) -> str:
+    """A display name from the query, or a generated ``guest-xxxx``."""
+    name = " ".join((requested or "").split())[:_MAX_NAME]
+    return name or f"guest-{secrets.token_hex(2)}"
+
+
+def candidate_names(name: str) -> list[str]:
+    """``alice``, then ``alice-2`` ... ``alice-20``: what to try until one is free."""
+    return [name] + [f"{name}-{n}" for n in range(2, 21)]
+
+
+class Chat(Handler):
+    """Multi-room chat; rooms are broker topics, so instances sharing Redis share rooms."""
+
+    Options = ChatOptions
+    accepts = "text"
+    policy_defaults = {"rate_limit": {"messages": 20, "per": 1.0, "burst": 40}}
+    options: ChatOptions
+
+    async def on_connect(self, conn: Connection) -> None:
+        ctx = self.context
+        room = conn.query.get("room") or self.options.default_room
+        if not _ROOM.match(room):
+            await conn.send_json({"type": "error", "error": "room names are 1-64 letters, digits, '.', '_' or '-'"})
+            await conn.close(1008, "bad room name")
+            return
+        for name in candidate_names(clean_name(conn.query.get("name"))):
+            if await ctx.claim(room, name):
+                break
+        else:
+            await conn.send_json({"type": "error", "error": "that name is taken in this room"})
+            await conn.close(1008, "name taken")
+            return
+        conn.state["chat"] = (room, name)
+        await ctx.subscribe(conn, room)
+        users = await ctx.members(room)
+        await conn.send_json({"type": "welcome", "name": name, "room": room, "users": users})
+        await conn.send_json({"type": "history", "messages": await ctx.history(room, self.options.history)})
+        await self._announce("join", room, name, users)
+
+    async def on_message(self, conn: Connection, message: Message) -> None:
+        room, name = conn.state["chat"]
+        try:
+            text = parse_client_message(str(message), self.options.max_text)
+        except ChatInputError as exc:
+            await conn.send_json({"type": "error", "error": str(exc)})
+            return
+        event = {"type": "message", "room": room, "from": name, "text": text, "ts": round(time.time(), 3)}
+        await self.context.publish_numbered(room, event, keep=self.options.history)
+
+    async def on_disconnect(self, conn: Connection, code: int) -> None:
+        if "chat" not in conn.state:
+            return
+        room, name = conn.state["chat"]
+        await self.context.release(room, name)
+        await self._announce("leave", room, name, await self.context.members(room))
+
+    async def _announce(self, kind: str, room: str, name: str, users: list[str]) -> None:
+        event = {"type": kind, "name": name, "users": users}
+        await self.context.publish(room, json.dumps(event, separators=(",", ":")))

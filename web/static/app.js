@@ -1,0 +1,267 @@
+"use strict";
+
+(() => {
+  const ui = Object.fromEntries(
+    [
+      "endpointPicker", "connectionUrl", "chatOptions", "room", "name", "subprotocolOptions",
+      "subprotocol", "connectForm", "connectButton", "stateLabel", "sendForm", "sendMessage",
+      "sendButton", "closeForm", "closeCode", "closeReason", "closeButton", "commsLogBody",
+      "commsLogEmpty", "clearLogButton"
+    ].map((id) => [id, document.getElementById(id)]),
+  );
+
+  const REFUSED_MESSAGE =
+    "Could not connect: the server refused the WebSocket handshake " +
+    "(check the endpoint's allowed origins, or that the path is a WebSocket endpoint).";
+
+  let socket = null;
+  let wasOpened = false;
+  let closeRequest = null; // { code, reason } when the user pressed "Close Socket"
+
+  /* ---------- endpoint selection and URL building ---------- */
+
+  function selectedEndpoint() {
+    const option = ui.endpointPicker.selectedOptions[0];
+    if (!option) return null;
+    return {
+      path: option.value,
+      handler: option.dataset.handler || "",
+      subprotocols: (option.dataset.subprotocols || "").split(" ").filter(Boolean),
+    };
+  }
+
+  const isChatSelected = () => selectedEndpoint()?.handler === "chat";
+
+  function socketUrlFor(path) {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    return `${scheme}//${location.host}${path}`;
+  }
+
+  function withChatParams(text) {
+    if (!isChatSelected()) return text;
+    let url;
+    try {
+      url = new URL(text);
+    } catch {
+      return text; // leave hand-edited, unparsable URLs alone
+    }
+    for (const input of [ui.room, ui.name]) {
+      const value = input.value.trim();
+      if (value) url.searchParams.set(input.id, value);
+      else url.searchParams.delete(input.id);
+    }
+    return url.href;
+  }
+
+  function fillSubprotocols(list) {
+    const options = list.map((p) => new Option(p, p));
+    ui.subprotocol.replaceChildren(new Option("(none)", ""), ...options);
+    ui.subprotocol.value = list.length ? list[0] : "";
+    ui.subprotocolOptions.hidden = list.length === 0;
+  }
+
+  function onEndpointChange() {
+    const endpoint = selectedEndpoint();
+    ui.chatOptions.hidden = !isChatSelected();
+    fillSubprotocols(endpoint ? endpoint.subprotocols : []);
+    if (endpoint) ui.connectionUrl.value = withChatParams(socketUrlFor(endpoint.path));
+  }
+
+  /* ---------- state and controls ---------- */
+
+  const isOpen = () => socket !== null && socket.readyState === WebSocket.OPEN;
+  const isIdle = () => socket === null || socket.readyState === WebSocket.CLOSED;
+  const lockedWhileConnected = () =>
+    [ui.connectionUrl, ui.endpointPicker, ui.room, ui.name, ui.subprotocol];
+
+  function updateControls() {
+    const idle = isIdle();
+    ui.connectButton.disabled = !idle;
+    for (const el of lockedWhileConnected()) el.disabled = !idle;
+    ui.sendButton.disabled = !isOpen();
+    ui.closeButton.disabled = !isOpen();
+  }
+
+  function setState(text, state) {
+    ui.stateLabel.textContent = text;
+    document.body.dataset.socketState = state;
+    updateControls();
+  }
+
+  /* ---------- communication log ---------- */
+
+  function addRow(kind, from, to, text, extra = {}) {
+    ui.commsLogEmpty.hidden = true;
+    const row = ui.commsLogBody.insertRow();
+    row.dataset.kind = kind;
+    if (extra.type) row.dataset.type = extra.type;
+    for (const value of [from, to, text]) row.insertCell().textContent = value;
+    if (extra.title) row.cells[2].title = extra.title;
+    const scroller = ui.commsLogBody.closest(".log-scroll");
+    if (scroller) scroller.scrollTop = scroller.scrollHeight;
+  }
+
+  const str = (value) => (value === undefined || value === null ? "?" : String(value));
+  const userList = (users) => (Array.isArray(users) ? users.join(", ") : "");
+  const chatLine = (m) => `[${str(m.room)}] ${str(m.from)}: ${str(m.text)}`;
+  const timeOf = (ts) => (typeof ts === "number" ? new Date(ts * 1000).toLocaleString() : "");
+
+  const FORMATTERS = {
+    welcome: (m) => `welcome ${str(m.name)} to ${str(m.room)} (users: ${userList(m.users)})`,
+    join: (m) => `${str(m.name)} joined (users: ${userList(m.users)})`,
+    leave: (m) => `${str(m.name)} left (users: ${userList(m.users)})`,
+    message: chatLine,
+    error: (m) => `error: ${str(m.error)}`,
+    publish: (m) =>
+      `[${str(m.room)}] published: ${typeof m.data === "string" ? m.data : JSON.stringify(m.data)}`,
+    dropped: (m) => `dropped ${str(m.count)} message(s): this client was too slow`,
+  };
+
+  function parseTyped(text) {
+    if (!text.trimStart().startsWith("{")) return null;
+    try {
+      const value = JSON.parse(text);
+      return value && typeof value.type === "string" ? value : null;
+    } catch {
+      return null;
+    }
+  }
+
+  const describeBinary = (data) => `<binary ${data.byteLength ?? data.size} bytes>`;
+
+  function logReceived(text, extra) {
+    addRow("received", "Server", "Client", text, extra);
+  }
+
+  function logHistory(msg) {
+    const list = Array.isArray(msg.messages) ? msg.messages : [];
+    logReceived(`history: ${list.length} messages`, { type: "history" });
+    for (const m of list) {
+      const isObject = m !== null && typeof m === "object";
+      const text = isObject ? chatLine(m) : JSON.stringify(m);
+      logReceived(text, { type: "history-message", title: isObject ? timeOf(m.ts) : "" });
+    }
+  }
+
+  function onMessage(event) {
+    if (typeof event.data !== "string") return logReceived(describeBinary(event.data));
+    const msg = parseTyped(event.data);
+    if (msg && msg.type === "history") return logHistory(msg);
+    const format = msg && FORMATTERS[msg.type];
+    if (!format) return logReceived(event.data);
+    logReceived(format(msg), { type: msg.type, title: timeOf(msg.ts) });
+  }
+
+  /* ---------- socket lifecycle ---------- */
+
+  function onOpen() {
+    wasOpened = true;
+    setState("Open", "open");
+    const proto = socket.protocol ? ` (subprotocol: ${socket.protocol})` : "";
+    addRow("open", "Server", "Client", `Connection opened${proto}`);
+    ui.sendMessage.focus();
+  }
+
+  // Browsers report the code/reason of the server's close frame; servers often answer a
+  // client close with a bare 1000, so show what the user asked for when they closed.
+  function closeSummary(event) {
+    const req = closeRequest;
+    const code = req ? req.code : event.code;
+    const reason = (req ? req.reason : event.reason) || "(none)";
+    const note = req && req.code !== event.code ? ` [browser reported code ${event.code}]` : "";
+    return { code, reason, note };
+  }
+
+  function onClose(event) {
+    const { code, reason, note } = closeSummary(event);
+    if (wasOpened) {
+      setState(`Closed. Code: ${code}, Reason: ${reason}${note}`, "closed");
+    } else {
+      addRow("error", "Client", "Server", REFUSED_MESSAGE);
+      setState(`Closed. Code: ${event.code}, Reason: could not connect`, "failed");
+    }
+    const [from, to] = closeRequest ? ["Client", "Server"] : ["Server", "Client"];
+    addRow("close", from, to, `Connection closed. Code: ${code}. Reason: ${reason}${note}`);
+  }
+
+  function onError() {
+    // Before "open" the close handler explains the failure; avoid a duplicate row.
+    if (wasOpened) addRow("error", "Server", "Client", "WebSocket error (the connection failed).");
+  }
+
+  function connect() {
+    if (!isIdle()) return;
+    const url = ui.connectionUrl.value.trim();
+    const protocol = ui.subprotocolOptions.hidden ? "" : ui.subprotocol.value;
+    let ws;
+    try {
+      ws = protocol ? new WebSocket(url, protocol) : new WebSocket(url);
+    } catch (err) {
+      addRow("error", "Client", "Server", `Invalid connection URL: ${err.message}`);
+      return;
+    }
+    ws.binaryType = "arraybuffer";
+    socket = ws;
+    wasOpened = false;
+    closeRequest = null;
+    const current = (handler) => (event) => ws === socket && handler(event);
+    ws.addEventListener("open", current(onOpen));
+    ws.addEventListener("message", current(onMessage));
+    ws.addEventListener("error", current(onError));
+    ws.addEventListener("close", current(onClose));
+    setState("Connecting…", "connecting");
+  }
+
+  function send() {
+    if (!isOpen()) return;
+    const text = ui.sendMessage.value;
+    socket.send(text);
+    addRow("sent", "Client", "Server", text);
+    ui.sendMessage.value = "";
+    ui.sendMessage.focus();
+  }
+
+  function closeSocket() {
+    if (!isOpen()) return;
+    const raw = ui.closeCode.value.trim();
+    const code = raw === "" ? 1000 : Number(raw);
+    try {
+      if (!Number.isInteger(code)) throw new Error(`"${raw}" is not a whole number.`);
+      socket.close(code, ui.closeReason.value);
+    } catch (err) {
+      addRow("error", "Client", "Server", `Cannot close with code ${raw}: ${err.message}`);
+      return;
+    }
+    closeRequest = { code, reason: ui.closeReason.value };
+    setState("Closing…", "closing");
+  }
+
+  /* ---------- wiring ---------- */
+
+  function onSubmit(form, action) {
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      action();
+    });
+  }
+
+  function init() {
+    ui.endpointPicker.addEventListener("change", onEndpointChange);
+    for (const input of [ui.room, ui.name]) {
+      input.addEventListener("input", () => {
+        ui.connectionUrl.value = withChatParams(ui.connectionUrl.value);
+      });
+    }
+    onSubmit(ui.connectForm, connect);
+    onSubmit(ui.sendForm, send);
+    onSubmit(ui.closeForm, closeSocket);
+    ui.clearLogButton.addEventListener("click", () => {
+      ui.commsLogBody.replaceChildren();
+      ui.commsLogEmpty.hidden = false;
+    });
+    onEndpointChange();
+    setState("Ready to connect…", "idle");
+  }
+
+  init();
+})();

@@ -1,0 +1,28 @@
+"""wsgate: a config-driven WebSocket gateway.
+
+The plugin API is everything exported here: subclass ``Handler``, talk to clients
+through ``Connection``, reach the endpoint's other clients and the broker through
+``Context``. See the README and docs/handlers.md.
+"""
+
+from __future__ import annotations
+
+from .connection import Connection
+from .errors import BrokerError, ConfigError, ConfigProblem, ConnectionClosed, HandlerLoadError, WsgateError
+from .handler import Context, Handler, Message, NoOptions
+
+__all__ = [
+    "BrokerError",
+    "ConfigError",
+    "ConfigProblem",
+    "Connection",
+    "ConnectionClosed",
+    "Context",
+    "Handler",
+    "HandlerLoadError",
+    "Message",
+    "NoOptions",
+    "WsgateError",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,58 @@
+"""The broker interface: the only way messages cross gateway instances."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+__all__ = ["Broker", "Delivery"]
+
+Delivery = Callable[[bytes], None]
+
+
+class Broker(ABC):
+    """Pub/sub plus the little shared state chat-like handlers need.
+
+    Every instance subscribes to a channel at most once (the hub fans out locally), so
+    a broker keeps one delivery callback per channel. ``publish_numbered`` must assign
+    the number and publish as one atomic step, so that subscribers see numbers in order.
+    """
+
+    name: str = "broker"
+
+    async def start(self) -> None:
+        """Connect; raise BrokerError if the broker cannot be reached at all."""
+
+    async def close(self) -> None:
+        """Disconnect and stop delivering."""
+
+    @property
+    def healthy(self) -> bool:
+        """False while the broker is unreachable (readiness reports 503)."""
+        return True
+
+    @abstractmethod
+    async def subscribe(self, channel: str, deliver: Delivery) -> None: ...
+
+    @abstractmethod
+    async def unsubscribe(self, channel: str) -> None: ...
+
+    @abstractmethod
+    async def publish(self, channel: str, payload: bytes) -> None: ...
+
+    @abstractmethod
+    async def publish_numbered(self, channel: str, head: bytes, tail: bytes, keep: int) -> int:
+        """Publish ``head + str(n) + tail`` where n is the channel's next number (from 1)."""
+
+    @abstractmethod
+    async def history(self, channel: str, limit: int) -> list[bytes]:
+        """The last ``limit`` numbered payloads, oldest first."""
+
+    @abstractmethod
+    async def claim(self, key: str, member: str) -> bool: ...
+
+    @abstractmethod
+    async def release(self, key: str, member: str) -> None: ...
+
+    @abstractmethod
+    async def members(self, key: str) -> list[str]: ...

@@ -1,0 +1,67 @@
+"""The embedded broker: one process, no network, delivery in the publishing call."""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+
+from .base import Broker, Delivery
+
+__all__ = ["MemoryBroker"]
+
+
+class MemoryBroker(Broker):
+    """In-process pub/sub, counters, history and presence. The default broker."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self._subscribers: dict[str, Delivery] = {}
+        self._counters: defaultdict[str, int] = defaultdict(int)
+        self._history: dict[str, deque[bytes]] = {}
+        self._presence: defaultdict[str, set[str]] = defaultdict(set)
+
+    async def subscribe(self, channel: str, deliver: Delivery) -> None:
+        self._subscribers[channel] = deliver
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._subscribers.pop(channel, None)
+
+    async def publish(self, channel: str, payload: bytes) -> None:
+        deliver = self._subscribers.get(channel)
+        if deliver is not None:
+            deliver(payload)
+
+    async def publish_numbered(self, channel: str, head: bytes, tail: bytes, keep: int) -> int:
+        self._counters[channel] += 1
+        number = self._counters[channel]
+        payload = head + str(number).encode() + tail
+        if keep > 0:
+            kept = self._history.get(channel)
+            if kept is None or kept.maxlen != keep:
+                kept = self._history[channel] = deque(kept or (), maxlen=keep)
+            kept.append(payload)
+        await self.publish(channel, payload)
+        return number
+
+    async def history(self, channel: str, limit: int) -> list[bytes]:
+        kept = self._history.get(channel)
+        if not kept or limit <= 0:
+            return []
+        return list(kept)[-limit:]
+
+    async def claim(self, key: str, member: str) -> bool:
+        members = self._presence[key]
+        if member in members:
+            return False
+        members.add(member)
+        return True
+
+    async def release(self, key: str, member: str) -> None:
+        members = self._presence.get(key)
+        if members is not None:
+            members.discard(member)
+            if not members:
+                del self._presence[key]
+
+    async def members(self, key: str) -> list[str]:
+        return sorted(self._presence.get(key, ()))

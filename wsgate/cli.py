@@ -1,0 +1,160 @@
+"""``python -m wsgate``: validate the config, then serve it until a signal says stop.
+
+Signals: SIGTERM / SIGINT drain (close 1001) and exit 0; SIGUSR1 drains with 1012
+"service restart"; a second stop signal exits at once; SIGHUP reloads config.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from .app import GATEWAY, build_app, reload_config
+from .config import Settings, load_config
+from .errors import ConfigError
+from .gateway import GOING_AWAY, SERVICE_RESTART
+from .logs import setup_logging
+from .registry import Registry
+from .routes import describe_routes
+from .schema import config_schema
+
+__all__ = ["main"]
+
+log = logging.getLogger("wsgate")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wsgate", description="Config-driven WebSocket gateway.")
+    p.add_argument("command", nargs="?", default="serve", choices=["serve", "check", "routes", "schema"],
+                   help="serve (default); check or routes: validate and print the endpoint table; "
+                        "schema: print the JSON Schema of config.yaml")
+    p.add_argument("--config", default="config.yaml", help="config file (default: ./config.yaml)")
+    p.add_argument("--host", help="override server.host")
+    p.add_argument("--port", type=int, help="override server.port (0 picks a free port)")
+    p.add_argument("--workers", type=int, help="override server.workers (processes sharing the port)")
+    p.add_argument("--check", action="store_true", help="same as the check command")
+    p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
+                   help="event loop; auto uses uvloop where installed")
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def _override(settings: Settings, args: argparse.Namespace) -> Settings:
+    update = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers)) if v is not None}
+    if not update:
+        return settings
+    server = settings.config.server.model_copy(update=update)
+    return settings.model_copy(update={"config": settings.config.model_copy(update={"server": server})})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    registry = Registry()
+    if args.command == "schema":
+        print(json.dumps(config_schema(registry), indent=2))
+        return 0
+    try:
+        settings = _override(load_config(args.config, registry), args)
+        settings.check_deployment()
+        server = settings.config.server
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.check or args.command in ("check", "routes"):
+        print(describe_routes(settings))
+        return 0
+    setup_logging(settings.config.logging.level, settings.config.logging.format)
+    if server.workers > 1 and not args.reuse_port:
+        return _supervise(args, server.workers)
+    return _run(_serve(settings, registry, reuse_port=args.reuse_port), args.loop)
+
+
+def _run(main: object, loop: str) -> int:
+    if loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if loop == "uvloop":
+                print("uvloop is not installed: pip install uvloop", file=sys.stderr)
+                return 2
+        else:
+            return uvloop.run(main)  # type: ignore[arg-type]
+    return asyncio.run(main)  # type: ignore[arg-type]
+
+
+async def _serve(settings: Settings, registry: Registry, *, reuse_port: bool) -> int:
+    server = settings.config.server
+    app = build_app(settings, registry)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                           shutdown_timeout=server.shutdown_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port or None, backlog=4096)
+    await site.start()
+    gateway = app[GATEWAY]
+    for address in runner.addresses:
+        host, port = address[0], address[1]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"wsgate listening on http://{shown}:{port}/ "
+              f"({', '.join(f'{p} {r.endpoint.handler_ref}' for p, r in gateway.routes.items())})", flush=True)
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reloads: set[asyncio.Task[None]] = set()
+
+    def request_stop(code: int) -> None:
+        if stop.is_set():
+            log.warning("second stop signal: exiting now")
+            os._exit(1)
+        gateway.shutdown_code = code
+        stop.set()
+
+    def request_reload() -> None:
+        async def reload() -> None:
+            try:
+                await reload_config(app)
+            except ConfigError as exc:
+                log.error("reload failed, still serving the previous config:\n%s", exc)
+
+        task = loop.create_task(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, request_stop, GOING_AWAY)
+    loop.add_signal_handler(signal.SIGINT, request_stop, GOING_AWAY)
+    loop.add_signal_handler(signal.SIGUSR1, request_stop, SERVICE_RESTART)
+    loop.add_signal_handler(signal.SIGHUP, request_reload)
+    await stop.wait()
+    log.info("draining: closing %d connection(s) with %d", len(gateway.sessions), gateway.shutdown_code)
+    await gateway.shutdown(gateway.shutdown_code, server.shutdown_timeout)
+    await runner.cleanup()
+    return 0
+
+
+def _supervise(args: argparse.Namespace, workers: int) -> int:
+    """Run ``workers`` processes on one port (SO_REUSEPORT) and pass signals on."""
+    cmd = [sys.executable, "-m", "wsgate", "serve", "--config", str(Path(args.config)), "--reuse-port",
+           "--workers", str(workers), "--loop", args.loop]
+    if args.host:
+        cmd += ["--host", args.host]
+    if args.port is not None:
+        cmd += ["--port", str(args.port)]
+    children = [subprocess.Popen(cmd) for _ in range(workers)]
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(signum, forward)
+    return max(child.wait() for child in children)

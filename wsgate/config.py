@@ -1,0 +1,362 @@
+"""The shape of config.yaml, validated with pydantic; errors located by file:line:col.
+
+Precedence of a policy key for one endpoint, lowest first: wsgate's default, the
+handler's ``policy_defaults``, the top-level ``policy:`` block, the endpoint itself.
+A nested block (``heartbeat``, ``rate_limit``) is replaced whole, not merged.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError, ConfigProblem, HandlerLoadError
+from .handler import Handler
+from .origin import parse_origin_pattern
+from .units import parse_duration, parse_size
+from .yamlsource import Located, load_yaml
+
+if typing.TYPE_CHECKING:
+    from .registry import Registry
+
+__all__ = [
+    "RESERVED_PATHS",
+    "ApiConfig",
+    "Config",
+    "EndpointSpec",
+    "Heartbeat",
+    "LoggingConfig",
+    "Policy",
+    "RateLimit",
+    "ServerConfig",
+    "Settings",
+    "load_config",
+    "parse_config",
+]
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+RESERVED_PATHS = ("/", "/healthz", "/readyz", "/metrics")
+RESERVED_PREFIXES = ("/static/", "/api/")
+_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Heartbeat(_Strict):
+    """Server pings every ``interval``; no pong within ``timeout`` closes. 0 disables."""
+
+    interval: Duration = 20.0
+    timeout: Duration = 10.0
+
+
+class RateLimit(_Strict):
+    """Token bucket: ``messages`` per ``per`` seconds, bursts up to ``burst``."""
+
+    messages: int = Field(gt=0)
+    per: Duration = 1.0
+    burst: int | None = Field(default=None, gt=0)
+
+
+def _check_origins(value: object) -> object:
+    if value in ("same-origin", "*"):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        for origin in value:
+            parse_origin_pattern(origin)
+        return value
+    raise ValueError(
+        "expected 'same-origin', '*', or a list of origins such as "
+        "['https://app.example.com', 'http://localhost:*']"
+    )
+
+
+Origins = Annotated[Literal["same-origin", "*"] | list[str], BeforeValidator(_check_origins)]
+
+
+class Policy(_Strict):
+    """Per-endpoint connection policy; see the README's config reference."""
+
+    origins: Origins = "same-origin"
+    allow_missing_origin: bool = True
+    heartbeat: Heartbeat = Heartbeat()
+    idle_timeout: Duration = 0.0
+    max_message_size: Size = 1024 * 1024
+    send_queue: Size = 1024 * 1024
+    slow_client: Literal["close", "drop"] = "close"
+    max_connections: int | None = Field(default=None, gt=0)
+    max_connections_per_ip: int | None = Field(default=None, gt=0)
+    rate_limit: RateLimit | None = None
+    subprotocols: list[str] = []
+    compression: bool = False
+    handshake_timeout: Duration = 10.0
+    close_timeout: Duration = 5.0
+
+    @field_validator("max_message_size", "send_queue")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
+
+
+POLICY_KEYS = tuple(Policy.model_fields)
+
+_EndpointBase = create_model(  # type: ignore[call-overload]
+    "_EndpointBase",
+    __base__=_Strict,
+    **{name: (Optional[field.annotation], None) for name, field in Policy.model_fields.items()},  # noqa: UP045
+)
+
+
+class EndpointSpec(_EndpointBase):
+    """One ``endpoints:`` entry: a path, a handler, its options, policy overrides."""
+
+    path: str
+    handler: str
+    options: dict[str, Any] = {}
+
+    @field_validator("path")
+    @classmethod
+    def _valid_path(cls, path: str) -> str:
+        if not _PATH.match(path):
+            raise ValueError(f"{path!r} is not a URL path: it must start with '/', e.g. '/ws'")
+        if path in RESERVED_PATHS or path.startswith(RESERVED_PREFIXES):
+            raise ValueError(
+                f"{path!r} is used by wsgate itself ({', '.join(RESERVED_PATHS)}, "
+                f"{', '.join(p + '*' for p in RESERVED_PREFIXES)}); choose another path"
+            )
+        return path
+
+    def overrides(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in POLICY_KEYS if k in self.model_fields_set}
+
+
+class ServerConfig(_Strict):
+    """Where to listen and how to stop."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+    shutdown_timeout: Duration = 10.0
+    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+
+
+class ApiConfig(_Strict):
+    """The HTTP API (publish, reload); off unless a token is set."""
+
+    token: str | None = None
+
+
+class LoggingConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+def _check_broker(value: object) -> object:
+    if value == "memory" or (isinstance(value, str) and value.startswith(("redis://", "rediss://", "unix://"))):
+        return value
+    raise ValueError("expected 'memory' or a Redis URL such as 'redis://127.0.0.1:6379/0'")
+
+
+class Config(_Strict):
+    """The whole of config.yaml."""
+
+    server: ServerConfig = ServerConfig()
+    policy: Policy = Policy()
+    endpoints: list[EndpointSpec] = Field(min_length=1)
+    broker: Annotated[str, BeforeValidator(_check_broker)] = "memory"
+    api: ApiConfig = ApiConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _unique_paths(self) -> Config:
+        seen: dict[str, int] = {}
+        for index, endpoint in enumerate(self.endpoints):
+            if endpoint.path in seen:
+                raise _LocatedValueError(
+                    ("endpoints", index, "path"),
+                    f"duplicate path {endpoint.path!r}, already used by endpoints[{seen[endpoint.path]}]",
+                )
+            seen[endpoint.path] = index
+        return self
+
+
+class _LocatedValueError(ValueError):
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+class Endpoint(BaseModel):
+    """An endpoint after resolution: its handler class, its options, its policy."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    path: str
+    handler_ref: str
+    handler_cls: type[Handler]
+    options: BaseModel
+    policy: Policy
+
+    def same_handler(self, other: Endpoint) -> bool:
+        return self.handler_cls is other.handler_cls and self.options == other.options
+
+
+class Settings(BaseModel):
+    """A validated config with every endpoint resolved; what the app is built from."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    file: str
+    config: Config
+    endpoints: tuple[Endpoint, ...]
+    source: Located
+
+    def check_deployment(self) -> None:
+        """Checks that command-line overrides can break too; raise ConfigError."""
+        server = self.config.server
+        problems = []
+        if server.workers > 1 and self.config.broker == "memory":
+            problems.append(self.source.problem(("server", "workers"),
+                "several workers need a shared broker: with broker 'memory' each worker would "
+                "hold its own chat rooms; set broker to a Redis URL or workers to 1"))
+        if server.workers > 1 and server.port == 0:
+            problems.append(self.source.problem(("server", "port"),
+                "several workers must share one fixed port; port 0 would give each its own"))
+        if problems:
+            raise ConfigError(problems)
+
+
+# --- error reporting -----------------------------------------------------------------
+
+def _unwrap(annotation: Any) -> Any:
+    """The model class inside ``X | None``, ``list[X]``, ``Annotated[X, ...]``."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (Union, types.UnionType, list):
+        for arg in typing.get_args(annotation):
+            found = _unwrap(arg)
+            if isinstance(found, type) and issubclass(found, BaseModel):
+                return found
+    return annotation
+
+
+def _allowed_keys(model: type[BaseModel], loc: Sequence[str | int]) -> list[str] | None:
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        current = _unwrap(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return None
+
+
+def _problems(exc: ValidationError, model: type[BaseModel], src: Located,
+              prefix: tuple[str | int, ...] = ()) -> list[ConfigProblem]:
+    problems = []
+    for error in exc.errors():
+        loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+        message = error["msg"].removeprefix("Value error, ")
+        ctx_error = (error.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _LocatedValueError):
+            loc, message = ctx_error.loc, str(ctx_error)
+        elif error["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, loc[:-1])
+            message = "unknown key" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
+        elif error["type"] == "missing":
+            message = "this key is required"
+        full = (*prefix, *loc)
+        problems.append(src.problem(full, message))
+    return problems
+
+
+# --- loading ---------------------------------------------------------------------------
+
+def _apply_env(data: dict[str, Any]) -> None:
+    if broker := os.environ.get("WSGATE_BROKER"):
+        data["broker"] = broker
+    if token := os.environ.get("WSGATE_API_TOKEN"):
+        api = data.get("api")
+        data["api"] = {**(api if isinstance(api, dict) else {}), "token": token}
+
+
+def parse_config(text: str, file: str, registry: Registry) -> Settings:
+    """Validate config text completely; raise ConfigError listing every problem."""
+    src = load_yaml(text, file)
+    if not isinstance(src.data, dict):
+        raise ConfigError([src.problem((), "the file must be a mapping with at least an 'endpoints:' list")])
+    data = dict(src.data)
+    _apply_env(data)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc, Config, src)) from None
+
+    problems: list[ConfigProblem] = []
+    endpoints = []
+    global_policy = config.policy.model_dump(exclude_unset=True)
+    for index, spec in enumerate(config.endpoints):
+        where = ("endpoints", index)
+        try:
+            cls = registry.resolve(spec.handler)
+        except HandlerLoadError as exc:
+            problems.append(src.problem((*where, "handler"), str(exc)))
+            continue
+        try:
+            options = cls.Options.model_validate(spec.options)
+        except ValidationError as exc:
+            problems.extend(_problems(exc, cls.Options, src, (*where, "options")))
+            continue
+        merged = {**cls.policy_defaults, **global_policy, **spec.overrides()}
+        try:
+            policy = Policy.model_validate(merged)
+        except ValidationError as exc:
+            problems.extend(_problems(exc, Policy, src, where))
+            continue
+        endpoints.append(Endpoint(path=spec.path, handler_ref=spec.handler, handler_cls=cls,
+                                  options=options, policy=policy))
+    if problems:
+        raise ConfigError(problems)
+    settings = Settings(file=file, config=config, endpoints=tuple(endpoints), source=src)
+    settings.check_deployment()
+    return settings
+
+
+def load_config(path: str | Path, registry: Registry) -> Settings:
+    """Read and validate a config file; handler modules resolve from its directory."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        problem = ConfigProblem(str(path), 1, 1, "", f"cannot read the config file: {exc.strerror}")
+        raise ConfigError([problem]) from None
+    registry.add_search_path(path.resolve().parent)
+    return parse_config(text, str(path), registry)

@@ -1,0 +1,136 @@
+"""The plugin API: what a handler implements and what it is given.
+
+A handler is a class. The gateway owns the receive loop and applies every policy
+(origin, limits, heartbeat, close codes) before and around the hooks, so a handler
+only says what happens with messages. One instance serves one endpoint and may keep
+shared state (a chat keeps its rooms there).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+__all__ = ["Context", "Handler", "Message", "NoOptions"]
+
+Message = str | bytes
+
+
+class NoOptions(BaseModel):
+    """Options model of a handler that takes none: any key under ``options:`` is an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Context:
+    """What the gateway lends a handler: its endpoint, its connections and the broker.
+
+    Topics are per endpoint. ``publish`` reaches every connection subscribed to the
+    topic on every gateway instance sharing the broker; ``broadcast`` reaches local
+    connections only and frames the message once for all of them.
+    """
+
+    path: str
+    logger: logging.Logger
+
+    @property
+    def connections(self) -> Collection[Connection]:
+        """The open connections of this endpoint on this instance."""
+        raise NotImplementedError
+
+    def broadcast(self, message: Message, connections: Collection[Connection] | None = None) -> int:
+        """Queue ``message`` to ``connections`` (default: all of this endpoint's).
+
+        The frame is encoded once; returns how many connections it was queued to.
+        """
+        raise NotImplementedError
+
+    async def subscribe(self, conn: Connection, topic: str) -> None:
+        """Deliver what is published on ``topic`` to ``conn`` until it leaves or closes."""
+        raise NotImplementedError
+
+    async def unsubscribe(self, conn: Connection, topic: str) -> None:
+        """Stop delivering ``topic`` to ``conn``."""
+        raise NotImplementedError
+
+    async def publish(self, topic: str, message: Message) -> None:
+        """Send ``message`` to every subscriber of ``topic`` on every instance."""
+        raise NotImplementedError
+
+    async def publish_numbered(self, topic: str, event: Mapping[str, Any], keep: int) -> int:
+        """Publish ``event`` as JSON with an ``"id"`` field added.
+
+        Ids count 1, 2, 3 ... per topic across all instances, with no gaps, and are
+        delivered in id order. The last ``keep`` events are kept for ``history``.
+        Returns the id given.
+        """
+        raise NotImplementedError
+
+    async def history(self, topic: str, limit: int) -> list[dict[str, Any]]:
+        """The last ``limit`` numbered events of ``topic``, oldest first."""
+        raise NotImplementedError
+
+    async def claim(self, topic: str, member: str) -> bool:
+        """Add ``member`` to the presence set of ``topic``; False if already taken."""
+        raise NotImplementedError
+
+    async def release(self, topic: str, member: str) -> None:
+        """Remove ``member`` from the presence set of ``topic``."""
+        raise NotImplementedError
+
+    async def members(self, topic: str) -> list[str]:
+        """The presence set of ``topic`` across all instances, sorted."""
+        raise NotImplementedError
+
+    def spawn(self, work: Callable[[], Awaitable[None]], name: str) -> None:
+        """Run ``work()`` in the background until it returns or the handler shuts down.
+
+        An exception is logged with the endpoint path; it does not stop the gateway.
+        """
+        raise NotImplementedError
+
+
+class Handler:
+    """Base class of every handler plugin. Override the hooks you need.
+
+    Class attributes:
+
+    ``Options``
+        A pydantic model validated from the endpoint's ``options:`` before the server
+        binds; the instance gets it as ``self.options``.
+    ``accepts``
+        ``"text"``, ``"binary"`` or ``"any"``. A message of the other kind closes the
+        connection with 1003 before ``on_message`` sees it.
+    ``policy_defaults``
+        Policy keys this handler wants unless the config says otherwise (the chat
+        handler turns rate limiting on this way).
+    """
+
+    Options: ClassVar[type[BaseModel]] = NoOptions
+    accepts: ClassVar[Literal["text", "binary", "any"]] = "any"
+    policy_defaults: ClassVar[Mapping[str, Any]] = {}
+
+    def __init__(self, options: Any, context: Context) -> None:
+        self.options = options
+        self.context = context
+
+    async def startup(self) -> None:
+        """Called once before the endpoint accepts connections."""
+
+    async def shutdown(self) -> None:
+        """Called once after the endpoint's last connection is gone."""
+
+    async def on_connect(self, conn: Connection) -> None:
+        """A client connected; policy checks have passed."""
+
+    async def on_message(self, conn: Connection, message: Message) -> None:
+        """A whole message arrived: ``str`` for text frames, ``bytes`` for binary."""
+
+    async def on_disconnect(self, conn: Connection, code: int) -> None:
+        """The connection closed with ``code``; always called once per connection."""

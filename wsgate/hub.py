@@ -1,0 +1,93 @@
+"""Topics: local subscriber sets fanned out from one broker subscription per channel."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from .broker import Broker
+from .connection import Connection
+from .errors import BrokerError
+from .metrics import GatewayStats
+from .outbox import BINARY, TEXT, Frame
+
+__all__ = ["Hub", "channel_name"]
+
+log = logging.getLogger("wsgate.hub")
+_KIND = {TEXT: b"t", BINARY: b"b"}
+
+
+def channel_name(path: str, topic: str) -> str:
+    return f"wsgate:{path}:{topic}"
+
+
+class Hub:
+    """Delivers broker messages to this instance's subscribers, framing each once.
+
+    An instance subscribes to a channel only while it has a local subscriber.
+    Payloads on the broker carry one leading byte, ``t`` or ``b``, for text or binary.
+    """
+
+    def __init__(self, broker: Broker, stats: GatewayStats) -> None:
+        self.broker = broker
+        self._stats = stats
+        self._local: dict[str, set[Connection]] = {}
+
+    async def subscribe(self, conn: Connection, path: str, topic: str) -> None:
+        channel = channel_name(path, topic)
+        members = self._local.get(channel)
+        if members is None:
+            members = self._local[channel] = set()
+            await self.broker.subscribe(channel, lambda payload: self._deliver(channel, path, payload))
+        members.add(conn)
+        conn.state.setdefault("_topics", set()).add(topic)
+
+    async def unsubscribe(self, conn: Connection, path: str, topic: str) -> None:
+        channel = channel_name(path, topic)
+        members = self._local.get(channel)
+        conn.state.get("_topics", set()).discard(topic)
+        if members is None:
+            return
+        members.discard(conn)
+        if not members:
+            del self._local[channel]
+            await self.broker.unsubscribe(channel)
+
+    async def leave_all(self, conn: Connection, path: str) -> None:
+        for topic in list(conn.state.get("_topics", ())):
+            await self.unsubscribe(conn, path, topic)
+
+    def _deliver(self, channel: str, path: str, payload: bytes) -> None:
+        members = self._local.get(channel)
+        if not members:
+            return
+        opcode = TEXT if payload[:1] == b"t" else BINARY
+        frame = Frame(payload[1:], opcode)
+        sent = sum(1 for conn in members if conn.deliver(frame))
+        stats = self._stats.endpoint(path)
+        stats.messages_out += sent
+        stats.bytes_out += sent * len(frame.wire)
+
+    async def publish(self, path: str, topic: str, message: str | bytes) -> None:
+        frame = Frame.of(message)
+        await self._guard(self.broker.publish(channel_name(path, topic), _KIND[frame.opcode] + frame.payload))
+
+    async def publish_numbered(self, path: str, topic: str, event: Mapping[str, Any], keep: int) -> int:
+        body = json.dumps({k: v for k, v in event.items() if k != "id"}, separators=(",", ":"))
+        head = b't{"id":'
+        tail = (("," + body[1:]) if body != "{}" else "}").encode()
+        result: int = await self._guard(self.broker.publish_numbered(channel_name(path, topic), head, tail, keep))
+        return result
+
+    async def history(self, path: str, topic: str, limit: int) -> list[dict[str, Any]]:
+        payloads = await self._guard(self.broker.history(channel_name(path, topic), limit))
+        return [json.loads(p[1:]) for p in payloads]
+
+    async def _guard(self, operation: Any) -> Any:
+        try:
+            return await operation
+        except BrokerError:
+            self._stats.broker_publish_failures += 1
+            raise

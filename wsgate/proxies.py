@@ -1,0 +1,35 @@
+"""The client's address, taking ``X-Forwarded-For`` only from trusted proxies."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+__all__ = ["client_address"]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _trusted(address: str, proxies: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in proxies)
+
+
+def client_address(peer: str, forwarded_for: str | None, proxies: Sequence[Network]) -> str:
+    """Walk ``X-Forwarded-For`` from the right while the hop is a trusted proxy.
+
+    The rightmost untrusted address is the client: anything left of it was written by
+    the client itself and could be forged.
+    """
+    if not forwarded_for or not _trusted(peer, proxies):
+        return peer
+    hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
+    client = peer
+    for hop in reversed(hops):
+        client = hop
+        if not _trusted(hop, proxies):
+            break
+    return client

@@ -1,0 +1,105 @@
+"""Turning a ``handler:`` value into a Handler class.
+
+A value is either a registered name (the built-ins, plus every plugin installed under
+the ``wsgate.handlers`` entry-point group) or ``module.path:ClassName``, importable
+from the directory that holds the config file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from .errors import HandlerLoadError
+from .handler import Handler
+
+__all__ = ["BUILTINS", "ENTRY_POINT_GROUP", "Registry"]
+
+ENTRY_POINT_GROUP = "wsgate.handlers"
+BUILTINS = {"echo": "handlers.echo:Echo", "chat": "handlers.chat:Chat"}
+
+
+class Registry:
+    """Handler names and how to load them. Entry points are read once, on first use."""
+
+    def __init__(self, builtins: dict[str, str] | None = None) -> None:
+        self._sources: dict[str, tuple[str, str]] = {
+            name: (ref, "built-in") for name, ref in (BUILTINS if builtins is None else builtins).items()
+        }
+        self._entry_points_loaded = False
+        self._cache: dict[str, type[Handler]] = {}
+
+    def register(self, name: str, cls: type[Handler]) -> None:
+        """Make a Handler class available under ``name`` (tests, embedding)."""
+        if not (isinstance(cls, type) and issubclass(cls, Handler)):
+            raise HandlerLoadError(f"{cls!r} is not a subclass of wsgate.Handler")
+        self._sources[name] = (f"{cls.__module__}:{cls.__qualname__}", "register()")
+        self._cache[name] = cls
+
+    def add_search_path(self, directory: Path) -> None:
+        """Make ``module:Class`` references importable from ``directory``."""
+        entry = str(directory)
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+            importlib.invalidate_caches()
+
+    def names(self) -> list[str]:
+        self._load_entry_points()
+        return sorted(self._sources)
+
+    def _load_entry_points(self) -> None:
+        if self._entry_points_loaded:
+            return
+        self._entry_points_loaded = True
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            source = f"package {ep.dist.name if ep.dist else '?'}"
+            if ep.name in self._sources:
+                ref, other = self._sources[ep.name]
+                raise HandlerLoadError(
+                    f"handler name {ep.name!r} is registered twice: by {other} ({ref}) "
+                    f"and by {source} ({ep.value}); uninstall one of them"
+                )
+            self._sources[ep.name] = (ep.value, source)
+
+    def resolve(self, value: str) -> type[Handler]:
+        """The Handler class for a name or a ``module:Class`` reference."""
+        if value in self._cache:
+            return self._cache[value]
+        if ":" in value:
+            cls = self._import(value)
+        else:
+            self._load_entry_points()
+            if value not in self._sources:
+                raise HandlerLoadError(
+                    f"unknown handler {value!r}; known handlers: {', '.join(self.names())}, "
+                    "or write 'module.path:ClassName' for your own"
+                )
+            cls = self._import(self._sources[value][0])
+        self._cache[value] = cls
+        return cls
+
+    @staticmethod
+    def _import(ref: str) -> type[Handler]:
+        module_name, _, attr = ref.partition(":")
+        if not module_name or not attr or module_name.startswith("."):
+            raise HandlerLoadError(
+                f"{ref!r} is not a handler reference: write 'module.path:ClassName' "
+                "with an absolute module path, e.g. 'handlers.shout:Shout'"
+            )
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise HandlerLoadError(
+                f"cannot import module {module_name!r}: {exc}; the module must be importable "
+                "from the directory that holds the config file"
+            ) from None
+        except Exception as exc:
+            raise HandlerLoadError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
+        cls = getattr(module, attr, None)
+        if cls is None:
+            raise HandlerLoadError(f"module {module_name!r} has no attribute {attr!r}")
+        if not (isinstance(cls, type) and issubclass(cls, Handler)):
+            raise HandlerLoadError(f"{ref!r} is not a subclass of wsgate.Handler")
+        return cls

@@ -1,0 +1,53 @@
+"""The endpoint table with each endpoint's effective policy, for ``wsgate routes``."""
+
+from __future__ import annotations
+
+from .config import Endpoint, Settings
+from .origin import OriginPolicy
+
+__all__ = ["describe_routes"]
+
+
+def _seconds(value: float) -> str:
+    return "off" if not value else f"{value:g}s"
+
+
+def _bytes(value: int) -> str:
+    for unit, size in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if value >= size and value % size == 0:
+            return f"{value // size}{unit}"
+    return f"{value}B"
+
+
+def _describe(endpoint: Endpoint) -> list[str]:
+    p = endpoint.policy
+    origin = OriginPolicy.from_config(p.origins, p.allow_missing_origin).describe()
+    rate = f"{p.rate_limit.messages}/{_seconds(p.rate_limit.per)} burst {p.rate_limit.burst or p.rate_limit.messages}" \
+        if p.rate_limit else "off"
+    options = endpoint.options.model_dump()
+    return [
+        f"{endpoint.path}  ->  {endpoint.handler_ref} "
+        f"({endpoint.handler_cls.__module__}.{endpoint.handler_cls.__qualname__})",
+        f"    options:        {options if options else '(none)'}",
+        f"    origins:        {origin}; no Origin header: {'allowed' if p.allow_missing_origin else 'refused'}",
+        f"    heartbeat:      ping every {_seconds(p.heartbeat.interval)}, "
+        f"pong timeout {_seconds(p.heartbeat.timeout)}",
+        f"    idle_timeout:   {_seconds(p.idle_timeout)}",
+        f"    limits:         message {_bytes(p.max_message_size)}, send queue {_bytes(p.send_queue)} "
+        f"(slow client: {p.slow_client}), connections {p.max_connections or 'unlimited'}, "
+        f"per IP {p.max_connections_per_ip or 'unlimited'}",
+        f"    rate_limit:     {rate}",
+        f"    subprotocols:   {', '.join(p.subprotocols) or '(none)'}; compression: {'on' if p.compression else 'off'}",
+        f"    timeouts:       handshake {_seconds(p.handshake_timeout)}, close {_seconds(p.close_timeout)}",
+    ]
+
+
+def describe_routes(settings: Settings) -> str:
+    c = settings.config
+    lines = [
+        f"config {settings.file}: listening on {c.server.host}:{c.server.port}, "
+        f"{c.server.workers} worker(s), broker {c.broker}, API {'on' if c.api.token else 'off'}",
+    ]
+    for endpoint in settings.endpoints:
+        lines += _describe(endpoint)
+    return "\n".join(lines)

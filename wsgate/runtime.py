@@ -1,0 +1,124 @@
+"""One live endpoint: its handler instance, its open connections, its Context."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import Any
+
+from .config import Endpoint
+from .connection import Connection
+from .handler import Context, Handler, Message
+from .hub import Hub
+from .metrics import EndpointStats
+from .origin import OriginPolicy
+from .outbox import Frame
+
+__all__ = ["EndpointRuntime"]
+
+
+class EndpointRuntime(Context):
+    """The Context of one endpoint, and the handler instance it serves.
+
+    After a reload that changes only policy, the runtime is kept (same handler, same
+    connections) and ``endpoint`` is swapped, which new connections then see.
+    """
+
+    def __init__(self, endpoint: Endpoint, hub: Hub, stats: EndpointStats) -> None:
+        self.endpoint = endpoint
+        self.path = endpoint.path
+        self.logger = logging.getLogger(f"wsgate.endpoint.{endpoint.path}")
+        self.origin_policy = OriginPolicy.from_config(endpoint.policy.origins, endpoint.policy.allow_missing_origin)
+        self.stats = stats
+        self._hub = hub
+        self._connections: set[Connection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.handler: Handler = endpoint.handler_cls(endpoint.options, self)
+        self.retired = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def update(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.origin_policy = OriginPolicy.from_config(endpoint.policy.origins, endpoint.policy.allow_missing_origin)
+
+    # --- bookkeeping used by the gateway ---
+
+    def attach(self, conn: Connection) -> None:
+        self._connections.add(conn)
+        self._idle.clear()
+
+    async def detach(self, conn: Connection) -> None:
+        self._connections.discard(conn)
+        await self._hub.leave_all(conn, self.path)
+        if not self._connections:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    async def stop(self) -> None:
+        """Cancel background work, then run the handler's ``shutdown``."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self.handler.shutdown()
+        except Exception:
+            self.logger.exception("handler shutdown() of %s failed", self.path)
+
+    # --- Context ---
+
+    @property
+    def connections(self) -> Collection[Connection]:
+        return frozenset(self._connections)
+
+    def broadcast(self, message: Message, connections: Collection[Connection] | None = None) -> int:
+        frame = Frame.of(message)
+        targets = self._connections if connections is None else connections
+        sent = 0
+        for conn in targets:
+            if conn.deliver(frame):
+                sent += 1
+        self.stats.messages_out += sent
+        self.stats.bytes_out += sent * len(frame.wire)
+        return sent
+
+    async def subscribe(self, conn: Connection, topic: str) -> None:
+        await self._hub.subscribe(conn, self.path, topic)
+
+    async def unsubscribe(self, conn: Connection, topic: str) -> None:
+        await self._hub.unsubscribe(conn, self.path, topic)
+
+    async def publish(self, topic: str, message: Message) -> None:
+        await self._hub.publish(self.path, topic, message)
+
+    async def publish_numbered(self, topic: str, event: Mapping[str, Any], keep: int) -> int:
+        return await self._hub.publish_numbered(self.path, topic, event, keep)
+
+    async def history(self, topic: str, limit: int) -> list[dict[str, Any]]:
+        return await self._hub.history(self.path, topic, limit)
+
+    async def claim(self, topic: str, member: str) -> bool:
+        return await self._hub.broker.claim(f"wsgate:{self.path}:{topic}:members", member)
+
+    async def release(self, topic: str, member: str) -> None:
+        await self._hub.broker.release(f"wsgate:{self.path}:{topic}:members", member)
+
+    async def members(self, topic: str) -> list[str]:
+        return await self._hub.broker.members(f"wsgate:{self.path}:{topic}:members")
+
+    def spawn(self, work: Callable[[], Awaitable[None]], name: str) -> None:
+        async def run() -> None:
+            try:
+                await work()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.stats.handler_errors += 1
+                self.logger.exception("background task %r of %s failed", name, self.path)
+
+        task = asyncio.get_running_loop().create_task(run(), name=f"{self.path}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

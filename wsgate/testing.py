@@ -1,0 +1,132 @@
+"""Test kit: start a real gateway on a loopback port and talk to it.
+
+::
+
+    from wsgate.testing import run_gateway
+
+    async def test_shout() -> None:
+        async with run_gateway({"/shout": Shout}) as gw, gw.connect("/shout") as ws:
+            await ws.send_str("hi")
+            assert await ws.receive_str() == "HI"
+
+Also usable as a pytest plugin (``pytest_plugins = ["wsgate.testing"]``), which
+provides the ``wsgate_gateway`` fixture: ``gw = await wsgate_gateway({...})``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import aiohttp
+import yaml
+from aiohttp import web
+
+from .app import GATEWAY, STATS, build_app
+from .config import Settings, parse_config
+from .gateway import Gateway
+from .handler import Handler
+from .metrics import GatewayStats
+from .registry import Registry
+
+__all__ = ["GatewayServer", "run_gateway"]
+
+EndpointTable = Mapping[str, "type[Handler] | str | Mapping[str, Any]"]
+
+
+class GatewayServer:
+    """A running gateway: its base URL, its app, and a client session to reach it."""
+
+    def __init__(self, app: web.Application, url: str, session: aiohttp.ClientSession) -> None:
+        self.app = app
+        self.url = url
+        self.session = session
+
+    @property
+    def gateway(self) -> Gateway:
+        return self.app[GATEWAY]
+
+    @property
+    def stats(self) -> GatewayStats:
+        return self.app[STATS]
+
+    @property
+    def ws_url(self) -> str:
+        return "ws" + self.url.removeprefix("http")
+
+    def connect(self, path: str, **kwargs: Any) -> aiohttp.client._WSRequestContextManager:
+        """Open a WebSocket with aiohttp's client (kwargs go to ``ws_connect``)."""
+        return self.session.ws_connect(self.url + path, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> aiohttp.client._RequestContextManager:
+        return self.session.get(self.url + path, **kwargs)
+
+
+def _config_text(endpoints: EndpointTable, registry: Registry, extra: Mapping[str, Any]) -> str:
+    entries = []
+    for path, spec in endpoints.items():
+        if isinstance(spec, type):
+            name = f"{spec.__module__}:{spec.__qualname__}"
+            registry.register(name, spec)
+            entries.append({"path": path, "handler": name})
+        elif isinstance(spec, str):
+            entries.append({"path": path, "handler": spec})
+        else:
+            entry = dict(spec)
+            if isinstance(entry.get("handler"), type):
+                cls = entry["handler"]
+                entry["handler"] = f"{cls.__module__}:{cls.__qualname__}"
+                registry.register(entry["handler"], cls)
+            entries.append({"path": path, **entry})
+    return yaml.safe_dump({"server": {"host": "127.0.0.1", "port": 0}, **extra, "endpoints": entries})
+
+
+@contextlib.asynccontextmanager
+async def run_gateway(
+    endpoints: EndpointTable | Settings,
+    *,
+    policy: Mapping[str, Any] | None = None,
+    registry: Registry | None = None,
+    **config: Any,
+) -> AsyncIterator[GatewayServer]:
+    """Serve ``endpoints`` (path -> Handler class, handler name, or endpoint mapping).
+
+    ``policy`` and any other keyword become top-level config keys. The config goes
+    through the same validation as config.yaml; the server listens on 127.0.0.1 on a
+    free port and is shut down (connections closed with 1001) on exit.
+    """
+    registry = registry or Registry()
+    if isinstance(endpoints, Settings):
+        settings = endpoints
+    else:
+        extra = {**config, **({"policy": dict(policy)} if policy is not None else {})}
+        settings = parse_config(_config_text(endpoints, registry, extra), "<run_gateway>", registry)
+    app = build_app(settings, registry)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    async with aiohttp.ClientSession() as session:
+        try:
+            yield GatewayServer(app, f"http://{host}:{port}", session)
+        finally:
+            await runner.cleanup()
+
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover - the kit works without pytest
+    pass
+else:
+
+    @pytest.fixture
+    async def wsgate_gateway() -> AsyncIterator[Callable[..., Awaitable[GatewayServer]]]:
+        """Factory fixture: ``gw = await wsgate_gateway({"/path": MyHandler})``."""
+        async with contextlib.AsyncExitStack() as stack:
+
+            async def start(endpoints: EndpointTable, **kwargs: Any) -> GatewayServer:
+                return await stack.enter_async_context(run_gateway(endpoints, **kwargs))
+
+            yield start

@@ -1,0 +1,88 @@
+"""YAML loading that remembers where every key was written, for error messages."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, ConfigProblem
+
+__all__ = ["Located", "dotted", "load_yaml"]
+
+Path = tuple[str | int, ...]
+
+
+def dotted(loc: Sequence[str | int]) -> str:
+    """``('endpoints', 1, 'options', 'history')`` -> ``endpoints[1].options.history``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+@dataclass
+class Located:
+    """A parsed YAML document plus the line and column of every key and item."""
+
+    file: str
+    data: Any
+    positions: dict[Path, tuple[int, int]] = field(default_factory=dict)
+
+    def where(self, loc: Sequence[str | int]) -> tuple[int, int]:
+        """Position of ``loc``, or of its nearest written ancestor."""
+        path = tuple(loc)
+        while path not in self.positions and path:
+            path = path[:-1]
+        return self.positions.get(path, (1, 1))
+
+    def problem(self, loc: Sequence[str | int], message: str) -> ConfigProblem:
+        line, column = self.where(loc)
+        return ConfigProblem(self.file, line, column, dotted(loc), message)
+
+
+def _walk(node: yaml.Node, path: Path, out: Located, problems: list[ConfigProblem]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: set[Any] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            child = (*path, key)
+            mark = key_node.start_mark
+            if key in seen:
+                problems.append(
+                    ConfigProblem(out.file, mark.line + 1, mark.column + 1, dotted(child),
+                                  "this key appears twice in the same mapping; keep one")
+                )
+            seen.add(key)
+            out.positions[child] = (mark.line + 1, mark.column + 1)
+            _walk(value_node, child, out, problems)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            mark = item.start_mark
+            out.positions[(*path, index)] = (mark.line + 1, mark.column + 1)
+            _walk(item, (*path, index), out, problems)
+
+
+def load_yaml(text: str, file: str) -> Located:
+    """Parse ``text``; raise ConfigError with file:line:col on syntax errors or duplicate keys."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise ConfigError(
+            [ConfigProblem(file, line, column, "", f"YAML syntax error: {exc.problem or exc}")]
+        ) from None
+    finally:
+        loader.dispose()
+    located = Located(file, data)
+    problems: list[ConfigProblem] = []
+    if node is not None:
+        _walk(node, (), located, problems)
+    if problems:
+        raise ConfigError(problems)
+    return located
