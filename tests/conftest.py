@@ -1,0 +1,214 @@
+"""Shared fixtures: real wsgate processes, a real redis-server, config files.
+
+Every server is started on an ephemeral loopback port and stopped by the fixture
+that started it; nothing else is ever signalled.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytest_plugins = ["wsgate.testing"]
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+_LISTENING = re.compile(r"wsgate listening on http://(\S+?):(\d+)/")
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (for servers that cannot take port 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    """A folder for screenshots and logs worth keeping (git-ignored)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    """Write a config (a mapping, or YAML text) to tmp_path; returns its path."""
+
+    def write(config: dict[str, Any] | str, name: str = "config.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    return write
+
+
+@dataclass
+class WsgateProcess:
+    """A ``python -m wsgate`` child process; output lines are collected as they come."""
+
+    proc: subprocess.Popen[str]
+    host: str = ""
+    port: int = 0
+    lines: list[str] = field(default_factory=list)
+    _queue: queue.Queue[str] = field(default_factory=queue.Queue)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    @property
+    def output(self) -> str:
+        self._drain()
+        return "\n".join(self.lines)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self.lines.append(self._queue.get_nowait())
+            except queue.Empty:
+                return
+
+    def wait_for_line(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        """Wait until an output line matches ``pattern`` (a regex); return the match."""
+        rx = re.compile(pattern)
+        self._drain()
+        for line in self.lines:
+            if m := rx.search(line):
+                return m
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=0.05)
+            except queue.Empty:
+                if self.proc.poll() is not None and self._queue.empty():
+                    break
+                continue
+            self.lines.append(line)
+            if m := rx.search(line):
+                return m
+        raise AssertionError(f"no output line matched {pattern!r}; output:\n{self.output}")
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def _pump(stream: Any, sink: queue.Queue[str]) -> None:
+    for line in stream:
+        sink.put(line.rstrip("\n"))
+
+
+@pytest.fixture
+def wsgate_process() -> Iterator[Callable[..., WsgateProcess]]:
+    """Factory: start ``python -m wsgate --config PATH --port 0 [args]`` and wait until it listens.
+
+    ``wait=False`` returns at once (for processes expected to fail). All processes
+    started are stopped (SIGTERM, then SIGKILL) at teardown.
+    """
+    started: list[WsgateProcess] = []
+
+    def start(config: Path, *args: str, wait: bool = True, env: dict[str, str] | None = None,
+              port: int | None = 0) -> WsgateProcess:
+        cmd = [sys.executable, "-m", "wsgate", "--config", str(config), *args]
+        if port is not None and "--port" not in args:
+            cmd += ["--port", str(port)]
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=config.parent,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+        handle = WsgateProcess(proc)
+        threading.Thread(target=_pump, args=(proc.stdout, handle._queue), daemon=True).start()
+        started.append(handle)
+        if wait:
+            m = handle.wait_for_line(_LISTENING.pattern, timeout=20)
+            handle.host, handle.port = m.group(1).strip("[]"), int(m.group(2))
+        return handle
+
+    yield start
+    for handle in started:
+        handle.stop()
+
+
+@dataclass
+class RedisServer:
+    """A redis-server child with persistence off; can be killed and restarted on its port."""
+
+    port: int
+    workdir: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(self.workdir), "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_port("127.0.0.1", self.port)
+
+    def kill(self) -> None:
+        """``kill -9``: no goodbye to clients."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh redis-server on an ephemeral loopback port, stopped afterwards."""
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed: run the README's test command (scripts/test)")
+    server = RedisServer(free_port(), tmp_path)
+    server.start()
+    yield server
+    server.stop()
