@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from wsgate import Connection, Handler, Message
+from wsgate import BrokerError, Connection, Handler, Message
 
 _ROOM = re.compile(r"^[\w.-]{1,64}$")
 _MAX_NAME = 32
@@ -76,6 +76,14 @@ class Chat(Handler):
     options: ChatOptions
 
     async def on_connect(self, conn: Connection) -> None:
+        try:
+            await self._join(conn)
+        except BrokerError:
+            # Presence lives in the broker; without it no name can be given safely.
+            await conn.send_json({"type": "error", "error": "chat is unavailable right now, retry shortly"})
+            await conn.close(1013, "try again later")
+
+    async def _join(self, conn: Connection) -> None:
         ctx = self.context
         room = conn.query.get("room") or self.options.default_room
         if not _ROOM.match(room):
@@ -110,8 +118,12 @@ class Chat(Handler):
         if "chat" not in conn.state:
             return
         room, name = conn.state["chat"]
-        await self.context.release(room, name)
-        await self._announce("leave", room, name, await self.context.members(room))
+        try:
+            await self.context.release(room, name)
+            users = await self.context.members(room)
+        except BrokerError:
+            return  # the broker lost presence anyway; nothing to announce
+        await self._announce("leave", room, name, users)
 
     async def _announce(self, kind: str, room: str, name: str, users: list[str]) -> None:
         event = {"type": kind, "name": name, "users": users}

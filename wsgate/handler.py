@@ -63,12 +63,13 @@ class Context:
         """Send ``message`` to every subscriber of ``topic`` on every instance."""
         raise NotImplementedError
 
-    async def publish_numbered(self, topic: str, event: Mapping[str, Any], keep: int) -> int:
+    async def publish_numbered(self, topic: str, event: Mapping[str, Any], keep: int) -> int | None:
         """Publish ``event`` as JSON with an ``"id"`` field added.
 
         Ids count 1, 2, 3 ... per topic across all instances, with no gaps, and are
         delivered in id order. The last ``keep`` events are kept for ``history``.
-        Returns the id given.
+        Returns the id given. While the broker is unavailable the event still reaches
+        this instance's subscribers, with ``"id": null``, and None is returned.
         """
         raise NotImplementedError
 

@@ -70,24 +70,42 @@ class Hub:
         stats.messages_out += sent
         stats.bytes_out += sent * len(frame.wire)
 
+    # Publishing goes through the broker even for local subscribers, so that every
+    # instance sees one order. When the broker fails, local subscribers still get the
+    # message straight away; other instances miss it (pub/sub is fire-and-forget).
+
     async def publish(self, path: str, topic: str, message: str | bytes) -> None:
         frame = Frame.of(message)
-        await self._guard(self.broker.publish(channel_name(path, topic), _KIND[frame.opcode] + frame.payload))
+        channel = channel_name(path, topic)
+        payload = _KIND[frame.opcode] + frame.payload
+        try:
+            await self.broker.publish(channel, payload)
+        except BrokerError as exc:
+            self._failed(channel, exc)
+            self._deliver(channel, path, payload)
 
-    async def publish_numbered(self, path: str, topic: str, event: Mapping[str, Any], keep: int) -> int:
+    async def publish_numbered(self, path: str, topic: str, event: Mapping[str, Any], keep: int) -> int | None:
+        """The id given, or None when the broker failed and only local subscribers got it."""
         body = json.dumps({k: v for k, v in event.items() if k != "id"}, separators=(",", ":"))
         head = b't{"id":'
         tail = (("," + body[1:]) if body != "{}" else "}").encode()
-        result: int = await self._guard(self.broker.publish_numbered(channel_name(path, topic), head, tail, keep))
-        return result
+        channel = channel_name(path, topic)
+        try:
+            return await self.broker.publish_numbered(channel, head, tail, keep)
+        except BrokerError as exc:
+            self._failed(channel, exc)
+            self._deliver(channel, path, head + b"null" + tail)
+            return None
 
     async def history(self, path: str, topic: str, limit: int) -> list[dict[str, Any]]:
-        payloads = await self._guard(self.broker.history(channel_name(path, topic), limit))
+        """Kept numbered events; empty while the broker is unavailable."""
+        try:
+            payloads = await self.broker.history(channel_name(path, topic), limit)
+        except BrokerError as exc:
+            log.warning("history of %s unavailable: %s", channel_name(path, topic), exc)
+            return []
         return [json.loads(p[1:]) for p in payloads]
 
-    async def _guard(self, operation: Any) -> Any:
-        try:
-            return await operation
-        except BrokerError:
-            self._stats.broker_publish_failures += 1
-            raise
+    def _failed(self, channel: str, exc: BrokerError) -> None:
+        self._stats.broker_publish_failures += 1
+        log.warning("broker publish to %s failed, delivered locally only: %s", channel, exc)

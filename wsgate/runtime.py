@@ -94,7 +94,7 @@ class EndpointRuntime(Context):
     async def publish(self, topic: str, message: Message) -> None:
         await self._hub.publish(self.path, topic, message)
 
-    async def publish_numbered(self, topic: str, event: Mapping[str, Any], keep: int) -> int:
+    async def publish_numbered(self, topic: str, event: Mapping[str, Any], keep: int) -> int | None:
         return await self._hub.publish_numbered(self.path, topic, event, keep)
 
     async def history(self, topic: str, limit: int) -> list[dict[str, Any]]:
