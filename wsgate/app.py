@@ -22,7 +22,7 @@ from .hub import Hub
 from .metrics import GatewayStats, render_metrics
 from .registry import Registry
 
-__all__ = ["BROKER", "GATEWAY", "STATS", "build_app", "web_root"]
+__all__ = ["BROKER", "GATEWAY", "STATS", "build_app", "make_runner", "reload_config", "web_root"]
 
 log = logging.getLogger("wsgate.app")
 
@@ -140,6 +140,15 @@ async def _not_found_as_404(request: web.Request, handler: Any) -> web.StreamRes
             raise web.HTTPNotFound() from None
         raise
     return response
+
+
+def make_runner(app: web.Application) -> web.AppRunner:
+    """An AppRunner with wsgate's server settings applied."""
+    server = app[GATEWAY].settings.config.server
+    # aiohttp's keep-alive timer runs from TCP accept until a request is complete, so
+    # it also drops clients that send nothing, or their headers a byte at a time.
+    return web.AppRunner(app, handle_signals=False, access_log=None,
+                         shutdown_timeout=server.shutdown_timeout, keepalive_timeout=server.handshake_timeout)
 
 
 def build_app(settings: Settings, registry: Registry | None = None) -> web.Application:

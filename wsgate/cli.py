@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .app import GATEWAY, build_app, reload_config
+from .app import GATEWAY, build_app, make_runner, reload_config
 from .config import Settings, load_config
 from .errors import ConfigError
 from .gateway import GOING_AWAY, SERVICE_RESTART
@@ -95,8 +95,7 @@ def _run(main: object, loop: str) -> int:
 async def _serve(settings: Settings, registry: Registry, *, reuse_port: bool) -> int:
     server = settings.config.server
     app = build_app(settings, registry)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=server.shutdown_timeout)
+    runner = make_runner(app)
     await runner.setup()
     site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port or None, backlog=4096)
     await site.start()

@@ -109,7 +109,6 @@ class Policy(_Strict):
     rate_limit: RateLimit | None = None
     subprotocols: list[str] = []
     compression: bool = False
-    handshake_timeout: Duration = 10.0
     close_timeout: Duration = 5.0
 
     @field_validator("max_message_size", "send_queue")
@@ -159,6 +158,8 @@ class ServerConfig(_Strict):
     port: int = Field(default=8080, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)
     shutdown_timeout: Duration = 10.0
+    handshake_timeout: Duration = 10.0
+    max_connections: int | None = Field(default=None, gt=0)
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
 
 

@@ -234,7 +234,7 @@ class Gateway:
         self.hub = hub
         self.stats = stats
         self.routes: dict[str, EndpointRuntime] = {}
-        self.admission = Admission()
+        self.admission = Admission(max_total=settings.config.server.max_connections)
         self.sessions: set[Session] = set()
         self.draining = False
         self.shutdown_code = GOING_AWAY
@@ -269,6 +269,7 @@ class Gateway:
                 self._retire(runtime)
         self.routes = new
         self.settings = settings
+        self.admission.max_total = settings.config.server.max_connections
 
     def _retire(self, runtime: EndpointRuntime) -> None:
         async def stop_when_idle() -> None:

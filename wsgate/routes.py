@@ -38,7 +38,7 @@ def _describe(endpoint: Endpoint) -> list[str]:
         f"per IP {p.max_connections_per_ip or 'unlimited'}",
         f"    rate_limit:     {rate}",
         f"    subprotocols:   {', '.join(p.subprotocols) or '(none)'}; compression: {'on' if p.compression else 'off'}",
-        f"    timeouts:       handshake {_seconds(p.handshake_timeout)}, close {_seconds(p.close_timeout)}",
+        f"    close_timeout:  {_seconds(p.close_timeout)}",
     ]
 
 
@@ -46,7 +46,10 @@ def describe_routes(settings: Settings) -> str:
     c = settings.config
     lines = [
         f"config {settings.file}: listening on {c.server.host}:{c.server.port}, "
-        f"{c.server.workers} worker(s), broker {c.broker}, API {'on' if c.api.token else 'off'}",
+        f"{c.server.workers} worker(s), broker {c.broker}, API {'on' if c.api.token else 'off'}, "
+        f"handshake timeout {_seconds(c.server.handshake_timeout)}, "
+        f"shutdown timeout {_seconds(c.server.shutdown_timeout)}, "
+        f"connections {c.server.max_connections or 'unlimited'}",
     ]
     for endpoint in settings.endpoints:
         lines += _describe(endpoint)

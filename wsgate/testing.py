@@ -23,7 +23,7 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from .app import GATEWAY, STATS, build_app
+from .app import GATEWAY, STATS, build_app, make_runner
 from .config import Settings, parse_config
 from .gateway import Gateway
 from .handler import Handler
@@ -103,7 +103,7 @@ async def run_gateway(
         extra = {**config, **({"policy": dict(policy)} if policy is not None else {})}
         settings = parse_config(_config_text(endpoints, registry, extra), "<run_gateway>", registry)
     app = build_app(settings, registry)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
+    runner = make_runner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
