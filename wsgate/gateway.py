@@ -144,7 +144,10 @@ class Session:
         runtime.attach(conn)
         self.arm()
         try:
-            if not await self._call("on_connect", handler.on_connect(conn)):
+            try:
+                await handler.on_connect(conn)
+            except Exception:
+                self._crashed("on_connect")
                 return
             on_message = handler.on_message
             while True:
@@ -165,7 +168,10 @@ class Session:
                     if accepts != "any" and (kind is WSMsgType.TEXT) != (accepts == "text"):
                         self.close(1003, f"this endpoint accepts only {accepts} messages")
                         break
-                    if not await self._call("on_message", on_message(conn, data)):
+                    try:
+                        await on_message(conn, data)
+                    except Exception:
+                        self._crashed("on_message")
                         break
                 elif kind is WSMsgType.PING:
                     keepalive.last_seen = loop.time()
@@ -187,16 +193,12 @@ class Session:
         finally:
             await self._finish()
 
-    async def _call(self, hook: str, call: Any) -> bool:
-        try:
-            await call
-            return True
-        except Exception:
-            self.runtime.stats.handler_errors += 1
-            log.exception("handler %s raised in %s on connection %s (%s)",
-                          self.runtime.endpoint.handler_ref, hook, self.conn.id, self.runtime.path)
-            self.close(1011, "internal error")
-            return False
+    def _crashed(self, hook: str) -> None:
+        """Log the running exception once and close this connection with 1011."""
+        self.runtime.stats.handler_errors += 1
+        log.exception("handler %s raised in %s on connection %s (%s)",
+                      self.runtime.endpoint.handler_ref, hook, self.conn.id, self.runtime.path)
+        self.close(1011, "internal error")
 
     async def _finish(self) -> None:
         if self._timer is not None:
@@ -218,7 +220,7 @@ class Session:
         runtime.stats.close_codes[code] += 1
         self.finished.set()
         access_log.info(
-            "close %s %s", self.conn.id, runtime.path,
+            "connection closed",
             extra={"event": "close", "conn": self.conn.id, "endpoint": runtime.path,
                    "remote": self.conn.remote, "code": code, "reason": self.close_reason,
                    "duration": round(time.monotonic() - self.started, 3),
@@ -328,7 +330,7 @@ class Gateway:
         runtime.stats.connections += 1
         self.sessions.add(session)
         access_log.info(
-            "open %s %s", session.conn.id, runtime.path,
+            "connection open",
             extra={"event": "open", "conn": session.conn.id, "endpoint": runtime.path, "remote": remote,
                    "origin": origin, "subprotocol": ws.ws_protocol, "query": redact_query(request.query)},
         )
