@@ -72,6 +72,10 @@ async def page(request: web.Request) -> dict[str, Any]:
     }
 
 
+async def websocket(request: web.Request) -> web.StreamResponse:
+    return await request.app[GATEWAY].handle(request)
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
@@ -183,6 +187,6 @@ def build_app(settings: Settings, registry: Registry | None = None) -> web.Appli
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/api/publish", publish)
     app.router.add_post("/api/reload", reload)
-    app.router.add_get("/{tail:.*}", lambda request: request.app[GATEWAY].handle(request))
+    app.router.add_get("/{tail:.*}", websocket)
     return app
 

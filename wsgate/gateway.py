@@ -11,6 +11,7 @@ UTF-8, 1008 policy (rate limit, slow consumer), 1009 too big, 1011 handler error
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -49,6 +50,9 @@ def redact_query(query: Mapping[str, str]) -> str:
 class Session:
     """One accepted WebSocket: its Connection, timers and close bookkeeping."""
 
+    __slots__ = ("_close_task", "_timer", "bucket", "close_code", "close_reason", "conn", "gateway",
+                 "keepalive", "loop", "messages_in", "outbox", "runtime", "started", "transport", "ws")
+
     def __init__(self, gateway: Gateway, runtime: EndpointRuntime, ws: web.WebSocketResponse,
                  request: web.Request, remote: str, conn_id: str) -> None:
         policy = runtime.endpoint.policy
@@ -85,7 +89,6 @@ class Session:
             TokenBucket(rate.messages / rate.per, float(rate.burst or rate.messages), now) if rate else None
         )
         self.messages_in = 0
-        self.finished = asyncio.Event()
 
     # --- closing ---
 
@@ -218,7 +221,6 @@ class Session:
             log.exception("handler %s raised in on_disconnect on connection %s (%s)",
                           runtime.endpoint.handler_ref, self.conn.id, runtime.path)
         runtime.stats.close_codes[code] += 1
-        self.finished.set()
         access_log.info(
             "connection closed",
             extra={"event": "close", "conn": self.conn.id, "endpoint": runtime.path,
@@ -245,6 +247,7 @@ class Gateway:
         self._ids = itertools.count(1)
         self._retired: set[EndpointRuntime] = set()
         self._background: set[asyncio.Task[None]] = set()
+        self._all_closed = asyncio.Event()
 
     async def start(self) -> None:
         self.flusher = Flusher(asyncio.get_running_loop())
@@ -329,6 +332,7 @@ class Gateway:
         runtime.stats.open += 1
         runtime.stats.connections += 1
         self.sessions.add(session)
+        self._all_closed.clear()
         access_log.info(
             "connection open",
             extra={"event": "open", "conn": session.conn.id, "endpoint": runtime.path, "remote": remote,
@@ -339,6 +343,8 @@ class Gateway:
         finally:
             self.sessions.discard(session)
             runtime.stats.open -= 1
+            if not self.sessions:
+                self._all_closed.set()
         return ws
 
     async def publish(self, path: str, room: str, data: Any) -> None:
@@ -354,11 +360,10 @@ class Gateway:
         self.draining = True
         for session in list(self.sessions):
             session.close(code, "service restart" if code == SERVICE_RESTART else "server shutting down")
-        waiters = [asyncio.ensure_future(s.finished.wait()) for s in self.sessions]
-        if waiters:
-            _, pending = await asyncio.wait(waiters, timeout=grace)
-            for waiter in pending:
-                waiter.cancel()
+        if self.sessions:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._all_closed.wait()
         for session in list(self.sessions):
             session.abort(code, "shutdown timeout")
         runtimes = set(self.routes.values()) | self._retired

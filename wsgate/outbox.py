@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
-from collections import deque
 from collections.abc import Awaitable, Callable
 
 __all__ = ["BINARY", "PING", "PONG", "TEXT", "Flusher", "Frame", "Outbox"]
@@ -110,7 +109,7 @@ class Outbox:
     ) -> None:
         self._transport = transport
         self._flusher = flusher
-        self._queue: deque[Frame] = deque()
+        self._queue: list[Frame] = []  # a list: an empty deque costs ~600 bytes per connection
         self._scheduled = False
         self._closed = False
         self._on_overflow = on_overflow
@@ -132,9 +131,12 @@ class Outbox:
                 self._closed = True
                 self._on_overflow()
                 return False
-            while self._queue and self.pending + size > self.limit:
-                self.pending -= len(self._queue.popleft().wire)
-                self.dropped += 1
+            queue, cut = self._queue, 0
+            while cut < len(queue) and self.pending + size > self.limit:
+                self.pending -= len(queue[cut].wire)
+                cut += 1
+            del queue[:cut]
+            self.dropped += cut
         self._queue.append(frame)
         self.pending += size
         self.frames += 1
@@ -173,7 +175,7 @@ class Outbox:
         queue = self._queue
         if self.dropped:
             notice = json.dumps({"type": "dropped", "count": self.dropped})
-            queue.appendleft(Frame.of(notice))
+            queue.insert(0, Frame.of(notice))
             self.dropped = 0
         data = queue[0].wire if len(queue) == 1 else b"".join([f.wire for f in queue])
         queue.clear()
@@ -184,7 +186,7 @@ class Outbox:
         assert self._send_compressed is not None
         try:
             while self._queue and not self._closed:
-                frame = self._queue.popleft()
+                frame = self._queue.pop(0)
                 self.pending -= len(frame.wire)
                 await self._send_compressed(frame.payload, frame.opcode)
         except (ConnectionError, RuntimeError):
