@@ -58,7 +58,7 @@ def parse_client_message(raw: str, max_text: int) -> str:
 
 def clean_name(requested: str | None) -> str:
     """A display name from the query, or a generated ``guest-xxxx``."""
-    name = " ".join((requested or "").split())[:_MAX_NAME]
+    name = " ".join((requested or "").split())[:_MAX_NAME].rstrip()
     return name or f"guest-{secrets.token_hex(2)}"
 
 

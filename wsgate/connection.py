@@ -8,7 +8,7 @@ from typing import Any
 
 from .errors import ConnectionClosed
 from .metrics import EndpointStats
-from .outbox import Frame, Outbox
+from .outbox import Outbox, encode
 
 __all__ = ["Connection"]
 
@@ -75,10 +75,11 @@ class Connection:
 
         Raises ``ConnectionClosed`` if the connection is already closing.
         """
-        frame = Frame.of(message)
+        frame = encode(message)
         if self._outbox.push(frame):
-            self._stats.messages_out += 1
-            self._stats.bytes_out += len(frame.wire)
+            stats = self._stats
+            stats.messages_out += 1
+            stats.bytes_out += len(frame)
         elif self.closed:
             raise ConnectionClosed(f"connection {self.id} on {self.path} is closed")
 
@@ -86,7 +87,7 @@ class Connection:
         """Queue ``obj`` encoded as JSON in a text message."""
         await self.send(json.dumps(obj, separators=(",", ":")))
 
-    def deliver(self, frame: Frame) -> bool:
+    def deliver(self, frame: bytes) -> bool:
         """Queue an already encoded frame (used by broadcasts); False if refused."""
         return self._outbox.push(frame)
 

@@ -28,7 +28,7 @@ from .hub import Hub
 from .keepalive import Action, KeepAlive
 from .limits import Admission, TokenBucket
 from .metrics import GatewayStats
-from .outbox import PING, PONG, Flusher, Frame, Outbox
+from .outbox import PING, PONG, Flusher, Outbox, encode_frame
 from .proxies import client_address
 from .runtime import EndpointRuntime
 
@@ -126,7 +126,7 @@ class Session:
         self._timer = None
         action, deadline = self.keepalive.due(self.loop.time())
         if action is Action.PING:
-            self.outbox.push_control(Frame(b"", PING))
+            self.outbox.push_control(encode_frame(b"", PING))
         elif action is Action.DEAD:
             self.runtime.stats.heartbeat_timeouts += 1
             self.abort(1006, "heartbeat timeout")
@@ -178,7 +178,7 @@ class Session:
                         break
                 elif kind is WSMsgType.PING:
                     keepalive.last_seen = loop.time()
-                    self.outbox.push_control(Frame(msg.data, PONG))
+                    self.outbox.push_control(encode_frame(msg.data, PONG))
                 elif kind is WSMsgType.PONG:
                     keepalive.last_seen = loop.time()
                 elif kind is WSMsgType.CLOSE:

@@ -11,12 +11,11 @@ from .broker import Broker
 from .connection import Connection
 from .errors import BrokerError
 from .metrics import GatewayStats
-from .outbox import BINARY, TEXT, Frame
+from .outbox import BINARY, TEXT, encode_frame
 
 __all__ = ["Hub", "channel_name"]
 
 log = logging.getLogger("wsgate.hub")
-_KIND = {TEXT: b"t", BINARY: b"b"}
 
 
 def channel_name(path: str, topic: str) -> str:
@@ -64,20 +63,19 @@ class Hub:
         if not members:
             return
         opcode = TEXT if payload[:1] == b"t" else BINARY
-        frame = Frame(payload[1:], opcode)
+        frame = encode_frame(payload[1:], opcode)
         sent = sum(1 for conn in members if conn.deliver(frame))
         stats = self._stats.endpoint(path)
         stats.messages_out += sent
-        stats.bytes_out += sent * len(frame.wire)
+        stats.bytes_out += sent * len(frame)
 
     # Publishing goes through the broker even for local subscribers, so that every
     # instance sees one order. When the broker fails, local subscribers still get the
     # message straight away; other instances miss it (pub/sub is fire-and-forget).
 
     async def publish(self, path: str, topic: str, message: str | bytes) -> None:
-        frame = Frame.of(message)
         channel = channel_name(path, topic)
-        payload = _KIND[frame.opcode] + frame.payload
+        payload = b"t" + message.encode() if isinstance(message, str) else b"b" + bytes(message)
         try:
             await self.broker.publish(channel, payload)
         except BrokerError as exc:

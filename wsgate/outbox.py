@@ -14,7 +14,7 @@ import json
 import struct
 from collections.abc import Awaitable, Callable
 
-__all__ = ["BINARY", "PING", "PONG", "TEXT", "Flusher", "Frame", "Outbox"]
+__all__ = ["BINARY", "PING", "PONG", "TEXT", "Flusher", "Outbox", "encode", "encode_frame", "split_frame"]
 
 TEXT, BINARY, PING, PONG = 0x1, 0x2, 0x9, 0xA
 _HEAD_16 = struct.Struct("!BBH").pack
@@ -25,28 +25,36 @@ TRANSPORT_HIGH_WATER = 64 * 1024
 _RETRY_DELAY = 0.01
 
 
-class Frame:
-    """One unfragmented server frame (RFC 6455 section 5.2, servers do not mask)."""
+def encode_frame(payload: bytes, opcode: int) -> bytes:
+    """One unfragmented, unmasked server frame (RFC 6455 section 5.2)."""
+    n = len(payload)
+    if n < 126:
+        return _SMALL_HEADS[opcode][n] + payload
+    if n < 65536:
+        return _HEAD_16(0x80 | opcode, 126, n) + payload
+    return _HEAD_64(0x80 | opcode, 127, n) + payload
 
-    __slots__ = ("opcode", "payload", "wire")
 
-    def __init__(self, payload: bytes, opcode: int) -> None:
-        self.payload = payload
-        self.opcode = opcode
-        n = len(payload)
-        first = 0x80 | opcode
-        if n < 126:
-            self.wire = bytes((first, n)) + payload
-        elif n < 65536:
-            self.wire = _HEAD_16(first, 126, n) + payload
-        else:
-            self.wire = _HEAD_64(first, 127, n) + payload
+def encode(message: str | bytes) -> bytes:
+    """A text frame for ``str``, a binary frame for ``bytes``."""
+    if isinstance(message, str):
+        payload = message.encode()
+        if len(payload) < 126:
+            return _SMALL_TEXT[len(payload)] + payload
+        return encode_frame(payload, TEXT)
+    return encode_frame(bytes(message), BINARY)
 
-    @classmethod
-    def of(cls, message: str | bytes) -> Frame:
-        if isinstance(message, str):
-            return cls(message.encode(), TEXT)
-        return cls(bytes(message), BINARY)
+
+def split_frame(wire: bytes) -> tuple[bytes, int]:
+    """Payload and opcode of a frame made by ``encode_frame``."""
+    n = wire[1] & 0x7F
+    start = 2 if n < 126 else (4 if n == 126 else 10)
+    return wire[start:], wire[0] & 0x0F
+
+
+# Headers of short frames, precomputed: most messages are short and this is per message.
+_SMALL_HEADS = {op: [bytes((0x80 | op, n)) for n in range(126)] for op in (TEXT, BINARY, PING, PONG)}
+_SMALL_TEXT = _SMALL_HEADS[TEXT]
 
 
 class Flusher:
@@ -109,7 +117,7 @@ class Outbox:
     ) -> None:
         self._transport = transport
         self._flusher = flusher
-        self._queue: list[Frame] = []  # a list: an empty deque costs ~600 bytes per connection
+        self._queue: list[bytes] = []  # a list: an empty deque costs ~600 bytes per connection
         self._scheduled = False
         self._closed = False
         self._on_overflow = on_overflow
@@ -121,11 +129,11 @@ class Outbox:
         self.dropped = 0
         self.frames = 0
 
-    def push(self, frame: Frame) -> bool:
-        """Queue ``frame``; False if the connection is closing or the queue overflowed."""
+    def push(self, frame: bytes) -> bool:
+        """Queue an encoded frame; False if the connection is closing or the queue overflowed."""
         if self._closed:
             return False
-        size = len(frame.wire)
+        size = len(frame)
         if self.pending + size > self.limit and self._queue:
             if not self.drop:
                 self._closed = True
@@ -133,7 +141,7 @@ class Outbox:
                 return False
             queue, cut = self._queue, 0
             while cut < len(queue) and self.pending + size > self.limit:
-                self.pending -= len(queue[cut].wire)
+                self.pending -= len(queue[cut])
                 cut += 1
             del queue[:cut]
             self.dropped += cut
@@ -145,11 +153,11 @@ class Outbox:
             self._flusher.mark(self)
         return True
 
-    def push_control(self, frame: Frame) -> None:
+    def push_control(self, frame: bytes) -> None:
         """Queue a ping or pong: never refused, never dropped."""
         if not self._closed:
             self._queue.append(frame)
-            self.pending += len(frame.wire)
+            self.pending += len(frame)
             if not self._scheduled:
                 self._scheduled = True
                 self._flusher.mark(self)
@@ -175,9 +183,9 @@ class Outbox:
         queue = self._queue
         if self.dropped:
             notice = json.dumps({"type": "dropped", "count": self.dropped})
-            queue.insert(0, Frame.of(notice))
+            queue.insert(0, encode(notice))
             self.dropped = 0
-        data = queue[0].wire if len(queue) == 1 else b"".join([f.wire for f in queue])
+        data = queue[0] if len(queue) == 1 else b"".join(queue)
         queue.clear()
         self.pending = 0
         self._transport.write(data)
@@ -187,8 +195,8 @@ class Outbox:
         try:
             while self._queue and not self._closed:
                 frame = self._queue.pop(0)
-                self.pending -= len(frame.wire)
-                await self._send_compressed(frame.payload, frame.opcode)
+                self.pending -= len(frame)
+                await self._send_compressed(*split_frame(frame))
         except (ConnectionError, RuntimeError):
             self._discard()
         finally:

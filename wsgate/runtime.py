@@ -13,7 +13,7 @@ from .handler import Context, Handler, Message
 from .hub import Hub
 from .metrics import EndpointStats
 from .origin import OriginPolicy
-from .outbox import Frame
+from .outbox import encode
 
 __all__ = ["EndpointRuntime"]
 
@@ -75,14 +75,14 @@ class EndpointRuntime(Context):
         return frozenset(self._connections)
 
     def broadcast(self, message: Message, connections: Collection[Connection] | None = None) -> int:
-        frame = Frame.of(message)
+        frame = encode(message)
         targets = self._connections if connections is None else connections
         sent = 0
         for conn in targets:
             if conn.deliver(frame):
                 sent += 1
         self.stats.messages_out += sent
-        self.stats.bytes_out += sent * len(frame.wire)
+        self.stats.bytes_out += sent * len(frame)
         return sent
 
     async def subscribe(self, conn: Connection, topic: str) -> None:
