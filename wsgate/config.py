@@ -51,8 +51,8 @@ __all__ = [
     "parse_config",
 ]
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Size = Annotated[int, BeforeValidator(parse_size)]
+Duration = Annotated[float, BeforeValidator(parse_duration, json_schema_input_type=float | str)]
+Size = Annotated[int, BeforeValidator(parse_size, json_schema_input_type=int | str)]
 
 RESERVED_PATHS = ("/", "/healthz", "/readyz", "/metrics")
 RESERVED_PREFIXES = ("/static/", "/api/")
@@ -74,7 +74,7 @@ class RateLimit(_Strict):
     """Token bucket: ``messages`` per ``per`` seconds, bursts up to ``burst``."""
 
     messages: int = Field(gt=0)
-    per: Duration = 1.0
+    per: Duration = Field(default=1.0, gt=0)
     burst: int | None = Field(default=None, gt=0)
 
 
@@ -124,7 +124,8 @@ POLICY_KEYS = tuple(Policy.model_fields)
 _EndpointBase = create_model(  # type: ignore[call-overload]
     "_EndpointBase",
     __base__=_Strict,
-    **{name: (Optional[field.annotation], None) for name, field in Policy.model_fields.items()},  # noqa: UP045
+    **{name: (Optional[field.rebuild_annotation()], None)  # noqa: UP045
+       for name, field in Policy.model_fields.items()},
 )
 
 
@@ -309,6 +310,22 @@ def _apply_env(data: dict[str, Any]) -> None:
         data["api"] = {**(api if isinstance(api, dict) else {}), "token": token}
 
 
+def _resolve(registry: Registry, src: Located, index: int, handler: str, options: dict[str, Any],
+             problems: list[ConfigProblem]) -> tuple[type[Handler], BaseModel] | None:
+    """The handler class and validated options of ``endpoints[index]``, or None with problems added."""
+    where = ("endpoints", index)
+    try:
+        cls = registry.resolve(handler)
+    except HandlerLoadError as exc:
+        problems.append(src.problem((*where, "handler"), str(exc)))
+        return None
+    try:
+        return cls, cls.Options.model_validate(options)
+    except ValidationError as exc:
+        problems.extend(_problems(exc, cls.Options, src, (*where, "options")))
+        return None
+
+
 def parse_config(text: str, file: str, registry: Registry) -> Settings:
     """Validate config text completely; raise ConfigError listing every problem."""
     src = load_yaml(text, file)
@@ -319,23 +336,25 @@ def parse_config(text: str, file: str, registry: Registry) -> Settings:
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_problems(exc, Config, src)) from None
+        # Also check the handlers of well-formed entries, so one run reports everything.
+        problems = _problems(exc, Config, src)
+        raw = data.get("endpoints")
+        for index, entry in enumerate(raw if isinstance(raw, list) else []):
+            if isinstance(entry, dict) and isinstance(entry.get("handler"), str):
+                options = entry.get("options", {})
+                _resolve(registry, src, index, entry["handler"], options if isinstance(options, dict) else {},
+                         problems)
+        raise ConfigError(sorted(set(problems), key=lambda p: (p.line, p.column))) from None
 
-    problems: list[ConfigProblem] = []
+    problems = []
     endpoints = []
     global_policy = config.policy.model_dump(exclude_unset=True)
     for index, spec in enumerate(config.endpoints):
         where = ("endpoints", index)
-        try:
-            cls = registry.resolve(spec.handler)
-        except HandlerLoadError as exc:
-            problems.append(src.problem((*where, "handler"), str(exc)))
+        resolved = _resolve(registry, src, index, spec.handler, spec.options, problems)
+        if resolved is None:
             continue
-        try:
-            options = cls.Options.model_validate(spec.options)
-        except ValidationError as exc:
-            problems.extend(_problems(exc, cls.Options, src, (*where, "options")))
-            continue
+        cls, options = resolved
         merged = {**cls.policy_defaults, **global_policy, **spec.overrides()}
         try:
             policy = Policy.model_validate(merged)

@@ -47,7 +47,8 @@ class KeepAlive:
         action = Action.NONE
         if self.interval and now >= self._next_ping:
             action = Action.PING
-            self.ping_sent = now
+            if self.ping_sent is None:  # an unanswered ping keeps its deadline
+                self.ping_sent = now
             self._next_ping = now + self.interval
         return action, self._next_deadline()
 

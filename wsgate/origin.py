@@ -57,6 +57,8 @@ def parse_origin_pattern(text: str) -> OriginPattern:
             "'https://app.example.com' or 'http://localhost:*'"
         )
     scheme, host, port = split
+    if "*" in host:
+        raise ValueError(f"{text!r} is not an origin: host wildcards are not supported; list each origin exactly")
     return OriginPattern(scheme, host, None if wildcard else port)
 
 
@@ -108,5 +110,8 @@ class OriginPolicy:
         if self.allow_any:
             return "*"
         parts = ["same-origin"] if self.same_origin else []
-        parts += [f"{p.scheme}://{p.host}:{'*' if p.port is None else p.port}" for p in self.patterns]
+        parts += [
+            f"{p.scheme}://{f'[{p.host}]' if ':' in p.host else p.host}:{'*' if p.port is None else p.port}"
+            for p in self.patterns
+        ]
         return ", ".join(parts) or "(none)"

@@ -29,6 +29,10 @@ def client_address(peer: str, forwarded_for: str | None, proxies: Sequence[Netwo
     hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
     client = peer
     for hop in reversed(hops):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            break  # garbage: keep the last address a trusted proxy vouched for
         client = hop
         if not _trusted(hop, proxies):
             break

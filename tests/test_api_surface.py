@@ -1,0 +1,243 @@
+"""The public surface of the package: exports, __all__, py.typed, exceptions, docstrings,
+and no aiohttp type leaking into the plugin API."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import pkgutil
+import re
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from aiohttp import web
+
+import wsgate
+from wsgate import errors
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(wsgate.__file__).resolve().parent
+
+PUBLIC = {
+    "Handler",
+    "Connection",
+    "Context",
+    "Message",
+    "NoOptions",
+    "WsgateError",
+    "ConfigError",
+    "ConfigProblem",
+    "HandlerLoadError",
+    "BrokerError",
+    "ConnectionClosed",
+}
+ERRORS = {"WsgateError", "ConfigError", "HandlerLoadError", "BrokerError", "ConnectionClosed"}
+SCRIPTS = {"wsgate.__main__"}  # runs the CLI when imported; not a library module
+
+
+def _module_names() -> list[str]:
+    names = ["wsgate"]
+    for info in pkgutil.walk_packages([str(PACKAGE_DIR)], prefix="wsgate."):
+        if info.name not in SCRIPTS:
+            names.append(info.name)
+    return sorted(names)
+
+
+MODULES = _module_names()
+
+
+def _sources() -> list[Path]:
+    return sorted(p for p in PACKAGE_DIR.rglob("*.py") if p.name != "__main__.py")
+
+
+def test_the_package_has_the_modules_we_expect() -> None:
+    # guards the parametrisations below against finding nothing
+    assert {"wsgate.config", "wsgate.handler", "wsgate.connection", "wsgate.broker.memory"} <= set(MODULES)
+    assert len(_sources()) == len(MODULES)
+
+
+def test_top_level_exports_exactly_the_public_api() -> None:
+    assert set(wsgate.__all__) == PUBLIC
+    assert len(wsgate.__all__) == len(set(wsgate.__all__))
+
+
+def test_public_names_are_importable_from_the_package() -> None:
+    namespace: dict[str, object] = {}
+    exec("from wsgate import *", namespace)
+    assert set(namespace) >= PUBLIC
+
+
+def test_public_names_are_documented() -> None:
+    """The README sends plugin authors to docs/handlers.md for "the whole API"."""
+    guide = ROOT / "docs" / "handlers.md"
+    if not guide.exists():
+        pytest.skip("docs/handlers.md is not written yet")
+    text = guide.read_text()
+    missing = sorted(name for name in PUBLIC if not re.search(rf"\b{name}\b", text))
+    assert missing == [], f"exported by wsgate but never mentioned in docs/handlers.md: {missing}"
+
+
+@pytest.mark.parametrize("path", _sources(), ids=lambda p: str(p.relative_to(PACKAGE_DIR)))
+def test_every_module_defines_all(path: Path) -> None:
+    tree = ast.parse(path.read_text(), str(path))
+    assigned = [
+        node for node in tree.body
+        if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets))
+        or (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == "__all__")
+    ]
+    assert assigned, f"{path.relative_to(ROOT)} has no module-level __all__"
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_every_name_in_all_exists(name: str) -> None:
+    module = importlib.import_module(name)
+    exported = getattr(module, "__all__", None)
+    assert isinstance(exported, list | tuple), f"{name}.__all__ missing"
+    assert all(isinstance(item, str) for item in exported)
+    assert len(exported) == len(set(exported)), f"duplicates in {name}.__all__"
+    missing = [item for item in exported if not hasattr(module, item)]
+    assert missing == [], f"{name}.__all__ names what it does not define: {missing}"
+    private = [item for item in exported if item.startswith("_")]
+    assert private == []
+
+
+def test_package_ships_py_typed() -> None:
+    assert (PACKAGE_DIR / "py.typed").is_file()
+    setup = (ROOT / "setup.cfg").read_text()
+    section = setup.split("[options.package_data]", 1)[1].split("\n[", 1)[0]
+    assert "py.typed" in section
+
+
+# --- exceptions ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(ERRORS))
+def test_every_error_is_a_wsgate_error(name: str) -> None:
+    cls = getattr(wsgate, name)
+    assert issubclass(cls, Exception)
+    assert issubclass(cls, wsgate.WsgateError)
+    assert cls.__module__ == "wsgate.errors"
+
+
+def test_errors_module_defines_only_wsgate_errors() -> None:
+    classes = [obj for _, obj in inspect.getmembers(errors, inspect.isclass) if obj.__module__ == "wsgate.errors"]
+    exceptions = {c.__name__ for c in classes if issubclass(c, BaseException)}
+    assert exceptions == ERRORS
+    assert all(issubclass(getattr(errors, n), errors.WsgateError) for n in exceptions)
+
+
+def _public_exceptions() -> Iterator[tuple[str, type[BaseException]]]:
+    for name in MODULES:
+        module: ModuleType = importlib.import_module(name)
+        for item in getattr(module, "__all__", []):
+            obj = getattr(module, item, None)
+            if isinstance(obj, type) and issubclass(obj, BaseException):
+                yield f"{name}.{item}", obj
+
+
+def test_every_exported_exception_anywhere_is_a_wsgate_error() -> None:
+    found = dict(_public_exceptions())
+    assert "wsgate.errors.ConfigError" in found
+    strays = [name for name, cls in found.items() if not issubclass(cls, wsgate.WsgateError)]
+    assert strays == []
+
+
+def test_wsgate_error_is_not_a_catch_all_of_builtins() -> None:
+    assert wsgate.WsgateError.__bases__ == (Exception,)
+    for name in ERRORS - {"WsgateError"}:
+        assert getattr(wsgate, name).__bases__ == (wsgate.WsgateError,), name
+
+
+def test_config_error_carries_its_problems() -> None:
+    first = wsgate.ConfigProblem("c.yaml", 3, 5, "endpoints[0].path", "bad")
+    second = wsgate.ConfigProblem("c.yaml", 1, 1, "", "worse")
+    error = wsgate.ConfigError([first, second])
+    assert error.problems == [first, second]
+    assert str(error) == "c.yaml:3:5: endpoints[0].path: bad\nc.yaml:1:1: worse"
+    assert not issubclass(wsgate.ConfigProblem, BaseException)
+    with pytest.raises(AttributeError):
+        first.line = 4  # type: ignore[misc]
+
+
+# --- docstrings ------------------------------------------------------------------------------
+
+
+def _public_members(cls: type) -> dict[str, object]:
+    return {
+        name: member for name, member in vars(cls).items()
+        if not name.startswith("_") and (inspect.isfunction(member) or isinstance(member, property))
+    }
+
+
+HOOKS = ["startup", "shutdown", "on_connect", "on_message", "on_disconnect"]
+CONNECTION_API = ["send", "send_json", "close", "closed"]
+CONTEXT_API = ["connections", "broadcast", "subscribe", "unsubscribe", "publish", "publish_numbered",
+               "history", "claim", "release", "members", "spawn"]
+
+
+@pytest.mark.parametrize(
+    ("cls", "required"),
+    [(wsgate.Handler, HOOKS), (wsgate.Connection, CONNECTION_API), (wsgate.Context, CONTEXT_API)],
+    ids=["Handler", "Connection", "Context"],
+)
+def test_plugin_api_has_docstrings(cls: type, required: list[str]) -> None:
+    members = _public_members(cls)
+    assert set(required) <= set(members), f"{cls.__name__} lacks {set(required) - set(members)}"
+    undocumented = [name for name, member in members.items() if not (inspect.getdoc(member) or "").strip()]
+    assert undocumented == [], f"{cls.__name__} methods without a docstring: {undocumented}"
+    assert (cls.__doc__ or "").strip()
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC - {"Message"}))
+def test_public_classes_have_docstrings(name: str) -> None:
+    assert (getattr(wsgate, name).__doc__ or "").strip()
+
+
+def test_hooks_are_coroutines() -> None:
+    for hook in HOOKS:
+        assert inspect.iscoroutinefunction(getattr(wsgate.Handler, hook)), hook
+
+
+# --- no aiohttp in the plugin API ------------------------------------------------------------
+
+
+def _types_in(hint: object) -> Iterator[object]:
+    yield hint
+    for arg in typing.get_args(hint):
+        yield from _types_in(arg)
+
+
+def _aiohttp_types(obj: object) -> list[str]:
+    hints = typing.get_type_hints(obj, localns=vars(wsgate))
+    leaks = []
+    for where, hint in hints.items():
+        for t in _types_in(hint):
+            module = getattr(t, "__module__", "") or ""
+            if module.split(".")[0] == "aiohttp" or "aiohttp" in repr(t):
+                leaks.append(f"{where}: {t!r}")
+    return leaks
+
+
+@pytest.mark.parametrize("cls", [wsgate.Handler, wsgate.Connection, wsgate.Context], ids=lambda c: c.__name__)
+def test_no_aiohttp_type_in_public_signatures(cls: type) -> None:
+    checked = 0
+    leaks = _aiohttp_types(cls)  # class-level annotations
+    for name, member in _public_members(cls).items():
+        function = member.fget if isinstance(member, property) else member
+        leaks += [f"{name}.{leak}" for leak in _aiohttp_types(function)]
+        checked += 1
+    assert checked >= 3
+    assert leaks == []
+
+
+def _leaky(request: web.Request) -> web.WebSocketResponse | None:
+    raise NotImplementedError
+
+
+def test_the_hint_walker_does_see_aiohttp() -> None:
+    """The check above would catch a leak: a function annotated with aiohttp types is found."""
+    assert len(_aiohttp_types(_leaky)) >= 2

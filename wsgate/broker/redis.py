@@ -1,0 +1,412 @@
+"""The Redis broker: gateway instances that share one Redis share topics, ids, history and presence.
+
+Each instance holds two kinds of connection: a small pool for commands (PUBLISH, the
+numbering script, history, presence, a health PING every half second) and one
+pub/sub connection read by a listener task. The listener notices a dropped or silent
+pub/sub connection, reconnects with backoff (0.1 s doubling to 1 s) and subscribes
+again to every channel this instance still needs. Commands fail fast with
+``BrokerError`` (short timeouts, one retry), and fail at once while the health PING
+says Redis is unreachable. ``start()`` raises ``BrokerError`` when Redis cannot be
+reached, so a gateway never starts without the broker it was configured with.
+
+What a Redis outage loses. Redis pub/sub is fire-and-forget and nothing is queued:
+
+- messages published while Redis is down reach only the publishing instance's own
+  subscribers (the hub delivers them locally; numbered ones carry ``"id": null``);
+- messages published by others while this instance's subscription is reconnecting
+  never reach this instance, even if Redis itself stayed up;
+- a Redis restarted without persistence has forgotten presence, history and the
+  counters, so ids start again from 1.
+
+What keeps working: delivery between clients of the same instance, and every open
+WebSocket connection (the broker never closes one). ``healthy`` (and so ``/readyz``)
+is False while either connection is known to be down, and True again once both are
+back and every subscription is restored.
+
+Keys, next to the channel name ``C``: ``C:seq`` (the counter), ``C:history`` (a list
+capped at ``keep``); presence sets use the keys the caller passes. Connections are
+named ``wsgate-cmd-PID`` and ``wsgate-sub-PID`` in ``CLIENT LIST``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..errors import BrokerError
+from .base import Broker, Delivery
+
+__all__ = ["RedisBroker", "redact_url"]
+
+log = logging.getLogger("wsgate.broker.redis")
+T = TypeVar("T")
+
+# INCR, append to the capped history, PUBLISH: one atomic step, so every subscriber
+# sees the numbers of a channel in increasing order, whichever instance published.
+_NUMBERED = """
+local n = redis.call('INCR', KEYS[1])
+local payload = ARGV[1] .. string.format('%d', n) .. ARGV[2]
+local keep = tonumber(ARGV[3])
+if keep > 0 then
+  redis.call('RPUSH', KEYS[2], payload)
+  redis.call('LTRIM', KEYS[2], -keep, -1)
+end
+redis.call('PUBLISH', ARGV[4], payload)
+return n
+"""
+
+_BACKOFF_MIN, _BACKOFF_MAX = 0.1, 1.0  # pub/sub reconnect delays, seconds
+_READ_SLICE = 0.25  # the listener wakes at least this often
+_PUBSUB_PING = 1.0  # PING on the pub/sub connection this often ...
+_PUBSUB_SILENT = 3.5  # ... and give it up when nothing came back for this long
+_ERRORS = (RedisError, OSError, TimeoutError)  # TimeoutError: asyncio.timeout expired
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#@]*)@")
+_SECRET_QUERY = re.compile(r"(?i)([?&]password=)[^&#]*")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for logs and error messages."""
+    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(_hide_password, url, count=1))
+
+
+def _hide_password(match: re.Match[str]) -> str:
+    user, colon, _ = match.group(2).partition(":")
+    return f"{match.group(1)}{user}:***@" if colon else f"{match.group(1)}***@"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+class RedisBroker(Broker):
+    """Pub/sub, numbered messages, history and presence in a shared Redis.
+
+    ``timeout`` bounds connecting and each reply (seconds); ``ping_interval`` is how
+    often the command connection is checked; ``max_connections`` caps the command pool.
+    """
+
+    name = "redis"
+
+    def __init__(self, url: str, *, timeout: float = 1.0, ping_interval: float = 0.5,
+                 max_connections: int = 32) -> None:
+        self.url = url
+        self.shown_url = redact_url(url)
+        self._timeout = timeout
+        self._ping_interval = ping_interval
+        self._max_connections = max_connections
+        self._client: Redis | None = None
+        self._sub_client: Redis | None = None
+        self._numbered: AsyncScript | None = None
+        self._channels: dict[str, Delivery] = {}
+        self._pubsub: PubSub | None = None
+        self._pubsub_broken = False
+        # Sends on the pub/sub connection, and taking the snapshot to resubscribe, are
+        # serialised so the channels subscribed always end up equal to ``_channels``.
+        self._sub_lock = asyncio.Lock()
+        # One entry per SUBSCRIBE sent for a channel, in order; Redis confirms each once.
+        self._expected: dict[str, deque[asyncio.Future[None] | None]] = {}
+        self._commands_up = False
+        self._pubsub_up = False
+        self._closed = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- lifecycle ---
+
+    async def start(self) -> None:
+        """Connect both connections; raise BrokerError naming the URL if Redis is unreachable."""
+        try:
+            self._client = self._make_client("cmd", Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
+                                             pooled=True)
+            self._sub_client = self._make_client("sub", Retry(NoBackoff(), 0), pooled=False)
+        except ValueError as exc:
+            await self._close_clients()
+            raise BrokerError(f"bad Redis URL {self.shown_url}: {exc}") from None
+        try:
+            async with asyncio.timeout(self._timeout * 3):
+                await self._client.ping()
+                pubsub = await self._open_pubsub()
+        except _ERRORS as exc:
+            await self._close_clients()
+            raise BrokerError(f"cannot reach Redis at {self.shown_url}: {exc or 'timed out'}") from exc
+        self._commands_up = True
+        self._numbered = self._client.register_script(_NUMBERED)
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._listen(pubsub), name="wsgate redis listener"),
+            loop.create_task(self._watch(), name="wsgate redis health"),
+        ]
+        log.info("broker: Redis at %s", self.shown_url)
+
+    async def close(self) -> None:
+        """Stop the listener and the health check, then close every connection."""
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self._forget_expected()
+        await self._close_clients()
+        self._commands_up = self._pubsub_up = False
+
+    @property
+    def healthy(self) -> bool:
+        """True while both the command and the pub/sub connection work."""
+        return self._commands_up and self._pubsub_up and not self._closed
+
+    def _make_client(self, role: str, retry: Retry, *, pooled: bool) -> Redis:
+        options: dict[str, Any] = {
+            "socket_timeout": self._timeout,
+            "socket_connect_timeout": self._timeout,
+            "retry": retry,
+            "client_name": f"wsgate-{role}-{os.getpid()}",
+        }
+        if not pooled:
+            return Redis.from_url(self.url, **options)
+        pool = BlockingConnectionPool.from_url(self.url, max_connections=self._max_connections,
+                                               timeout=self._timeout, **options)
+        return Redis.from_pool(pool)
+
+    async def _close_clients(self) -> None:
+        for client in (self._client, self._sub_client):
+            if client is not None:
+                try:
+                    await client.aclose()
+                except _ERRORS as exc:
+                    log.debug("closing a Redis client: %s", exc)
+        self._client = self._sub_client = None
+
+    # --- the pub/sub connection ---
+
+    async def subscribe(self, channel: str, deliver: Delivery) -> None:
+        """Deliver ``channel``'s messages to ``deliver``; returns once Redis confirmed.
+
+        While the pub/sub connection is down this only records the channel: the
+        listener subscribes to it when it reconnects. It never raises.
+        """
+        self._channels[channel] = deliver
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        async with self._sub_lock:
+            pubsub = self._pubsub
+            if pubsub is None or self._channels.get(channel) is not deliver:
+                return
+            self._expected.setdefault(channel, deque()).append(waiter)
+            if not await self._send(pubsub, pubsub.subscribe, channel):
+                return
+        try:
+            async with asyncio.timeout(self._timeout):
+                await waiter
+        except TimeoutError:
+            log.warning("Redis did not confirm the subscription to %s within %ss", channel, self._timeout)
+
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop delivering ``channel``; never raises."""
+        if self._channels.pop(channel, None) is None:
+            return
+        async with self._sub_lock:
+            pubsub = self._pubsub
+            if pubsub is not None and channel not in self._channels:
+                await self._send(pubsub, pubsub.unsubscribe, channel)
+
+    async def _send(self, pubsub: PubSub, command: Callable[..., Awaitable[Any]], channel: str) -> bool:
+        """Send (UN)SUBSCRIBE; on failure have the listener reconnect (and resubscribe)."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                await command(channel)
+        except _ERRORS as exc:
+            log.warning("Redis pub/sub command for %s failed (%s); reconnecting", channel, exc or "timed out")
+            self._pubsub_broken = True
+            return False
+        return True
+
+    async def _open_pubsub(self) -> PubSub:
+        """A connected PubSub subscribed to every channel in ``_channels``."""
+        assert self._sub_client is not None
+        pubsub = self._sub_client.pubsub()
+        try:
+            await pubsub.connect()  # type: ignore[no-untyped-call]
+            async with self._sub_lock:
+                channels = list(self._channels)
+                if channels:
+                    await pubsub.subscribe(*channels)
+                    for channel in channels:
+                        self._expected.setdefault(channel, deque()).append(None)
+                # Replies come in order: the PONG says every subscription above is active.
+                await pubsub.ping()
+                self._pubsub_broken = False
+                self._pubsub = pubsub
+        except BaseException:
+            self._forget_expected()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            raise
+        return pubsub
+
+    async def _listen(self, pubsub: PubSub | None) -> None:
+        """Read the pub/sub connection forever, reconnecting whenever it fails."""
+        delay = _BACKOFF_MIN
+        while True:
+            if pubsub is None:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX)
+                try:
+                    async with asyncio.timeout(self._timeout * 3):
+                        pubsub = await self._open_pubsub()
+                except _ERRORS as exc:
+                    log.debug("Redis pub/sub reconnect to %s failed: %s", self.shown_url, exc or "timed out")
+                    continue
+                delay = _BACKOFF_MIN
+            try:
+                await self._pump(pubsub)
+            except _ERRORS as exc:
+                log.warning("Redis pub/sub connection to %s lost (%s); reconnecting",
+                            self.shown_url, exc or "timed out")
+            except Exception:
+                log.exception("Redis pub/sub listener failed; reconnecting")
+            finally:
+                self._pubsub_up = False
+                self._pubsub = None
+                self._forget_expected()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            pubsub = None
+
+    async def _pump(self, pubsub: PubSub) -> None:
+        loop = asyncio.get_running_loop()
+        heard = loop.time()
+        next_ping = heard + _PUBSUB_PING
+        while not self._pubsub_broken:
+            message = await pubsub.get_message(timeout=_READ_SLICE)
+            now = loop.time()
+            if message is not None:
+                heard = now
+                self._handle(message)
+            if now >= next_ping:
+                if now - heard > _PUBSUB_SILENT:
+                    raise RedisTimeoutError(f"no reply to PING for {_PUBSUB_SILENT}s")
+                await pubsub.ping()
+                next_ping = now + _PUBSUB_PING
+        raise RedisError("a subscribe command failed")
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "message":
+            channel = _text(message["channel"])
+            deliver = self._channels.get(channel)
+            if deliver is None:
+                return  # unsubscribed while the message was on its way
+            try:
+                deliver(message["data"])
+            except Exception:
+                log.exception("delivering a message from %s failed", channel)
+        elif kind == "subscribe":
+            self._confirmed(_text(message["channel"]))
+        elif kind == "pong" and not self._pubsub_up:
+            self._pubsub_up = True
+            log.info("Redis pub/sub connected to %s (%d channels)", self.shown_url, len(self._channels))
+
+    def _confirmed(self, channel: str) -> None:
+        expected = self._expected.get(channel)
+        if not expected:
+            return
+        waiter = expected.popleft()
+        if not expected:
+            del self._expected[channel]
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _forget_expected(self) -> None:
+        """Release every subscribe() waiting for a confirmation that will not come."""
+        for expected in self._expected.values():
+            for waiter in expected:
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+        self._expected.clear()
+
+    # --- the command connection ---
+
+    async def _watch(self) -> None:
+        """PING the command connection every ``ping_interval`` to keep ``healthy`` current."""
+        while True:
+            await asyncio.sleep(self._ping_interval)
+            assert self._client is not None
+            try:
+                async with asyncio.timeout(self._timeout * 2):
+                    await self._client.ping()
+            except _ERRORS as exc:
+                if self._commands_up:
+                    log.warning("Redis at %s is unreachable (%s); delivering locally only until it is back",
+                                self.shown_url, exc or "timed out")
+                self._commands_up = False
+            else:
+                if not self._commands_up:
+                    log.info("Redis at %s is reachable again", self.shown_url)
+                self._commands_up = True
+
+    async def _run(self, what: str, command: Callable[[Redis], Awaitable[T]]) -> T:
+        """Run one command; any failure becomes BrokerError within about twice ``timeout``."""
+        client = self._client
+        if client is None or self._closed:
+            raise BrokerError(f"{what}: the Redis broker is not running")
+        if not self._commands_up:
+            raise BrokerError(f"{what}: Redis at {self.shown_url} is unreachable")
+        try:
+            async with asyncio.timeout(self._timeout * 2):
+                return await command(client)
+        except _ERRORS as exc:
+            raise BrokerError(f"{what} on Redis at {self.shown_url} failed: {exc or 'timed out'}") from exc
+
+    async def publish(self, channel: str, payload: bytes) -> None:
+        async def run(r: Redis) -> None:
+            await r.publish(channel, payload)
+
+        await self._run("PUBLISH", run)
+
+    async def publish_numbered(self, channel: str, head: bytes, tail: bytes, keep: int) -> int:
+        script = self._numbered
+
+        async def run(r: Redis) -> int:
+            assert script is not None
+            number = await script(keys=[f"{channel}:seq", f"{channel}:history"],
+                                  args=[head, tail, max(keep, 0), channel], client=r)
+            return int(number)
+
+        return await self._run("numbered PUBLISH", run)
+
+    async def history(self, channel: str, limit: int) -> list[bytes]:
+        if limit <= 0:
+            return []
+
+        async def run(r: Redis) -> list[bytes]:
+            items = await r.lrange(f"{channel}:history", -limit, -1)
+            return [item if isinstance(item, bytes) else item.encode() for item in items]
+
+        return await self._run("LRANGE", run)
+
+    async def claim(self, key: str, member: str) -> bool:
+        async def run(r: Redis) -> bool:
+            return int(await r.sadd(key, member)) == 1
+
+        return await self._run("SADD", run)
+
+    async def release(self, key: str, member: str) -> None:
+        async def run(r: Redis) -> None:
+            await r.srem(key, member)
+
+        await self._run("SREM", run)
+
+    async def members(self, key: str) -> list[str]:
+        async def run(r: Redis) -> list[str]:
+            return sorted(_text(m) for m in await r.smembers(key))
+
+        return await self._run("SMEMBERS", run)
