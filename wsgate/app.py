@@ -30,6 +30,7 @@ GATEWAY = web.AppKey("gateway", Gateway)
 BROKER = web.AppKey("broker", Broker)
 STATS = web.AppKey("stats", GatewayStats)
 REGISTRY = web.AppKey("registry", Registry)
+STATIC_ROOT = web.AppKey("static_root", Path)
 
 
 def web_root() -> Path:
@@ -70,10 +71,6 @@ async def page(request: web.Request) -> dict[str, Any]:
             for r in routes
         ],
     }
-
-
-async def websocket(request: web.Request) -> web.StreamResponse:
-    return await request.app[GATEWAY].handle(request)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -136,14 +133,13 @@ async def reload_config(app: web.Application) -> None:
     log.info("reloaded %s: endpoints %s", settings.file, ", ".join(gateway.routes))
 
 
-async def _not_found_as_404(request: web.Request, handler: Any) -> web.StreamResponse:
-    try:
-        response: web.StreamResponse = await handler(request)
-    except web.HTTPForbidden:
-        if request.path.startswith("/static/"):
-            raise web.HTTPNotFound() from None
-        raise
-    return response
+async def static(request: web.Request) -> web.FileResponse:
+    """A file under web/static/; anything outside it (traversal included) is 404."""
+    root = request.app[STATIC_ROOT]
+    target = (root / request.match_info["name"]).resolve()
+    if not target.is_relative_to(root) or not target.is_file():
+        raise web.HTTPNotFound()
+    return web.FileResponse(target)
 
 
 def make_runner(app: web.Application) -> web.AppRunner:
@@ -157,7 +153,7 @@ def make_runner(app: web.Application) -> web.AppRunner:
 
 def build_app(settings: Settings, registry: Registry | None = None) -> web.Application:
     """The application for validated ``settings``; connects the broker on startup."""
-    app = web.Application(middlewares=[web.middleware(_not_found_as_404)])
+    app = web.Application()
     stats = GatewayStats()
     broker = create_broker(settings.config.broker)
     app[STATS] = stats
@@ -181,12 +177,13 @@ def build_app(settings: Settings, registry: Registry | None = None) -> web.Appli
     root = web_root()
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(root / "templates"), autoescape=True)
     app.router.add_get("/", page)
-    app.router.add_static("/static/", root / "static", follow_symlinks=False)
+    app[STATIC_ROOT] = (root / "static").resolve()
+    app.router.add_get("/static/{name:.+}", static)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/api/publish", publish)
     app.router.add_post("/api/reload", reload)
-    app.router.add_get("/{tail:.*}", websocket)
+    app.router.add_get("/{tail:.*}", app[GATEWAY].handle)
     return app
 

@@ -288,9 +288,45 @@ class Gateway:
         task.add_done_callback(self._background.discard)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        """The route of every WebSocket path: refuse, or accept and serve until closed."""
+        checked = self._admit(request)
+        if isinstance(checked, web.Response):
+            return checked
+        runtime, remote, origin = checked
+        try:
+            policy = runtime.endpoint.policy
+            ws = web.WebSocketResponse(
+                autoping=False, autoclose=False, protocols=policy.subprotocols,
+                compress=policy.compression, max_msg_size=policy.max_message_size,
+                timeout=policy.close_timeout,
+            )
+            await ws.prepare(request)
+            session = Session(self, runtime, ws, request, remote, f"c{next(self._ids)}")
+            runtime.stats.open += 1
+            runtime.stats.connections += 1
+            self.sessions.add(session)
+            self._all_closed.clear()
+            access_log.info(
+                "connection open",
+                extra={"event": "open", "conn": session.conn.id, "endpoint": runtime.path, "remote": remote,
+                       "origin": origin, "subprotocol": ws.ws_protocol, "query": redact_query(request.query)},
+            )
+            try:
+                await session.run()
+            finally:
+                self.sessions.discard(session)
+                runtime.stats.open -= 1
+                if not self.sessions:
+                    self._all_closed.set()
+            return ws
+        finally:
+            self.admission.release(request.path, remote)
+
+    def _admit(self, request: web.Request) -> web.Response | tuple[EndpointRuntime, str, str | None]:
+        """Handshake policy: a refusal, or the endpoint, client address and origin (a slot booked)."""
         runtime = self.routes.get(request.path)
         if runtime is None:
-            raise web.HTTPNotFound(text=f"no endpoint at {request.path}\n")
+            return web.Response(status=404, text=f"no endpoint at {request.path}\n")
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return web.Response(
                 status=400,
@@ -314,38 +350,7 @@ class Gateway:
         if refusal is not None:
             stats.limit_rejections[str(refusal.status)] += 1
             return web.Response(status=refusal.status, text=refusal.reason + "\n")
-        try:
-            return await self._accept(request, runtime, remote, origin)
-        finally:
-            self.admission.release(request.path, remote)
-
-    async def _accept(self, request: web.Request, runtime: EndpointRuntime, remote: str,
-                      origin: str | None) -> web.StreamResponse:
-        policy = runtime.endpoint.policy
-        ws = web.WebSocketResponse(
-            autoping=False, autoclose=False, protocols=policy.subprotocols,
-            compress=policy.compression, max_msg_size=policy.max_message_size,
-            timeout=policy.close_timeout,
-        )
-        await ws.prepare(request)
-        session = Session(self, runtime, ws, request, remote, f"c{next(self._ids)}")
-        runtime.stats.open += 1
-        runtime.stats.connections += 1
-        self.sessions.add(session)
-        self._all_closed.clear()
-        access_log.info(
-            "connection open",
-            extra={"event": "open", "conn": session.conn.id, "endpoint": runtime.path, "remote": remote,
-                   "origin": origin, "subprotocol": ws.ws_protocol, "query": redact_query(request.query)},
-        )
-        try:
-            await session.run()
-        finally:
-            self.sessions.discard(session)
-            runtime.stats.open -= 1
-            if not self.sessions:
-                self._all_closed.set()
-        return ws
+        return runtime, remote, origin
 
     async def publish(self, path: str, room: str, data: Any) -> None:
         """Send ``{"type": "publish", "room", "data"}`` to ``room`` subscribers on every instance."""

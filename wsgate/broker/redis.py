@@ -5,8 +5,9 @@ numbering script, history, presence, a health PING every half second) and one
 pub/sub connection read by a listener task. The listener notices a dropped or silent
 pub/sub connection, reconnects with backoff (0.1 s doubling to 1 s) and subscribes
 again to every channel this instance still needs. Commands fail fast with
-``BrokerError`` (short timeouts, one retry), and fail at once while the health PING
-says Redis is unreachable. ``start()`` raises ``BrokerError`` when Redis cannot be
+``BrokerError``: 1 s timeouts, one retry after a connection error (none after a
+timeout, since the command may have run), and no attempt at all while the health
+PING says Redis is unreachable. ``start()`` raises ``BrokerError`` when Redis cannot be
 reached, so a gateway never starts without the broker it was configured with.
 
 What a Redis outage loses. Redis pub/sub is fire-and-forget and nothing is queued:
@@ -43,6 +44,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -128,8 +130,10 @@ class RedisBroker(Broker):
     async def start(self) -> None:
         """Connect both connections; raise BrokerError naming the URL if Redis is unreachable."""
         try:
-            self._client = self._make_client("cmd", Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
-                                             pooled=True)
+            # One retry, and only after a connection error: a command that timed out may
+            # have run, and running PUBLISH or the numbering script twice is worse than failing.
+            retry = Retry(ExponentialBackoff(cap=0.2, base=0.05), 1, supported_errors=(RedisConnectionError,))
+            self._client = self._make_client("cmd", retry, pooled=True)
             self._sub_client = self._make_client("sub", Retry(NoBackoff(), 0), pooled=False)
         except ValueError as exc:
             await self._close_clients()
