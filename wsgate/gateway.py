@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSMsgType, web
 
 from .config import Endpoint, Settings
 from .connection import Connection
@@ -31,6 +31,7 @@ from .metrics import GatewayStats
 from .outbox import PING, PONG, Flusher, Outbox, encode_frame
 from .proxies import client_address
 from .runtime import EndpointRuntime
+from .timers import TimerWheel
 
 __all__ = ["Gateway"]
 
@@ -50,7 +51,7 @@ def redact_query(query: Mapping[str, str]) -> str:
 class Session:
     """One accepted WebSocket: its Connection, timers and close bookkeeping."""
 
-    __slots__ = ("_close_task", "_timer", "bucket", "close_code", "close_reason", "conn", "gateway",
+    __slots__ = ("_close_task", "_slot", "bucket", "close_code", "close_reason", "conn", "gateway",
                  "keepalive", "loop", "messages_in", "outbox", "runtime", "started", "transport", "ws")
 
     def __init__(self, gateway: Gateway, runtime: EndpointRuntime, ws: web.WebSocketResponse,
@@ -64,7 +65,7 @@ class Session:
         self.close_code: int | None = None
         self.close_reason = ""
         self._close_task: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._slot: int | None = None
         transport = request.transport
         assert transport is not None
         self.transport = transport
@@ -120,10 +121,10 @@ class Session:
 
     def arm(self) -> None:
         if self.keepalive.enabled:
-            self._tick()
+            self.on_timer()
 
-    def _tick(self) -> None:
-        self._timer = None
+    def on_timer(self) -> None:
+        self._slot = None
         action, deadline = self.keepalive.due(self.loop.time())
         if action is Action.PING:
             self.outbox.push_control(encode_frame(b"", PING))
@@ -133,7 +134,7 @@ class Session:
         elif action is Action.IDLE:
             self.close(GOING_AWAY, "idle timeout")
         if deadline is not None and action not in (Action.DEAD, Action.IDLE):
-            self._timer = self.loop.call_at(deadline, self._tick)
+            self._slot = self.gateway.timers.schedule(deadline, self)
 
     # --- the receive loop ---
 
@@ -189,8 +190,9 @@ class Session:
                     break
                 else:  # ERROR (aiohttp already sent the close code), CLOSING, CLOSED
                     if self.close_code is None:
-                        self.close_code = ws.close_code or 1006
-                        exc = ws.exception()
+                        exc = msg.data if kind is WSMsgType.ERROR else ws.exception()
+                        # The code sent for a bad frame, even if the client never answered it.
+                        self.close_code = exc.code if isinstance(exc, WebSocketError) else ws.close_code or 1006
                         self.close_reason = str(exc) if exc else ""
                     break
         finally:
@@ -204,8 +206,9 @@ class Session:
         self.close(1011, "internal error")
 
     async def _finish(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        if self._slot is not None:
+            self.gateway.timers.cancel(self._slot, self)
+            self._slot = None
         if self._close_task is not None:
             await self._close_task
         elif not self.ws.closed:
@@ -244,6 +247,7 @@ class Gateway:
         self.shutdown_code = GOING_AWAY
         self._stopped = False
         self.flusher: Flusher
+        self.timers: TimerWheel
         self._ids = itertools.count(1)
         self._retired: set[EndpointRuntime] = set()
         self._background: set[asyncio.Task[None]] = set()
@@ -251,6 +255,7 @@ class Gateway:
 
     async def start(self) -> None:
         self.flusher = Flusher(asyncio.get_running_loop())
+        self.timers = TimerWheel(asyncio.get_running_loop())
         for endpoint in self.settings.endpoints:
             self.routes[endpoint.path] = await self._start_runtime(endpoint)
 
@@ -297,7 +302,8 @@ class Gateway:
             policy = runtime.endpoint.policy
             ws = web.WebSocketResponse(
                 autoping=False, autoclose=False, protocols=policy.subprotocols,
-                compress=policy.compression, max_msg_size=policy.max_message_size,
+                # aiohttp refuses a message of exactly max_msg_size; ours is the largest allowed.
+                compress=policy.compression, max_msg_size=policy.max_message_size + 1,
                 timeout=policy.close_timeout,
             )
             await ws.prepare(request)
@@ -373,3 +379,4 @@ class Gateway:
             session.abort(code, "shutdown timeout")
         runtimes = set(self.routes.values()) | self._retired
         await asyncio.gather(*(r.stop() for r in runtimes))
+        self.timers.close()
