@@ -147,7 +147,9 @@ def _supervise(args: argparse.Namespace, workers: int) -> int:
         cmd += ["--host", args.host]
     if args.port is not None:
         cmd += ["--port", str(args.port)]
-    children = [subprocess.Popen(cmd) for _ in range(workers)]
+    # Own sessions: a terminal's Ctrl-C reaches only this process, which passes it on
+    # once; the children would take a second copy as "exit now".
+    children = [subprocess.Popen(cmd, start_new_session=True) for _ in range(workers)]
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:

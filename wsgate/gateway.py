@@ -29,7 +29,7 @@ from .keepalive import Action, KeepAlive
 from .limits import Admission, TokenBucket
 from .metrics import GatewayStats
 from .outbox import PING, PONG, Flusher, Outbox, encode_frame
-from .proxies import client_address
+from .proxies import client_address, client_scheme
 from .runtime import EndpointRuntime
 from .timers import TimerWheel
 
@@ -344,9 +344,10 @@ class Gateway:
         stats = runtime.stats
         origin = request.headers.get("Origin")
         peer = request.remote or "?"
-        remote = client_address(peer, request.headers.get("X-Forwarded-For"),
-                                self.settings.config.server.trusted_proxies)
-        if not runtime.origin_policy.allows(origin, request.host, request.scheme):
+        proxies = self.settings.config.server.trusted_proxies
+        remote = client_address(peer, request.headers.get("X-Forwarded-For"), proxies)
+        scheme = client_scheme(peer, request.headers.get("X-Forwarded-Proto"), proxies, request.scheme)
+        if not runtime.origin_policy.allows(origin, request.host, scheme):
             stats.origin_rejections += 1
             log.warning("origin refused: %r on %s from %s (allowed: %s)",
                         origin, request.path, remote, runtime.origin_policy.describe())

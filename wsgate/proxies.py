@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-__all__ = ["client_address"]
+__all__ = ["client_address", "client_scheme"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -37,3 +37,16 @@ def client_address(peer: str, forwarded_for: str | None, proxies: Sequence[Netwo
         if not _trusted(hop, proxies):
             break
     return client
+
+
+def client_scheme(peer: str, forwarded_proto: str | None, proxies: Sequence[Network], own: str) -> str:
+    """The scheme the client used: ``X-Forwarded-Proto`` from a trusted proxy, else ``own``.
+
+    Behind a TLS-terminating proxy the gateway itself sees plain http, so a same-origin
+    check against its own scheme would refuse the site's https pages.
+    """
+    if forwarded_proto and _trusted(peer, proxies):
+        first = forwarded_proto.split(",")[0].strip().lower()
+        if first in ("http", "https"):
+            return first
+    return own
