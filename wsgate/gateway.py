@@ -44,6 +44,10 @@ _SECRET = re.compile(r"token|secret|passw|auth|key|sig", re.IGNORECASE)
 _NOT_SENDABLE = {0, 1005, 1006, 1015}
 
 
+def _byte_length(data: str | bytes) -> int:
+    return len(data.encode()) if isinstance(data, str) else len(data)
+
+
 def redact_query(query: Mapping[str, str]) -> str:
     return "&".join(f"{k}={'***' if _SECRET.search(k) else v}" for k, v in query.items())
 
@@ -145,6 +149,7 @@ class Session:
         accepts = handler.accepts
         keepalive, bucket, loop = self.keepalive, self.bucket, self.loop
         track_time = keepalive.enabled or bucket is not None
+        inflated_limit = runtime.endpoint.policy.max_message_size if ws.compress else 0
         runtime.attach(conn)
         self.arm()
         try:
@@ -169,6 +174,10 @@ class Session:
                             stats.limit_rejections["rate"] += 1
                             self.close(1008, "rate limit exceeded")
                             break
+                    if inflated_limit and _byte_length(data) > inflated_limit:
+                        # aiohttp lets a decompressed message one byte over its limit through.
+                        self.close(1009, "message too big")
+                        break
                     if accepts != "any" and (kind is WSMsgType.TEXT) != (accepts == "text"):
                         self.close(1003, f"this endpoint accepts only {accepts} messages")
                         break

@@ -201,11 +201,11 @@ class RedisBroker(Broker):
         listener subscribes to it when it reconnects. It never raises.
         """
         self._channels[channel] = deliver
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         async with self._sub_lock:
             pubsub = self._pubsub
             if pubsub is None or self._channels.get(channel) is not deliver:
                 return
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._expected.setdefault(channel, deque()).append(waiter)
             if not await self._send(pubsub, pubsub.subscribe, channel):
                 return
@@ -253,12 +253,12 @@ class RedisBroker(Broker):
                 self._pubsub = pubsub
         except BaseException:
             self._forget_expected()
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await self._discard(pubsub)
             raise
         return pubsub
 
     async def _listen(self, pubsub: PubSub | None) -> None:
-        """Read the pub/sub connection forever, reconnecting whenever it fails."""
+        """Read the pub/sub connection until cancelled, reconnecting whenever it fails."""
         delay = _BACKOFF_MIN
         while True:
             if pubsub is None:
@@ -269,6 +269,9 @@ class RedisBroker(Broker):
                         pubsub = await self._open_pubsub()
                 except _ERRORS as exc:
                     log.debug("Redis pub/sub reconnect to %s failed: %s", self.shown_url, exc or "timed out")
+                    continue
+                except Exception:
+                    log.exception("Redis pub/sub reconnect to %s failed", self.shown_url)
                     continue
                 delay = _BACKOFF_MIN
             try:
@@ -282,8 +285,15 @@ class RedisBroker(Broker):
                 self._pubsub_up = False
                 self._pubsub = None
                 self._forget_expected()
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await self._discard(pubsub)
             pubsub = None
+
+    @staticmethod
+    async def _discard(pubsub: PubSub) -> None:
+        try:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            log.debug("closing a Redis pub/sub connection: %s", exc)
 
     async def _pump(self, pubsub: PubSub) -> None:
         loop = asyncio.get_running_loop()
