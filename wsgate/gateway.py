@@ -24,6 +24,7 @@ from aiohttp import WebSocketError, WSMsgType, web
 
 from .config import Endpoint, Settings
 from .connection import Connection
+from .errors import ConnectionClosed
 from .hub import Hub
 from .keepalive import Action, KeepAlive
 from .limits import Admission, TokenBucket
@@ -102,6 +103,7 @@ class Session:
         if self._close_task is not None or self.ws.closed:
             return
         self.close_code, self.close_reason = code, reason
+        self.outbox.seal()
         self._close_task = self.loop.create_task(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
@@ -183,6 +185,8 @@ class Session:
                         break
                     try:
                         await on_message(conn, data)
+                    except ConnectionClosed:
+                        break  # the handler sent to this connection after it began closing
                     except Exception:
                         self._crashed("on_message")
                         break

@@ -193,7 +193,7 @@ class Outbox:
     async def _write_compressed(self) -> None:
         assert self._send_compressed is not None
         try:
-            while self._queue and not self._closed:
+            while self._queue:
                 frame = self._queue.pop(0)
                 self.pending -= len(frame)
                 await self._send_compressed(*split_frame(frame))
@@ -202,11 +202,16 @@ class Outbox:
         finally:
             self._writer_task = None
 
+    def seal(self) -> None:
+        """Refuse new frames from now on; ``drain`` still writes the queued ones."""
+        self._closed = True
+
     async def drain(self) -> None:
-        """Write everything queued now, ignoring the high-water mark; then refuse more.
+        """Write everything queued now, ignoring the high-water mark, and refuse more.
 
         Called before the close frame so that it follows all data (RFC 6455 5.5.1).
         """
+        self._closed = True
         if self._send_compressed is not None:
             if self._writer_task is not None:
                 await asyncio.shield(self._writer_task)
@@ -214,7 +219,6 @@ class Outbox:
                 await self._write_compressed()
         elif self._queue and not self._transport.is_closing():
             self._write_all()
-        self._closed = True
 
     def close(self) -> None:
         """Refuse further frames and forget queued ones (the peer is gone)."""

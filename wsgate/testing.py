@@ -120,8 +120,12 @@ try:
 except ImportError:  # pragma: no cover - the kit works without pytest
     pass
 else:
+    try:  # pytest-asyncio's own decorator works in its strict mode too
+        from pytest_asyncio import fixture as _async_fixture
+    except ImportError:  # pragma: no cover
+        _async_fixture = pytest.fixture  # type: ignore[assignment]
 
-    @pytest.fixture
+    @_async_fixture
     async def wsgate_gateway() -> AsyncIterator[Callable[..., Awaitable[GatewayServer]]]:
         """Factory fixture: ``gw = await wsgate_gateway({"/path": MyHandler})``."""
         async with contextlib.AsyncExitStack() as stack:
