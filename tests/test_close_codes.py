@@ -15,7 +15,7 @@ import pytest
 from aiohttp import WSMsgType
 
 from wsgate import Connection, Handler, Message
-from wsgate.testing import GatewayServer
+from wsgate.testing import GatewayServer, wait_until
 
 Start = Callable[..., Awaitable[GatewayServer]]
 TEXT, BINARY, CLOSE, PING, PONG, CONT = 0x1, 0x2, 0x8, 0x9, 0xA, 0x0
@@ -148,14 +148,6 @@ def _reset_events() -> None:
 
 def disconnects() -> list[tuple[str, Any]]:
     return [(conn, code) for kind, conn, code in Tracker.events if kind == "disconnect"]
-
-
-async def wait_until(predicate: Callable[[], object], within: float = 5.0) -> None:
-    async with asyncio.timeout(within):
-        while True:
-            if predicate():
-                return
-            await asyncio.sleep(0.01)
 
 
 async def assert_echo_works(gw: GatewayServer, path: str) -> None:

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import WSServerHandshakeError
 
 from wsgate import Connection, Handler, Message
-from wsgate.testing import GatewayServer
+from wsgate.testing import GatewayServer, wait_until
 
 Start = Callable[..., Awaitable[GatewayServer]]
 WS_HEADERS = {
@@ -48,14 +48,6 @@ class Recorder(Handler):
 def _reset_recorder() -> None:
     Recorder.instances.clear()
     Recorder.calls.clear()
-
-
-async def wait_until(predicate: Callable[[], object], within: float = 5.0) -> None:
-    async with asyncio.timeout(within):
-        while True:
-            if predicate():
-                return
-            await asyncio.sleep(0.01)
 
 
 async def raw_get(gw: GatewayServer, target: str) -> tuple[int, str]:

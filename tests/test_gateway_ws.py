@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 from handlers.echo import Echo
 from wsgate import Connection, Handler
-from wsgate.testing import GatewayServer
+from wsgate.testing import GatewayServer, wait_until
 
 Start = Callable[..., Awaitable[GatewayServer]]
 
@@ -40,14 +40,6 @@ class ProtocolReporter(Handler):
 @pytest.fixture(autouse=True)
 def _reset() -> None:
     RecordingEcho.closed.clear()
-
-
-async def wait_until(predicate: Callable[[], object], within: float = 5.0) -> None:
-    async with asyncio.timeout(within):
-        while True:
-            if predicate():
-                return
-            await asyncio.sleep(0.01)
 
 
 async def test_text_stays_text_and_binary_stays_binary(wsgate_gateway: Start) -> None:

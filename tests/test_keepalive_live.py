@@ -13,7 +13,7 @@ from aiohttp import WSMsgType
 
 from handlers.echo import Echo
 from wsgate import Connection
-from wsgate.testing import GatewayServer
+from wsgate.testing import GatewayServer, wait_until
 
 Start = Callable[..., Awaitable[GatewayServer]]
 INTERVAL, TIMEOUT = 0.2, 0.2
@@ -31,14 +31,6 @@ class Recording(Echo):
 @pytest.fixture(autouse=True)
 def _reset() -> None:
     Recording.closed.clear()
-
-
-async def wait_until(predicate: Callable[[], object], within: float = 5.0) -> None:
-    async with asyncio.timeout(within):
-        while True:
-            if predicate():
-                return
-            await asyncio.sleep(0.01)
 
 
 async def metrics(gw: GatewayServer) -> str:

@@ -15,6 +15,7 @@ provides the ``wsgate_gateway`` fixture: ``gw = await wsgate_gateway({...})``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -30,7 +31,7 @@ from .handler import Handler
 from .metrics import GatewayStats
 from .registry import Registry
 
-__all__ = ["GatewayServer", "run_gateway"]
+__all__ = ["GatewayServer", "run_gateway", "wait_until"]
 
 EndpointTable = Mapping[str, "type[Handler] | str | Mapping[str, Any]"]
 
@@ -61,6 +62,13 @@ class GatewayServer:
 
     def get(self, path: str, **kwargs: Any) -> aiohttp.client._RequestContextManager:
         return self.session.get(self.url + path, **kwargs)
+
+
+async def wait_until(predicate: Callable[[], object], within: float = 5.0) -> None:
+    """Poll ``predicate`` every 10 ms until it is true; TimeoutError after ``within`` s."""
+    async with asyncio.timeout(within):
+        while not predicate():
+            await asyncio.sleep(0.01)
 
 
 def _config_text(endpoints: EndpointTable, registry: Registry, extra: Mapping[str, Any]) -> str:
