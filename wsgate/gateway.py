@@ -16,6 +16,7 @@ import itertools
 import json
 import logging
 import re
+import struct
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -29,7 +30,7 @@ from .hub import Hub
 from .keepalive import Action, KeepAlive
 from .limits import Admission, TokenBucket
 from .metrics import GatewayStats
-from .outbox import PING, PONG, Flusher, Outbox, encode_frame
+from .outbox import CLOSE, PING, PONG, Flusher, Outbox, encode_frame
 from .proxies import client_address, client_scheme
 from .runtime import EndpointRuntime
 from .timers import TimerWheel
@@ -43,6 +44,7 @@ GOING_AWAY, SERVICE_RESTART = 1001, 1012
 _SECRET = re.compile(r"token|secret|passw|auth|key|sig", re.IGNORECASE)
 # Close codes a peer may not put on the wire (RFC 6455 section 7.4.1).
 _NOT_SENDABLE = {0, 1005, 1006, 1015}
+_CLOSE_CODE = struct.Struct("!H").pack
 
 
 def _byte_length(data: str | bytes) -> int:
@@ -56,8 +58,8 @@ def redact_query(query: Mapping[str, str]) -> str:
 class Session:
     """One accepted WebSocket: its Connection, timers and close bookkeeping."""
 
-    __slots__ = ("_close_task", "_slot", "bucket", "close_code", "close_reason", "conn", "gateway",
-                 "keepalive", "loop", "messages_in", "outbox", "runtime", "started", "transport", "ws")
+    __slots__ = ("_answered", "_close_task", "_receiving", "_slot", "bucket", "close_code", "close_reason", "conn",
+                 "gateway", "keepalive", "loop", "messages_in", "outbox", "runtime", "started", "transport", "ws")
 
     def __init__(self, gateway: Gateway, runtime: EndpointRuntime, ws: web.WebSocketResponse,
                  request: web.Request, remote: str, conn_id: str) -> None:
@@ -95,6 +97,8 @@ class Session:
             TokenBucket(rate.messages / rate.per, float(rate.burst or rate.messages), now) if rate else None
         )
         self.messages_in = 0
+        self._receiving = False
+        self._answered: asyncio.Event | None = None
 
     # --- closing ---
 
@@ -104,12 +108,28 @@ class Session:
             return
         self.close_code, self.close_reason = code, reason
         self.outbox.seal()
+        if self._receiving:
+            self._answered = asyncio.Event()
         self._close_task = self.loop.create_task(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
+        """Queued data, then the close frame, then the client's answer, within close_timeout."""
+        message = reason.encode()[:123]
         try:
-            await self.outbox.drain()
-            await self.ws.close(code=code, message=reason.encode()[:123])
+            async with asyncio.timeout(self.runtime.endpoint.policy.close_timeout):
+                await self.outbox.drain()
+                if self._answered is None:
+                    # The receive loop has ended; aiohttp waits for the answer itself.
+                    await self.ws.close(code=code, message=message)
+                    return
+                # The receive loop is still reading and will see the client's answer.
+                # aiohttp's own close() would drop the connection right after its frame.
+                self.transport.write(encode_frame(_CLOSE_CODE(code) + message, CLOSE))
+                await self._answered.wait()
+                self.transport.close()
+        except TimeoutError:
+            self.outbox.close()
+            self.transport.abort()
         except (ConnectionError, RuntimeError):
             pass
 
@@ -153,6 +173,7 @@ class Session:
         track_time = keepalive.enabled or bucket is not None
         inflated_limit = runtime.endpoint.policy.max_message_size if ws.compress else 0
         runtime.attach(conn)
+        self._receiving = True
         self.arm()
         try:
             try:
@@ -196,6 +217,8 @@ class Session:
                 elif kind is WSMsgType.PONG:
                     keepalive.last_seen = loop.time()
                 elif kind is WSMsgType.CLOSE:
+                    if self._answered is not None:  # the answer to our close frame
+                        break
                     # Answer with the client's own code and reason (RFC 6455 5.5.1).
                     code = msg.data if msg.data not in _NOT_SENDABLE else 1000
                     self.close(code, msg.extra or "")
@@ -209,6 +232,9 @@ class Session:
                         self.close_reason = str(exc) if exc else ""
                     break
         finally:
+            self._receiving = False
+            if self._answered is not None:
+                self._answered.set()
             await self._finish()
 
     def _crashed(self, hook: str) -> None:

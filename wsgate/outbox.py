@@ -14,9 +14,9 @@ import json
 import struct
 from collections.abc import Awaitable, Callable
 
-__all__ = ["BINARY", "PING", "PONG", "TEXT", "Flusher", "Outbox", "encode", "encode_frame", "split_frame"]
+__all__ = ["BINARY", "CLOSE", "PING", "PONG", "TEXT", "Flusher", "Outbox", "encode", "encode_frame", "split_frame"]
 
-TEXT, BINARY, PING, PONG = 0x1, 0x2, 0x9, 0xA
+TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 _HEAD_16 = struct.Struct("!BBH").pack
 _HEAD_64 = struct.Struct("!BBQ").pack
 # Above this many bytes waiting in the kernel-side transport buffer, stop writing and
@@ -53,7 +53,7 @@ def split_frame(wire: bytes) -> tuple[bytes, int]:
 
 
 # Headers of short frames, precomputed: most messages are short and this is per message.
-_SMALL_HEADS = {op: [bytes((0x80 | op, n)) for n in range(126)] for op in (TEXT, BINARY, PING, PONG)}
+_SMALL_HEADS = {op: [bytes((0x80 | op, n)) for n in range(126)] for op in (TEXT, BINARY, CLOSE, PING, PONG)}
 _SMALL_TEXT = _SMALL_HEADS[TEXT]
 
 
