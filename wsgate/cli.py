@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from aiohttp import web
 
 from .app import GATEWAY, build_app, make_runner, reload_config
 from .config import Settings, load_config
-from .errors import ConfigError
+from .errors import BrokerError, ConfigError
 from .gateway import GOING_AWAY, SERVICE_RESTART
 from .logs import setup_logging
 from .registry import Registry
@@ -76,7 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings.config.logging.level, settings.config.logging.format)
     if server.workers > 1 and not args.reuse_port:
         return _supervise(args, server.workers)
-    return _run(_serve(settings, registry, reuse_port=args.reuse_port), args.loop)
+    try:
+        return _run(_serve(settings, registry, reuse_port=args.reuse_port), args.loop)
+    except BrokerError as exc:
+        log.error("not starting: %s", exc)
+        return 1
 
 
 def _run(main: object, loop: str) -> int:
@@ -151,11 +156,23 @@ def _supervise(args: argparse.Namespace, workers: int) -> int:
     # once; the children would take a second copy as "exit now".
     children = [subprocess.Popen(cmd, start_new_session=True) for _ in range(workers)]
 
+    stopping = False
+
     def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = stopping or signum != signal.SIGHUP
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(signum, forward)
-    return max(child.wait() for child in children)
+    while all(child.poll() is None for child in children):
+        time.sleep(0.2)
+    if not stopping:
+        # A worker died on its own: stop the rest and fail, so a supervisor such as
+        # systemd restarts the whole service at full capacity.
+        log.error("a worker exited unexpectedly; stopping the others")
+        forward(signal.SIGTERM, None)
+    codes = [child.wait() for child in children]
+    return max(codes) if stopping else max(max(codes), 1)

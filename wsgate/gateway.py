@@ -399,9 +399,12 @@ class Gateway:
         return runtime, remote, origin
 
     async def publish(self, path: str, room: str, data: Any) -> None:
-        """Send ``{"type": "publish", "room", "data"}`` to ``room`` subscribers on every instance."""
+        """Send ``{"type": "publish", "room", "data"}`` to ``room`` subscribers on every instance.
+
+        Raises BrokerError when the broker did not take it (nothing was delivered).
+        """
         message = json.dumps({"type": "publish", "room": room, "data": data}, separators=(",", ":"))
-        await self.hub.publish(path, room, message)
+        await self.hub.publish(path, room, message, strict=True)
 
     async def shutdown(self, code: int, grace: float) -> None:
         """Close every connection with ``code``, wait up to ``grace`` seconds, stop handlers."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Mapping
@@ -33,13 +34,22 @@ class Hub:
         self.broker = broker
         self._stats = stats
         self._local: dict[str, set[Connection]] = {}
+        self._subscribing: dict[str, asyncio.Future[None]] = {}
 
     async def subscribe(self, conn: Connection, path: str, topic: str) -> None:
         channel = channel_name(path, topic)
         members = self._local.get(channel)
         if members is None:
             members = self._local[channel] = set()
-            await self.broker.subscribe(channel, lambda payload: self._deliver(channel, path, payload))
+            ready = self._subscribing[channel] = asyncio.get_running_loop().create_future()
+            try:
+                await self.broker.subscribe(channel, lambda payload: self._deliver(channel, path, payload))
+            finally:
+                del self._subscribing[channel]
+                ready.set_result(None)
+        elif channel in self._subscribing:
+            # Another connection is subscribing this instance; wait until the broker has it.
+            await asyncio.shield(self._subscribing[channel])
         members.add(conn)
         conn.state.setdefault("_topics", set()).add(topic)
 
@@ -73,13 +83,16 @@ class Hub:
     # instance sees one order. When the broker fails, local subscribers still get the
     # message straight away; other instances miss it (pub/sub is fire-and-forget).
 
-    async def publish(self, path: str, topic: str, message: str | bytes) -> None:
+    async def publish(self, path: str, topic: str, message: str | bytes, *, strict: bool = False) -> None:
+        """Publish to every instance; on broker failure deliver locally, or raise if ``strict``."""
         channel = channel_name(path, topic)
         payload = b"t" + message.encode() if isinstance(message, str) else b"b" + bytes(message)
         try:
             await self.broker.publish(channel, payload)
         except BrokerError as exc:
             self._failed(channel, exc)
+            if strict:
+                raise
             self._deliver(channel, path, payload)
 
     async def publish_numbered(self, path: str, topic: str, event: Mapping[str, Any], keep: int) -> int | None:
