@@ -8,7 +8,6 @@ import json
 import os
 import socket
 import struct
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import aiohttp
@@ -16,7 +15,7 @@ from aiohttp import WSMsgType
 
 from wsgate import Connection, Handler, Message
 from wsgate.gateway import Session
-from wsgate.testing import GatewayServer, run_gateway
+from wsgate.testing import GatewayServer, run_gateway, wait_until
 
 COUNT = 1000
 PAD = "x" * 1019  # "NNNN:" + PAD = 1024 bytes of text
@@ -121,14 +120,6 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
-
-
-async def wait_until(predicate: Callable[[], object], within: float = 5.0) -> None:
-    async with asyncio.timeout(within):
-        while True:
-            if predicate():
-                return
-            await asyncio.sleep(0.01)
 
 
 async def read_numbered(ws: aiohttp.ClientWebSocketResponse[Any], count: int) -> list[int]:

@@ -9,7 +9,6 @@ import socket
 import struct
 import time
 import zlib
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import aiohttp
@@ -19,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from handlers.echo import Echo
 from wsgate import Connection, Handler
-from wsgate.testing import GatewayServer, run_gateway
+from wsgate.testing import GatewayServer, run_gateway, wait_until
 
 
 class CountingEcho(Echo):
@@ -46,14 +45,6 @@ class RemoteReporter(Handler):
 @pytest.fixture(autouse=True)
 def _reset() -> None:
     CountingEcho.instances = CountingEcho.connects = 0
-
-
-async def wait_until(predicate: Callable[[], object], within: float = 5.0) -> None:
-    async with asyncio.timeout(within):
-        while True:
-            if predicate():
-                return
-            await asyncio.sleep(0.01)
 
 
 async def refused_status(gw: GatewayServer, path: str, **kwargs: Any) -> int:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import aiohttp
 import pytest
 from conftest import RedisServer, WsgateProcess
 
-from wsgate.testing import GatewayServer, run_gateway
+from wsgate.testing import GatewayServer, eventually, run_gateway
 
 Start = Callable[..., WsgateProcess]
 WriteConfig = Callable[..., Path]
@@ -189,17 +188,6 @@ async def test_token_from_the_environment(wsgate_process: Start, write_config: W
     assert await member.next_published() == published("lobby", 7)
 
 
-async def poll(probe: Callable[[], Awaitable[Any]], wanted: Any, within: float) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        last = await probe()
-        if last == wanted:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still {last!r}, not {wanted!r}, after {within}s")
-        await asyncio.sleep(0.05)
-
-
 async def test_publish_during_a_redis_outage_says_the_broker_is_unavailable(redis_server: RedisServer) -> None:
     """Other instances cannot get the message; the API must not answer "published"."""
     async with run_gateway({"/chat": "chat"}, broker=redis_server.url, api={"token": TOKEN}) as server:
@@ -209,7 +197,7 @@ async def test_publish_during_a_redis_outage_says_the_broker_is_unavailable(redi
             async with server.get("/readyz") as response:
                 return response.status
 
-        await poll(ready, 503, 5)
+        await eventually(ready, 503, 5)
         status, body = await post(server.session, server.url, {"endpoint": "/chat", "room": "lobby", "data": 1})
         assert status == 503, body
         assert body["error"].startswith("broker unavailable")

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from wsgate import BrokerError
 from wsgate.broker import create_broker
 from wsgate.broker.redis import RedisBroker, redact_url
-from wsgate.testing import GatewayServer, run_gateway
+from wsgate.testing import GatewayServer, eventually, run_gateway
 
 Make = Callable[[], Awaitable[RedisBroker]]
 
@@ -71,19 +71,6 @@ async def wait_until(check: Callable[[], bool], within: float, what: str) -> Non
 async def numsub(rds: Redis, channel: str) -> int:
     reply = await rds.pubsub_numsub(channel)
     return int(reply[0][1])
-
-
-async def poll(probe: Callable[[], Awaitable[Any]], wanted: Any, within: float) -> None:
-    """Call ``probe`` every 50 ms until it returns ``wanted``; fail after ``within`` seconds."""
-    last = None
-    deadline = time.monotonic() + within
-    while True:
-        last = await probe()
-        if last == wanted:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still {last!r}, not {wanted!r}, after {within}s")
-        await asyncio.sleep(0.05)
 
 
 # --- pub/sub ------------------------------------------------------------------------
@@ -261,7 +248,7 @@ async def test_close_leaves_no_task_or_connection_behind(redis_server: RedisServ
     assert set(await our_connections()) == {f"wsgate-cmd-{pid}", f"wsgate-sub-{pid}"}
     await broker.close()
     assert all(t.done() for t in ours)
-    await poll(our_connections, [], 3)
+    await eventually(our_connections, [], 3)
     assert broker.healthy is False
     with pytest.raises(BrokerError, match="not running"):
         await broker.publish("room", b"x")
@@ -314,7 +301,7 @@ async def test_a_killed_subscription_connection_is_restored(brokers: Make, rds: 
     await a.subscribe("room", deliver_room)
     await a.subscribe("other", deliver_other)
     assert await rds.client_kill_filter(_type="pubsub") == 1
-    await poll(lambda: asyncio.gather(numsub(rds, "room"), numsub(rds, "other")), [1, 1], 5)
+    await eventually(lambda: asyncio.gather(numsub(rds, "room"), numsub(rds, "other")), [1, 1], 5)
     await wait_until(lambda: a.healthy, 3, "healthy")
     await rds.publish("room", "r")
     await rds.publish("other", "o")
@@ -367,14 +354,14 @@ async def test_in_process_gateway_reports_outage_and_keeps_local_chat(redis_serv
             async with gw.get("/readyz") as response:
                 return response.status, await response.text()
 
-        await poll(lambda: readyz(), (503, "broker unavailable\n"), 5)
+        await eventually(lambda: readyz(), (503, "broker unavailable\n"), 5)
         await alice.send_str("anyone?")
         for ws in (alice, carol):
             event = await next_event(ws)
             assert (event["type"], event["id"], event["text"]) == ("message", None, "anyone?")
         assert gw.stats.broker_publish_failures >= 1
         redis_server.start()
-        await poll(lambda: readyz(), (200, "ready\n"), 6)
+        await eventually(lambda: readyz(), (200, "ready\n"), 6)
         await carol.send_str("back")
         for ws in (alice, carol):
             event = await next_event(ws)

@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,8 @@ import aiohttp
 import pytest
 from conftest import RedisServer, WsgateProcess, free_port
 from redis.asyncio import Redis
+
+from wsgate.testing import eventually
 
 Start = Callable[..., WsgateProcess]
 WriteConfig = Callable[..., Path]
@@ -109,19 +111,6 @@ class ChatClient:
 
 def summary(event: dict[str, Any]) -> tuple[Any, ...]:
     return event["id"], event["from"], event["text"]
-
-
-async def poll(probe: Callable[[], Awaitable[Any]], wanted: Any, within: float) -> None:
-    """Call ``probe`` every 50 ms until it returns ``wanted``; fail after ``within`` seconds."""
-    last = None
-    deadline = time.monotonic() + within
-    while True:
-        last = await probe()
-        if last == wanted:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still {last!r}, not {wanted!r}, after {within}s")
-        await asyncio.sleep(0.05)
 
 
 async def get_text(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
@@ -227,11 +216,11 @@ async def test_each_instance_subscribes_only_to_rooms_with_local_members(
     assert await rds.pubsub_numsub("wsgate:/chat:r1") == [(b"wsgate:/chat:r1", 2)]
 
     await alice.ws.close()
-    await poll(state, ({"wsgate:/chat:r1", "wsgate:/chat:r2"}, {pa: 0, pb: 2}), 5)
+    await eventually(state, ({"wsgate:/chat:r1", "wsgate:/chat:r2"}, {pa: 0, pb: 2}), 5)
     await carol.ws.close()
-    await poll(state, ({"wsgate:/chat:r2"}, {pa: 0, pb: 1}), 5)
+    await eventually(state, ({"wsgate:/chat:r2"}, {pa: 0, pb: 1}), 5)
     await bob.ws.close()
-    await poll(state, (set(), {pa: 0, pb: 0}), 5)
+    await eventually(state, (set(), {pa: 0, pb: 0}), 5)
 
 
 # --- workers -----------------------------------------------------------------------
@@ -336,7 +325,7 @@ async def test_redis_outage_keeps_local_chat_and_connections(
 
     redis_server.kill()
     for instance in (a, b):
-        await poll(lambda i=instance: get_text(session, f"{i.url}/readyz"), (503, "broker unavailable\n"), 5)
+        await eventually(lambda i=instance: get_text(session, f"{i.url}/readyz"), (503, "broker unavailable\n"), 5)
     await alice.say("only on A")
     await dave.say("only on B")
     for client in (alice, carol):
@@ -349,7 +338,7 @@ async def test_redis_outage_keeps_local_chat_and_connections(
 
     redis_server.start()
     for instance in (a, b):
-        await poll(lambda i=instance: get_text(session, f"{i.url}/readyz"), (200, "ready\n"), 8)
+        await eventually(lambda i=instance: get_text(session, f"{i.url}/readyz"), (200, "ready\n"), 8)
     # The restarted redis-server kept nothing, so ids start again from 1. Nothing sent
     # during the outage crossed over: the next message everyone sees is "after".
     await bob.say("after")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -31,7 +32,7 @@ from .handler import Handler
 from .metrics import GatewayStats
 from .registry import Registry
 
-__all__ = ["GatewayServer", "run_gateway", "wait_until"]
+__all__ = ["GatewayServer", "eventually", "run_gateway", "wait_until"]
 
 EndpointTable = Mapping[str, "type[Handler] | str | Mapping[str, Any]"]
 
@@ -69,6 +70,18 @@ async def wait_until(predicate: Callable[[], object], within: float = 5.0) -> No
     async with asyncio.timeout(within):
         while not predicate():
             await asyncio.sleep(0.01)
+
+
+async def eventually(probe: Callable[[], Awaitable[Any]], wanted: Any, within: float) -> None:
+    """Await ``probe()`` every 50 ms until it returns ``wanted``; AssertionError after ``within`` s."""
+    deadline = time.monotonic() + within
+    while True:
+        last = await probe()
+        if last == wanted:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {last!r}, not {wanted!r}, after {within}s")
+        await asyncio.sleep(0.05)
 
 
 def _config_text(endpoints: EndpointTable, registry: Registry, extra: Mapping[str, Any]) -> str:

@@ -1,0 +1,46 @@
+"""Smoke test of the benchmark suite: it runs end to end on tiny settings.
+
+It checks that the bench works (servers start, the C load generator builds and
+talks to each of them, results are written); it does not judge speed.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SERVERS = ("wsgate", "aiohttp", "websockets")
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or shutil.which("cc") is None,
+    reason="the benchmark needs Linux (/proc, epoll) and a C compiler",
+)
+
+
+def test_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--json", str(out)],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    log = f"exit status {done.returncode}\nstdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}"
+    assert out.exists(), log
+    data = json.loads(out.read_text())
+    for server in SERVERS:
+        rows = [
+            row
+            for row in data["rows"]
+            if row["scenario"] == "echo" and row["server"] == server and row["metric"] == "msg_per_s"
+        ]
+        assert rows, f"no echo results for {server}\n{log}"
+        for row in rows:
+            assert (row["median"] or 0) > 0, f"{server} {row['case']}: {row}\n{log}"
+    assert done.returncode == 0, log
