@@ -1,0 +1,1 @@
+"""Benchmark suite for wsgate: `python -m bench` (see bench/README.md)."""

@@ -1,0 +1,266 @@
+"""Process plumbing for the benchmark: servers under test and the C load generator."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HOST = "127.0.0.1"
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+BUILD_DIR = BENCH_DIR / "build"
+LOG_DIR = BUILD_DIR / "logs"
+LOADGEN_SRC = BENCH_DIR / "loadgen.c"
+WSGATE_CONFIG = BENCH_DIR / "wsgate-bench.yaml"
+
+HANDSHAKE = (
+    "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    "Sec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+class BenchError(Exception):
+    """A server or the load generator did not do what a case needed."""
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """How to start one server under test and how to talk to it."""
+
+    name: str
+    command: Callable[[int], list[str]]
+    echo_path: str = "/ws"
+    chat_path: str = "/chat?room=bench&name=r{i}"
+    # Broadcast deliveries are text frames whose JSON "type" is this value;
+    # None counts every text frame received after the start.
+    delivery_type: str | None = None
+    check: Callable[[], list[str]] | None = None
+
+
+def _script(name: str) -> Callable[[int], list[str]]:
+    path = str(BENCH_DIR / "servers" / name)
+    return lambda port: [sys.executable, path, "--host", HOST, "--port", str(port)]
+
+
+def _wsgate(port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "wsgate",
+        "--config",
+        str(WSGATE_CONFIG),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+    ]
+
+
+SERVERS: dict[str, ServerSpec] = {
+    "wsgate": ServerSpec(
+        name="wsgate",
+        command=_wsgate,
+        delivery_type="message",
+        check=lambda: [sys.executable, "-m", "wsgate", "--check", "--config", str(WSGATE_CONFIG)],
+    ),
+    "aiohttp": ServerSpec(name="aiohttp", command=_script("aiohttp_bare.py")),
+    "websockets": ServerSpec(name="websockets", command=_script("websockets_server.py")),
+}
+
+
+def pinned(command: Sequence[str], cpu: int | None) -> tuple[list[str], Callable[[], None] | None]:
+    """Command (and pre-exec hook) that runs `command` on one CPU."""
+    if cpu is None:
+        return list(command), None
+    if shutil.which("taskset"):
+        return ["taskset", "-c", str(cpu), *command], None
+    return list(command), lambda: os.sched_setaffinity(0, {cpu})
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all threads), from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+def ws_handshake_ok(port: int, path: str, timeout: float = 1.0) -> bool:
+    """True if a WebSocket upgrade on `path` gets a 101 response."""
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout) as sock:
+            request = HANDSHAKE.format(path=path, host=HOST, port=port)
+            sock.sendall(request.encode())
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return False
+                data += chunk
+            return data.startswith(b"HTTP/1.1 101")
+    except OSError:
+        return False
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class ServerProcess:
+    """One server under test, started on a free port and pinned to one CPU."""
+
+    def __init__(self, spec: ServerSpec, cpu: int | None, log_path: Path) -> None:
+        self.spec = spec
+        self.cpu = cpu
+        self.log_path = log_path
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise BenchError(f"{self.spec.name} is not running")
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = 30.0) -> float:
+        """Spawn the server; return seconds from spawn to the first accepted WebSocket."""
+        self.port = free_port()
+        command, preexec = pinned(self.spec.command(self.port), self.cpu)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(f"$ {' '.join(command)}\n".encode())
+            log.flush()
+            started = time.perf_counter()
+            self.proc = subprocess.Popen(
+                command,
+                cwd=REPO_DIR,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=preexec,
+                start_new_session=True,
+            )
+        deadline = started + timeout
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(
+                    f"{self.spec.name} exited with status {self.proc.returncode} while starting:\n"
+                    + tail(self.log_path)
+                )
+            if ws_handshake_ok(self.port, self.spec.echo_path):
+                return time.perf_counter() - started
+            time.sleep(0.002)
+        self.stop()
+        raise BenchError(f"{self.spec.name} did not accept a WebSocket within {timeout:.0f}s")
+
+    def wait_quiet(self, max_wait: float = 10.0, busy_pct: float = 5.0) -> None:
+        """Wait until the server uses less than `busy_pct` % CPU (e.g. after a case)."""
+        deadline = time.monotonic() + max_wait
+        last = proc_cpu_seconds(self.pid)
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            now = proc_cpu_seconds(self.pid)
+            if (now - last) / 0.1 * 100 < busy_pct:
+                return
+            last = now
+
+    def stop(self, grace: float = 5.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def check_server(spec: ServerSpec, timeout: float = 30.0) -> str | None:
+    """Run the server's config check, if it has one; return an error text or None."""
+    if spec.check is None:
+        return None
+    try:
+        done = subprocess.run(
+            spec.check(),
+            cwd=REPO_DIR,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{spec.name} check failed: {exc}"
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr).decode(errors="replace").strip()
+        lines = "\n".join(output.splitlines()[-15:])
+        return f"{spec.name} check exited with status {done.returncode}:\n{lines}"
+    return None
+
+
+def build_loadgen(cc: str = "cc") -> Path:
+    """Compile bench/loadgen.c into bench/build/loadgen unless it is up to date."""
+    binary = BUILD_DIR / "loadgen"
+    if binary.exists() and binary.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
+        return binary
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    command = [cc, "-O2", "-Wall", "-o", str(binary), str(LOADGEN_SRC)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise BenchError(f"compiling the load generator failed:\n{done.stderr}")
+    return binary
+
+
+def run_loadgen(binary: Path, args: Sequence[str], cpu: int | None, timeout: float) -> dict[str, Any]:
+    """Run the load generator once; return its JSON result line."""
+    command, preexec = pinned([str(binary), *args], cpu)
+    try:
+        done = subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            preexec_fn=preexec,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"load generator timed out after {timeout:.0f}s") from exc
+    lines = done.stdout.strip().splitlines()
+    try:
+        result: dict[str, Any] = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError) as exc:
+        raise BenchError(f"load generator exited with status {done.returncode}: {done.stderr.strip()}") from exc
+    if "error" in result:
+        raise BenchError(f"load generator: {result['error']}")
+    return result
