@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from .broker import Broker, create_broker
 from .config import Settings, load_config
 from .errors import BrokerError, ConfigError
-from .gateway import GOING_AWAY, Gateway
+from .gateway import Gateway
 from .hub import Hub
 from .metrics import GatewayStats, render_metrics
 from .registry import Registry
@@ -164,8 +164,7 @@ def build_app(settings: Settings, registry: Registry | None = None) -> web.Appli
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await broker.start()
         await app[GATEWAY].start()
-        yield
-        await app[GATEWAY].shutdown(GOING_AWAY, settings.config.server.shutdown_timeout)
+        yield  # on_shutdown (below) has closed every connection by now
         await broker.close()
 
     async def close_sockets(app: web.Application) -> None:

@@ -35,7 +35,6 @@ class EndpointRuntime(Context):
         self._connections: set[Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.handler: Handler = endpoint.handler_cls(endpoint.options, self)
-        self.retired = False
         self._idle = asyncio.Event()
         self._idle.set()
 
