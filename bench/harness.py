@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -135,13 +136,28 @@ def tail(path: Path, lines: int = 15) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def wait_quiet(pids: Sequence[int], max_wait: float = 10.0, busy_pct: float = 5.0) -> None:
+    """Wait until the processes together use less than `busy_pct` % CPU (e.g. after a case)."""
+    deadline = time.monotonic() + max_wait
+    last = sum(proc_cpu_seconds(pid) for pid in pids)
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = sum(proc_cpu_seconds(pid) for pid in pids)
+        if (now - last) / 0.1 * 100 < busy_pct:
+            return
+        last = now
+
+
 class ServerProcess:
     """One server under test, started on a free port and pinned to one CPU."""
 
-    def __init__(self, spec: ServerSpec, cpu: int | None, log_path: Path) -> None:
+    def __init__(
+        self, spec: ServerSpec, cpu: int | None, log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.spec = spec
         self.cpu = cpu
         self.log_path = log_path
+        self.env = env  # extra environment variables
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -160,12 +176,14 @@ class ServerProcess:
         command, preexec = pinned(self.spec.command(self.port), self.cpu)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            log.write(f"$ {' '.join(command)}\n".encode())
+            env_text = "".join(f"{k}={v} " for k, v in (self.env or {}).items())
+            log.write(f"$ {env_text}{' '.join(command)}\n".encode())
             log.flush()
             started = time.perf_counter()
             self.proc = subprocess.Popen(
                 command,
                 cwd=REPO_DIR,
+                env={**os.environ, **self.env} if self.env else None,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -187,14 +205,7 @@ class ServerProcess:
 
     def wait_quiet(self, max_wait: float = 10.0, busy_pct: float = 5.0) -> None:
         """Wait until the server uses less than `busy_pct` % CPU (e.g. after a case)."""
-        deadline = time.monotonic() + max_wait
-        last = proc_cpu_seconds(self.pid)
-        while time.monotonic() < deadline:
-            time.sleep(0.1)
-            now = proc_cpu_seconds(self.pid)
-            if (now - last) / 0.1 * 100 < busy_pct:
-                return
-            last = now
+        wait_quiet([self.pid], max_wait, busy_pct)
 
     def stop(self, grace: float = 5.0) -> None:
         proc, self.proc = self.proc, None
@@ -206,6 +217,116 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+class RedisServer:
+    """A throw-away redis-server on a free loopback port: no persistence, its own directory."""
+
+    def __init__(self, cpu: int | None, log_path: Path, binary: str = "redis-server") -> None:
+        self.cpu = cpu
+        self.log_path = log_path
+        self.binary = binary
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise BenchError("redis-server is not running")
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = 15.0) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="wsgate-bench-redis-")
+        self.port = free_port()
+        command, preexec = pinned(
+            [
+                self.binary,
+                "--port", str(self.port),
+                "--bind", HOST,
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", self._dir.name,
+                "--daemonize", "no",
+            ],
+            self.cpu,
+        )
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(f"$ {' '.join(command)}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=preexec,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                status = self.proc.returncode
+                self.stop()
+                raise BenchError(f"redis-server exited with status {status} while starting:\n{tail(self.log_path)}")
+            try:
+                if self.command("PING") == "+PONG":
+                    return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        self.stop()
+        raise BenchError(f"redis-server did not answer PING within {timeout:.0f}s")
+
+    def command(self, inline: str, timeout: float = 5.0) -> str:
+        """Send one inline command; return the first line of the reply."""
+        with socket.create_connection((HOST, self.port), timeout=timeout) as sock:
+            sock.sendall(inline.encode() + b"\r\n")
+            data = b""
+            while b"\r\n" not in data:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        return data.split(b"\r\n", 1)[0].decode(errors="replace")
+
+    def scard_settled(self, key: str, still: float = 1.0, max_wait: float = 30.0) -> int:
+        """Wait until the size of set `key` is 0 or has not changed for `still` s; return it."""
+        deadline = time.monotonic() + max_wait
+        last, since = self.command(f"SCARD {key}"), time.monotonic()
+        while last != ":0" and time.monotonic() < deadline:
+            time.sleep(0.1)
+            now = self.command(f"SCARD {key}")
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= still:
+                break
+        return int(last[1:]) if last.startswith(":") else -1
+
+    def flush(self) -> None:
+        reply = self.command("FLUSHALL")
+        if reply != "+OK":
+            raise BenchError(f"redis FLUSHALL answered {reply!r}")
+
+    def stop(self, grace: float = 5.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
 
 
 def check_server(spec: ServerSpec, timeout: float = 30.0) -> str | None:

@@ -20,7 +20,10 @@
  *          open all N.
  *
  * With --server-pid, the server's utime+stime (/proc/PID/stat) is sampled at
- * the start and the end of the measured window. Results: one JSON line on
+ * the start and the end of the measured window; --extra-pid (repeatable) adds
+ * more processes (e.g. a second instance and its broker) to that sum.
+ * With --port2, connections with an odd index connect to that port instead
+ * (the bcast sender always uses --port): receivers split over two instances. Results: one JSON line on
  * stdout. Fatal setup errors: {"error": "..."} and exit status 2.
  */
 #define _GNU_SOURCE
@@ -72,6 +75,7 @@ static struct {
     int mode;
     const char *host;
     int port;
+    int port2;
     const char *path;
     const char *sender_path;
     int conns;
@@ -89,6 +93,7 @@ static struct {
     .mode = MODE_ECHO,
     .host = "127.0.0.1",
     .port = 0,
+    .port2 = 0,
     .path = "/ws",
     .sender_path = NULL,
     .conns = 1,
@@ -115,7 +120,11 @@ static int phase = PH_SETUP;
 static int target;       /* connections to initiate so far */
 static int initiated, n_open, n_closed;
 static uint64_t last_rx_ns;
-static struct sockaddr_in addr;
+static struct sockaddr_in addr, addr2;
+#define MAX_EXTRA 8
+static int extra_pids[MAX_EXTRA];
+static int n_extra;
+static double pid_cpu0[1 + MAX_EXTRA], pid_cpu1[1 + MAX_EXTRA];
 
 static unsigned char *msg_frame; /* prebuilt masked text frame */
 static size_t msg_frame_len;
@@ -177,11 +186,11 @@ static void *xrealloc(void *p, size_t n) {
     return q;
 }
 
-/* server process CPU seconds (utime + stime) from /proc/PID/stat */
-static double server_cpu_s(void) {
-    if (opt.server_pid <= 0) return -1;
+/* CPU seconds (utime + stime) of one process, from /proc/PID/stat */
+static double pid_cpu_s(int pid) {
+    if (pid <= 0) return -1;
     char path[64], buf[2048];
-    snprintf(path, sizeof path, "/proc/%d/stat", opt.server_pid);
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
     FILE *f = fopen(path, "r");
     if (!f) return -1;
     size_t n = fread(buf, 1, sizeof buf - 1, f);
@@ -199,6 +208,22 @@ static double server_cpu_s(void) {
     }
     if (sscanf(p, "%llu %llu", &utime, &stime) != 2) return -1;
     return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* CPU seconds of the server and the --extra-pid processes (each into `each`), summed; -1 if any is unreadable */
+static double server_cpu_s(double *each) {
+    double sum = each[0] = pid_cpu_s(opt.server_pid);
+    for (int i = 0; i < n_extra; i++) {
+        each[1 + i] = pid_cpu_s(extra_pids[i]);
+        if (each[1 + i] < 0) sum = -1;
+        if (sum >= 0) sum += each[1 + i];
+    }
+    return sum;
+}
+
+/* the port connection `c` talks to */
+static int conn_port(const conn_t *c) {
+    return (opt.port2 > 0 && c != sender && (c->idx & 1)) ? opt.port2 : opt.port;
 }
 
 /* busy seconds (all but idle and iowait) of each CPU, from /proc/stat; returns the count */
@@ -551,7 +576,8 @@ static void start_connect(conn_t *c) {
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     c->fd = fd;
     c->state = ST_CONNECTING;
-    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0 && errno != EINPROGRESS)
+    const struct sockaddr_in *to = conn_port(c) == opt.port ? &addr : &addr2;
+    if (connect(fd, (const struct sockaddr *)to, sizeof *to) < 0 && errno != EINPROGRESS)
         fatal("connect: %s (connection %d)", strerror(errno), c->idx);
     struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = c};
     if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0) fatal("epoll_ctl: %s", strerror(errno));
@@ -569,7 +595,7 @@ static void on_connected(conn_t *c) {
     int n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                      "Sec-WebSocket-Key: " WS_KEY "\r\nSec-WebSocket-Version: 13\r\n\r\n",
-                     path, opt.host, opt.port);
+                     path, opt.host, conn_port(c));
     c->state = ST_HANDSHAKE;
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
     epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
@@ -597,7 +623,7 @@ static void begin_window(uint64_t now) {
     w_start_ns = now;
     rx_at_start = total_rx;
     completed_at_start = completed;
-    srv_cpu0 = server_cpu_s();
+    srv_cpu0 = server_cpu_s(pid_cpu0);
     lg_cpu0 = own_cpu_s();
     n_cpus = cpu_busy_s(sys_busy0);
 }
@@ -606,7 +632,7 @@ static void end_window(uint64_t now) {
     w_end_ns = now;
     rx_at_end = total_rx;
     completed_at_end = completed;
-    srv_cpu1 = server_cpu_s();
+    srv_cpu1 = server_cpu_s(pid_cpu1);
     lg_cpu1 = own_cpu_s();
     if (cpu_busy_s(sys_busy1) != n_cpus) n_cpus = 0;
     phase = PH_DONE;
@@ -786,6 +812,15 @@ static void report(void) {
     put_num("loadgen_cpu_pct", 100.0 * lg / window, 0);
     put_num("server_cpu_s", srv, 0);
     put_num("server_cpu_pct", srv >= 0 ? 100.0 * srv / window : -1, 0);
+    printf("\"server_cpu_each_pct\":[");
+    for (int i = 0; i <= n_extra; i++) {
+        double d = (pid_cpu0[i] >= 0 && pid_cpu1[i] >= 0) ? 100.0 * (pid_cpu1[i] - pid_cpu0[i]) / window : -1;
+        if (d < 0)
+            printf("%snull", i ? "," : "");
+        else
+            printf("%s%.1f", i ? "," : "", d);
+    }
+    printf("],");
     printf("\"cpu_busy_pct\":[");
     for (int i = 0; i < n_cpus; i++) printf("%s%.1f", i ? "," : "", 100.0 * (sys_busy1[i] - sys_busy0[i]) / window);
     printf("],\"closed\":%d}\n", n_closed);
@@ -793,11 +828,12 @@ static void report(void) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: loadgen --mode echo|bcast|idle --port P [--host 127.0.0.1] [--path /ws]\n"
+            "usage: loadgen --mode echo|bcast|idle --port P [--port2 P2] [--host 127.0.0.1] [--path /ws]\n"
             "  [--sender-path P] [--conns N] [--inflight K] [--size BYTES] [--warmup S]\n"
-            "  [--duration S] [--server-pid PID] [--json-type T] [--quiet S] [--settle-max S]\n"
+            "  [--duration S] [--server-pid PID] [--extra-pid PID]... [--json-type T] [--quiet S] [--settle-max S]\n"
             "  [--rss-at M] [--rss-settle S] [--max-pending P] [--timeout S]\n"
-            "  paths may contain {i}, replaced by the connection index\n");
+            "  paths may contain {i}, replaced by the connection index;\n"
+            "  with --port2, odd-index connections (not the bcast sender) use P2\n");
     exit(64);
 }
 
@@ -812,6 +848,7 @@ int main(int argc, char **argv) {
         {"quiet", required_argument, 0, 'q'},      {"settle-max", required_argument, 0, 'Q'},
         {"rss-at", required_argument, 0, 'r'},     {"rss-settle", required_argument, 0, 'R'},
         {"max-pending", required_argument, 0, 'n'}, {"timeout", required_argument, 0, 't'},
+        {"port2", required_argument, 0, 'o'},      {"extra-pid", required_argument, 0, 'e'},
         {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -843,6 +880,11 @@ int main(int argc, char **argv) {
         case 'R': opt.rss_settle = atof(optarg); break;
         case 'n': opt.max_pending = atoi(optarg); break;
         case 't': opt.timeout = atof(optarg); break;
+        case 'o': opt.port2 = atoi(optarg); break;
+        case 'e':
+            if (n_extra == MAX_EXTRA) usage();
+            extra_pids[n_extra++] = atoi(optarg);
+            break;
         default: usage();
         }
     }
@@ -861,6 +903,8 @@ int main(int argc, char **argv) {
     addr.sin_family = AF_INET;
     addr.sin_port = htons((uint16_t)opt.port);
     if (inet_pton(AF_INET, opt.host, &addr.sin_addr) != 1) fatal("bad host %s", opt.host);
+    addr2 = addr;
+    addr2.sin_port = htons((uint16_t)(opt.port2 > 0 ? opt.port2 : opt.port));
 
     unsigned char *payload = malloc((size_t)opt.size + 1);
     for (int i = 0; i < opt.size; i++) payload[i] = (unsigned char)('a' + i % 26);

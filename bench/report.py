@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 BASELINE = "aiohttp"
+# the scaleout scenario compares wsgate with itself: two instances on Redis vs one on memory
+SCALEOUT_MEMORY = "wsgate mem x1"
+SCALEOUT_REDIS = "wsgate redis x2"
+BASELINES = {"scaleout": SCALEOUT_MEMORY}
 LOADGEN_BUSY_PCT = 85.0
 OTHER_LOAD_PCT = 30.0  # CPU % taken on the benchmark's two CPUs by other processes (or softirqs)
 NOISY_SPREAD = 0.15  # flag a case whose samples spread more than this around the median
@@ -37,6 +41,11 @@ METRICS: dict[str, tuple[Metric, ...]] = {
     ),
     "startup": (Metric("startup_ms", "spawn→first ws", "ms", False),),
 }
+METRICS["scaleout"] = METRICS["broadcast"]
+
+
+def baseline_for(scenario: str) -> str:
+    return BASELINES.get(scenario, BASELINE)
 
 
 @dataclass
@@ -51,9 +60,12 @@ class Row:
     median: float | None
     samples: list[float]
     ratio_vs_baseline: float | None = None
+    baseline: str = BASELINE
     server_cpu_us_per_msg: float | None = None
     server_cpu_pct: float | None = None
     loadgen_cpu_pct: float | None = None
+    # median CPU % of each server-side process, when there are several (scaleout)
+    server_cpu_parts_pct: dict[str, float | None] = field(default_factory=dict)
     failures: int = 0
     flags: list[str] = field(default_factory=list)
 
@@ -61,6 +73,13 @@ class Row:
 def _median(values: Iterable[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else None
+
+
+def _parts(samples: Sequence[dict[str, Any]]) -> dict[str, float | None]:
+    names: list[str] = []
+    for s in samples:
+        names += [n for n in s.get("server_cpu_parts_pct") or {} if n not in names]
+    return {n: _median((s.get("server_cpu_parts_pct") or {}).get(n) for s in samples) for n in names}
 
 
 def sample_flags(samples: Sequence[dict[str, Any]], failures: Sequence[str]) -> list[str]:
@@ -114,6 +133,8 @@ def summarize(
                     server_cpu_us_per_msg=_median(s.get("server_cpu_us_per_msg") for s in got),
                     server_cpu_pct=_median(s.get("server_cpu_pct") for s in got),
                     loadgen_cpu_pct=_median(s.get("loadgen_cpu_pct") for s in got),
+                    server_cpu_parts_pct=_parts(got),
+                    baseline=baseline_for(scenario),
                     failures=len(failed),
                     flags=sample_flags(got, failed),
                 )
@@ -123,7 +144,7 @@ def summarize(
                         row.flags.append(f"spread {spread:.0%}")
                 medians[server] = row.median
                 case_rows.append(row)
-            base = medians.get(BASELINE)
+            base = medians.get(baseline_for(scenario))
             for row in case_rows:
                 if base and row.median is not None:
                     row.ratio_vs_baseline = row.median / base
@@ -147,6 +168,12 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _parts_note(row: Row) -> list[str]:
+    if not row.server_cpu_parts_pct:
+        return []
+    return ["CPU " + " + ".join(f"{k} {_fmt(v, '.0f')}%" for k, v in row.server_cpu_parts_pct.items())]
+
+
 def format_table(rows: Sequence[Row]) -> str:
     header = (
         "scenario",
@@ -155,11 +182,11 @@ def format_table(rows: Sequence[Row]) -> str:
         "metric",
         "value",
         "unit",
-        f"ratio vs {BASELINE}",
+        "ratio vs base",
         "server CPU µs/msg",
         "server CPU %",
         "loadgen CPU %",
-        "flag",
+        "flag / note",
     )
     body: list[tuple[str, ...]] = []
     for row in rows:
@@ -175,7 +202,7 @@ def format_table(rows: Sequence[Row]) -> str:
                 _fmt(row.server_cpu_us_per_msg, ".1f"),
                 _fmt(row.server_cpu_pct, ".0f"),
                 _fmt(row.loadgen_cpu_pct, ".0f"),
-                " ".join(row.flags),
+                " ".join([*row.flags, *_parts_note(row)]),
             )
         )
     numeric = {4, 6, 7, 8, 9}

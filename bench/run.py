@@ -12,10 +12,11 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
@@ -30,16 +31,25 @@ from bench.harness import (
     REPO_DIR,
     SERVERS,
     BenchError,
+    RedisServer,
     ServerProcess,
     ServerSpec,
     build_loadgen,
     check_server,
     run_loadgen,
     tail,
+    wait_quiet,
 )
-from bench.report import BASELINE, OTHER_LOAD_PCT, format_table, summarize
+from bench.report import (
+    BASELINE,
+    OTHER_LOAD_PCT,
+    SCALEOUT_MEMORY,
+    SCALEOUT_REDIS,
+    format_table,
+    summarize,
+)
 
-SCENARIOS = ("echo", "latency", "broadcast", "idle", "startup")
+SCENARIOS = ("echo", "latency", "broadcast", "idle", "startup", "scaleout")
 DEFAULT_JSON = BENCH_DIR / "results" / "latest.json"
 
 
@@ -54,6 +64,8 @@ class Settings:
     bcast_receivers: tuple[int, ...] = (100, 1000)
     bcast_inflight: tuple[int, ...] = (1, 16)
     bcast_size: int = 32
+    scaleout_receivers: tuple[int, ...] = (100, 1000)
+    scaleout_inflight: tuple[int, ...] = (1, 16)
     idle_conns: int = 10_000
     idle_rss_at: int = 5_000
     rss_settle: float = 1.0
@@ -115,6 +127,11 @@ def plan(scenarios: Sequence[str], s: Settings) -> list[Case]:
             for k in s.bcast_inflight:
                 label = f"N={n} k={k} {s.bcast_size}B"
                 cases.append(Case("broadcast", label, "bcast", n, k, s.bcast_size))
+    if "scaleout" in scenarios:
+        for n in s.scaleout_receivers:
+            for k in s.scaleout_inflight:
+                label = f"N={n} k={k} {s.bcast_size}B"
+                cases.append(Case("scaleout", label, "bcast", n, k, s.bcast_size))
     return cases
 
 
@@ -156,11 +173,14 @@ def describe(case: Case, result: dict[str, Any]) -> str:
         mem = "-" if per_conn is None else f"{per_conn:,.0f} B/conn"
         return f"{mem}, open {result['open_s']:.2f} s"
     rate = result.get("deliveries_per_s") or result.get("msg_per_s") or 0.0
-    unit = "deliv/s" if case.scenario == "broadcast" else "msg/s"
+    unit = "deliv/s" if case.mode == "bcast" else "msg/s"
     text = f"{rate:,.0f} {unit}, p50 {result.get('lat_p50_us') or 0:,.0f} µs"
     server_pct = result.get("server_cpu_pct")
     if server_pct is not None:
         text += f", server {server_pct:.0f}%"
+        parts = result.get("server_cpu_parts_pct")
+        if parts:
+            text += " (" + " + ".join(f"{k} {v or 0:.0f}%" for k, v in parts.items()) + ")"
     return text + f", loadgen {result.get('loadgen_cpu_pct') or 0:.0f}%"
 
 
@@ -183,19 +203,22 @@ class Bench:
         self.samples: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         self.failures: dict[tuple[str, str, str], list[str]] = {}
         self.unavailable: dict[str, str] = {}
+        self.notes: list[str] = []
+        self.stale_members = 0  # scaleout: chat names wsgate left claimed in Redis
         self.starts = 0
+        self.redis: RedisServer | None = None
 
     def log(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
     def add(self, case: Case, server: str, result: dict[str, Any], rnd: int) -> None:
         self.samples.setdefault((case.scenario, case.label, server), []).append(result)
-        self.log(f"  [{rnd + 1}/{self.s.repeat}] {server:<10} {case.label:<22} {describe(case, result)}")
+        self.log(f"  [{rnd + 1}/{self.s.repeat}] {server:<15} {case.label:<22} {describe(case, result)}")
 
     def fail(self, case: Case, server: str, error: str, rnd: int) -> None:
         self.failures.setdefault((case.scenario, case.label, server), []).append(error)
         first_line = error.splitlines()[0] if error else "error"
-        self.log(f"  [{rnd + 1}/{self.s.repeat}] {server:<10} {case.label:<22} FAILED: {first_line}")
+        self.log(f"  [{rnd + 1}/{self.s.repeat}] {server:<15} {case.label:<22} FAILED: {first_line}")
 
     def start(self, spec: ServerSpec, rnd: int) -> ServerProcess:
         self.starts += 1
@@ -215,16 +238,113 @@ class Bench:
                 self.unavailable[name] = error
                 self.log(f"skipping {name}: {error}")
         active = [n for n in self.servers if n not in self.unavailable]
+        scaleout = [c for c in self.cases if c.scenario == "scaleout"]
+        if scaleout and "wsgate" not in active:
+            why = "wsgate is not among the servers" if "wsgate" not in self.servers else "wsgate is unavailable"
+            self.notes.append(f"scaleout skipped: {why}")
+            scaleout = []
+        if scaleout and shutil.which("redis-server") is None:
+            self.notes.append("scaleout skipped: redis-server is not installed (it needs a real Redis)")
+            scaleout = []
         # The idle case gets a fresh server of its own; the others share one.
         groups = [[c for c in self.cases if c.scenario == "idle"]]
-        groups.append([c for c in self.cases if c.scenario not in ("idle", "startup")])
-        groups = [g for g in groups if g] or [[]]
-        for rnd in range(self.s.repeat):
-            # rotate the server order between rounds so that none always goes first
-            shift = rnd % len(active) if active else 0
-            for name in active[shift:] + active[:shift]:
-                for group in groups:
-                    self.run_group(SERVERS[name], group, rnd)
+        groups.append([c for c in self.cases if c.scenario not in ("idle", "startup", "scaleout")])
+        groups = [g for g in groups if g]
+        if not groups and not scaleout:
+            groups = [[]]  # startup only
+        try:
+            for rnd in range(self.s.repeat):
+                # rotate the server order between rounds so that none always goes first
+                shift = rnd % len(active) if active else 0
+                for name in active[shift:] + active[:shift]:
+                    for group in groups:
+                        self.run_group(SERVERS[name], group, rnd)
+                if scaleout:
+                    self.run_scaleout(scaleout, rnd)
+        finally:
+            if self.redis is not None:
+                self.redis.stop()
+            if self.stale_members:
+                self.notes.append(
+                    f"scaleout: {self.stale_members} chat names were left claimed in Redis after "
+                    "the receivers disconnected (wsgate did not release them); the bench deleted them"
+                )
+
+    def start_redis(self) -> RedisServer:
+        """The run's redis-server, started on first use (and again if it died)."""
+        if self.redis is not None and self.redis.alive():
+            return self.redis
+        if self.redis is not None:
+            self.redis.stop()
+        self.starts += 1
+        redis = RedisServer(self.server_cpu, LOG_DIR / f"redis-{self.starts}.log")
+        redis.start()
+        self.redis = redis
+        return redis
+
+    def run_scaleout(self, cases: Sequence[Case], rnd: int) -> None:
+        """wsgate on the memory broker (one instance) vs two instances sharing Redis, case by case."""
+        spec = SERVERS["wsgate"]
+        names = (SCALEOUT_MEMORY, SCALEOUT_REDIS)
+        servers: list[ServerProcess] = []
+        try:
+            redis = self.start_redis()
+            redis.flush()
+            for env in ({"WSGATE_BROKER": "memory"}, {"WSGATE_BROKER": redis.url}, {"WSGATE_BROKER": redis.url}):
+                self.starts += 1
+                server = ServerProcess(spec, self.server_cpu, LOG_DIR / f"wsgate-scaleout-{self.starts}.log", env)
+                servers.append(server)
+                server.start()
+        except BenchError as exc:
+            for case in cases:
+                for name in names:
+                    self.fail(case, name, str(exc), rnd)
+            for server in servers:
+                server.stop()
+            return
+        memory, inst_a, inst_b = servers
+        all_pids = [memory.pid, inst_a.pid, inst_b.pid, redis.pid]
+        # the chat's presence set of the bench room, on Redis
+        members_key = f"wsgate:{spec.chat_path.split('?')[0]}:bench:members"
+
+        def settle() -> None:
+            # After a redis x2 case, instances A and B release 1,000 chat names and
+            # announce the leaves through Redis. The next case starts once that is over:
+            # the room's presence set has stopped shrinking. Names left in it (wsgate
+            # does not always release them under a disconnect burst) are deleted, so
+            # every case starts from an empty room, as with the memory broker.
+            if not redis.alive():
+                return
+            left = redis.scard_settled(members_key)
+            if left > 0:
+                self.stale_members += left
+                self.log(f"  {left} chat names were still claimed in Redis after the last case; deleted")
+                redis.command(f"DEL {members_key}")
+
+        try:
+            for i, case in enumerate(cases):
+                # alternate which of the two goes first
+                order = names if (rnd + i) % 2 == 0 else names[::-1]
+                for name in order:
+                    group = [memory] if name == SCALEOUT_MEMORY else [inst_a, inst_b]
+                    dead = [s for s in group if not s.alive()]
+                    if name == SCALEOUT_REDIS and not redis.alive():
+                        self.fail(case, name, f"redis-server exited:\n{tail(redis.log_path)}", rnd)
+                        continue
+                    if dead:
+                        status = dead[0].proc.returncode if dead[0].proc else None
+                        self.fail(case, name, f"wsgate exited (status {status}):\n{tail(dead[0].log_path)}", rnd)
+                        continue
+                    args = loadgen_args(case, spec, group[0], self.s)
+                    parts = ["wsgate"]
+                    if name == SCALEOUT_REDIS:
+                        args += [f"--port2={inst_b.port}", f"--extra-pid={inst_b.pid}", f"--extra-pid={redis.pid}"]
+                        parts = ["wsgate A", "wsgate B", "redis"]
+                    self.run_case(case, name, args, all_pids, rnd, parts, settle)
+            settle()  # let A and B finish their leaves before they are stopped
+        finally:
+            for server in servers:
+                server.stop()
 
     def run_group(self, spec: ServerSpec, group: Sequence[Case], rnd: int) -> None:
         startup = [c for c in self.cases if c.scenario == "startup"]
@@ -245,22 +365,40 @@ class Bench:
                     except BenchError as exc:
                         self.fail(case, spec.name, str(exc), rnd)
                         return
-                self.run_case(server, spec, case, rnd)
+                self.run_case(case, spec.name, loadgen_args(case, spec, server, self.s), [server.pid], rnd)
         finally:
             server.stop()
 
-    def run_case(self, server: ServerProcess, spec: ServerSpec, case: Case, rnd: int) -> None:
-        """Run one sample; rerun it (up to `retries` times) when other processes load our CPUs."""
+    def run_case(
+        self,
+        case: Case,
+        name: str,
+        args: list[str],
+        pids: Sequence[int],
+        rnd: int,
+        parts: Sequence[str] = (),
+        prepare: Callable[[], None] | None = None,
+    ) -> None:
+        """Run one sample; rerun it (up to `retries` times) when other processes load our CPUs.
+
+        `pids` are the processes waited on until quiet (after `prepare`, if given);
+        `parts` names each process the load generator reports the CPU of, when several.
+        """
         s = self.s
         timeout = s.setup_timeout + s.settle_max + s.warmup + s.window + 4 * s.rss_settle + 30
         best: dict[str, Any] | None = None
         for attempt in range(1 + s.retries):
-            server.wait_quiet()
+            if prepare is not None:
+                prepare()
+            wait_quiet(pids)
             try:
-                result = run_loadgen(self.loadgen, loadgen_args(case, spec, server, s), self.loadgen_cpu, timeout)
+                result = run_loadgen(self.loadgen, args, self.loadgen_cpu, timeout)
             except BenchError as exc:
-                self.fail(case, spec.name, str(exc), rnd)
+                self.fail(case, name, str(exc), rnd)
                 return
+            each = result.get("server_cpu_each_pct") or []
+            if len(parts) > 1 and len(each) == len(parts):
+                result["server_cpu_parts_pct"] = dict(zip(parts, each, strict=True))
             work = result.get("deliveries") if case.mode == "bcast" else result.get("messages")
             cpu = result.get("server_cpu_s")
             if work and cpu is not None:
@@ -273,12 +411,12 @@ class Bench:
             if other is None or other <= OTHER_LOAD_PCT or attempt == s.retries:
                 break
             self.log(
-                f"  [{rnd + 1}/{s.repeat}] {spec.name:<10} {case.label:<22} "
+                f"  [{rnd + 1}/{s.repeat}] {name:<15} {case.label:<22} "
                 f"other processes used {other:.0f}% of the benchmark CPUs; measuring again"
             )
             time.sleep(1.0)
         if best is not None:
-            self.add(case, spec.name, best, rnd)
+            self.add(case, name, best, rnd)
 
     def other_load(self, result: dict[str, Any]) -> float | None:
         """CPU % used on the server's and load generator's CPUs by anything else."""
@@ -408,10 +546,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as exc:
         print(exc, file=sys.stderr)
         return 2
-    cases = plan(args.only, settings)
+    scenarios = list(args.only)
+    if args.smoke and "scaleout" in scenarios:
+        # the smoke test must not need redis-server
+        scenarios.remove("scaleout")
+        print("smoke mode: scaleout (needs redis-server) is not run", file=sys.stderr)
+    cases = plan(scenarios, settings)
     print(
-        f"servers: {', '.join(args.servers)}; scenarios: {', '.join(args.only)}; "
-        f"{len(cases)} cases x {settings.repeat} repeats; server on CPU {server_cpu}, "
+        f"servers: {', '.join(args.servers)}; scenarios: {', '.join(scenarios)}; "
+        f"{len(cases)} cases x {settings.repeat} repeats; servers (and redis) on CPU {server_cpu}, "
         f"load generator on CPU {loadgen_cpu}",
         file=sys.stderr,
     )
@@ -426,10 +569,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed = time.monotonic() - started
 
     case_keys = list(dict.fromkeys((c.scenario, c.label) for c in cases))
-    rows = summarize(case_keys, args.servers, bench.samples, bench.failures)
+    row_servers = [*args.servers, SCALEOUT_MEMORY, SCALEOUT_REDIS]
+    rows = summarize(case_keys, row_servers, bench.samples, bench.failures)
     print(format_table(rows))
+    if any(r.scenario == "scaleout" for r in rows):
+        print(f"\nratio vs base: vs {BASELINE}; in scaleout, {SCALEOUT_REDIS} vs {SCALEOUT_MEMORY}")
     for name, error in bench.unavailable.items():
         print(f"\n{name} not benchmarked: {error}")
+    for note in bench.notes:
+        print(f"\n{note}")
 
     document = {
         "meta": {
@@ -439,6 +587,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "server_cpu": server_cpu,
             "loadgen_cpu": loadgen_cpu,
             "baseline": BASELINE,
+            "scaleout_baseline": SCALEOUT_MEMORY,
+            "scenarios": scenarios,
+            "notes": bench.notes,
             "arguments": list(sys.argv[1:] if argv is None else argv),
         },
         "settings": asdict(settings),

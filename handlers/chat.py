@@ -121,8 +121,9 @@ class Chat(Handler):
         try:
             await self.context.release(room, name)
             users = await self.context.members(room)
-        except BrokerError:
-            return  # the broker lost presence anyway; nothing to announce
+        except BrokerError as exc:
+            self.context.logger.warning("could not release %r in room %r: %s", name, room, exc)
+            return
         await self._announce("leave", room, name, users)
 
     async def _announce(self, kind: str, room: str, name: str, users: list[str]) -> None:

@@ -103,7 +103,7 @@ class RedisBroker(Broker):
     name = "redis"
 
     def __init__(self, url: str, *, timeout: float = 1.0, ping_interval: float = 0.5,
-                 max_connections: int = 32) -> None:
+                 max_connections: int = 64) -> None:
         self.url = url
         self.shown_url = redact_url(url)
         self._timeout = timeout
@@ -111,6 +111,7 @@ class RedisBroker(Broker):
         self._max_connections = max_connections
         self._client: Redis | None = None
         self._sub_client: Redis | None = None
+        self._ping_client: Redis | None = None
         self._numbered: AsyncScript | None = None
         self._channels: dict[str, Delivery] = {}
         self._pubsub: PubSub | None = None
@@ -135,6 +136,8 @@ class RedisBroker(Broker):
             retry = Retry(ExponentialBackoff(cap=0.2, base=0.05), 1, supported_errors=(RedisConnectionError,))
             self._client = self._make_client("cmd", retry, pooled=True)
             self._sub_client = self._make_client("sub", Retry(NoBackoff(), 0), pooled=False)
+            # Its own connection: a pool busy with a burst of commands is not an outage.
+            self._ping_client = self._make_client("ping", Retry(NoBackoff(), 0), pooled=False)
         except ValueError as exc:
             await self._close_clients()
             raise BrokerError(f"bad Redis URL {self.shown_url}: {exc}") from None
@@ -184,13 +187,13 @@ class RedisBroker(Broker):
         return Redis.from_pool(pool)
 
     async def _close_clients(self) -> None:
-        for client in (self._client, self._sub_client):
+        for client in (self._client, self._sub_client, self._ping_client):
             if client is not None:
                 try:
                     await client.aclose()
                 except _ERRORS as exc:
                     log.debug("closing a Redis client: %s", exc)
-        self._client = self._sub_client = None
+        self._client = self._sub_client = self._ping_client = None
 
     # --- the pub/sub connection ---
 
@@ -353,10 +356,10 @@ class RedisBroker(Broker):
         """PING the command connection every ``ping_interval`` to keep ``healthy`` current."""
         while True:
             await asyncio.sleep(self._ping_interval)
-            assert self._client is not None
+            assert self._ping_client is not None
             try:
                 async with asyncio.timeout(self._timeout * 2):
-                    await self._client.ping()
+                    await self._ping_client.ping()
             except _ERRORS as exc:
                 if self._commands_up:
                     log.warning("Redis at %s is unreachable (%s); delivering locally only until it is back",
