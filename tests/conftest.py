@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 
@@ -117,6 +118,14 @@ class WsgateProcess:
             if m := rx.search(line):
                 return m
         raise AssertionError(f"no output line matched {pattern!r}; output:\n{self.output}")
+
+    async def metric(self, name: str, endpoint: str) -> float:
+        """The value of ``name{endpoint="..."}`` in this process's ``/metrics``."""
+        async with aiohttp.ClientSession() as session, session.get(self.url + "/metrics") as resp:
+            body = await resp.text()
+        m = re.search(rf'^{name}{{endpoint="{re.escape(endpoint)}"}} (\S+)$', body, re.MULTILINE)
+        assert m, f"{name} for {endpoint} not in /metrics:\n{body}"
+        return float(m.group(1))
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)

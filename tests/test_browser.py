@@ -13,7 +13,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import pytest_asyncio
 from conftest import WsgateProcess
@@ -119,14 +118,6 @@ async def send(page: Page, text: str) -> None:
     await page.click("#sendButton")
 
 
-async def metric(gw: WsgateProcess, name: str, endpoint: str) -> float:
-    async with aiohttp.ClientSession() as session, session.get(gw.url + "/metrics") as resp:
-        body = await resp.text()
-    m = re.search(rf'^{name}{{endpoint="{re.escape(endpoint)}"}} (\S+)$', body, re.MULTILINE)
-    assert m, f"{name} for {endpoint} not in /metrics:\n{body}"
-    return float(m.group(1))
-
-
 async def test_echo_round_trip_and_close_code_and_reason(
     browser: Browser, wsgate_process: Start, write_config: WriteConfig, artifacts: Path
 ) -> None:
@@ -157,7 +148,7 @@ async def test_echo_round_trip_and_close_code_and_reason(
         await expect(page.locator("#sendButton")).to_be_disabled()
         await expect(rows(page, "error")).to_have_count(0)
         await page.screenshot(path=artifacts / "browser-echo.png", full_page=True)
-    assert await metric(gw, "wsgate_messages_received_total", "/ws") == 2
+    assert await gw.metric("wsgate_messages_received_total", "/ws") == 2
 
 
 async def test_two_pages_in_one_chat_room(
@@ -211,8 +202,8 @@ async def test_disallowed_origin_cannot_connect_and_the_page_says_why(
 
         # the browser did send the page's origin, and B refused it by policy
         locked.wait_for_line(re.escape(f"origin refused: '{page_gw.url}' on /ws"))
-        assert await metric(locked, "wsgate_origin_rejections_total", "/ws") == 1
-        assert await metric(locked, "wsgate_connections_total", "/ws") == 0
+        assert await locked.metric("wsgate_origin_rejections_total", "/ws") == 1
+        assert await locked.metric("wsgate_connections_total", "/ws") == 0
 
         # the same page still connects to its own gateway (same origin)
         await page.select_option("#endpointPicker", "/ws")
@@ -220,7 +211,7 @@ async def test_disallowed_origin_cannot_connect_and_the_page_says_why(
         await connect(page)
         await send(page, "still works")
         await expect(logged(page, "received")).to_have_text([re.compile("still works")])
-    assert await metric(page_gw, "wsgate_origin_rejections_total", "/ws") == 0
+    assert await page_gw.metric("wsgate_origin_rejections_total", "/ws") == 0
 
 
 async def test_page_is_usable_on_a_phone_viewport(

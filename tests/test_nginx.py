@@ -175,14 +175,6 @@ def config(**policy: Any) -> dict[str, Any]:
     }
 
 
-async def metric(gw: WsgateProcess, name: str, endpoint: str) -> float:
-    async with aiohttp.ClientSession() as session, session.get(gw.url + "/metrics") as resp:
-        body = await resp.text()
-    m = re.search(rf'^{name}{{endpoint="{re.escape(endpoint)}"}} (\S+)$', body, re.MULTILINE)
-    assert m, f"{name} for {endpoint} not in /metrics:\n{body}"
-    return float(m.group(1))
-
-
 async def recv_json(ws: ClientConnection, kind: str, **match: Any) -> dict[str, Any]:
     """The next chat event of type ``kind`` (with the ``match`` fields), skipping others."""
     async with asyncio.timeout(5):
@@ -242,7 +234,7 @@ async def test_page_echo_and_chat_through_the_proxy(nginx_proxy: Callable[..., P
             event = await recv_json(alice, "message")
             assert (event["from"], event["text"], event["room"]) == ("bob", "hello over wss", "proxied")
         assert (await recv_json(alice, "leave", name="bob"))["users"] == ["alice"]
-    assert await metric(proxy.gateway, "wsgate_connections_total", "/chat") == 2
+    assert await proxy.gateway.metric("wsgate_connections_total", "/chat") == 2
 
 
 async def test_origin_policy_holds_through_the_proxy(nginx_proxy: Callable[..., Proxy]) -> None:
@@ -263,8 +255,8 @@ async def test_origin_policy_holds_through_the_proxy(nginx_proxy: Callable[..., 
         async with ws_connect(f"{proxy.wss}/ws", ssl=proxy.ssl, origin="https://evil.example"):
             pass
     assert invalid.value.response.status_code == 403
-    assert await metric(proxy.gateway, "wsgate_origin_rejections_total", "/ws") == 4
-    assert await metric(proxy.gateway, "wsgate_connections_total", "/ws") == 1
+    assert await proxy.gateway.metric("wsgate_origin_rejections_total", "/ws") == 4
+    assert await proxy.gateway.metric("wsgate_connections_total", "/ws") == 1
     proxy.gateway.wait_for_line(r"origin refused: 'https://evil\.example' on /ws")
 
 
