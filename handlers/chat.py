@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from wsgate import BrokerError, Connection, Handler, Message
+from wsgate import BrokerError, CloseCode, Connection, Handler, Message
 
 _ROOM = re.compile(r"^[\w.-]{1,64}$")
 _MAX_NAME = 32
@@ -67,13 +67,12 @@ def candidate_names(name: str) -> list[str]:
     return [name] + [f"{name}-{n}" for n in range(2, 21)]
 
 
-class Chat(Handler):
+class Chat(Handler[ChatOptions]):
     """Multi-room chat; rooms are broker topics, so instances sharing Redis share rooms."""
 
     Options = ChatOptions
     accepts = "text"
     policy_defaults = {"rate_limit": {"messages": 20, "per": 1.0, "burst": 40}}
-    options: ChatOptions
 
     async def on_connect(self, conn: Connection) -> None:
         try:
@@ -81,21 +80,21 @@ class Chat(Handler):
         except BrokerError:
             # Presence lives in the broker; without it no name can be given safely.
             await conn.send_json({"type": "error", "error": "chat is unavailable right now, retry shortly"})
-            await conn.close(1013, "try again later")
+            await conn.close(CloseCode.TRY_AGAIN_LATER, "try again later")
 
     async def _join(self, conn: Connection) -> None:
         ctx = self.context
         room = conn.query.get("room") or self.options.default_room
         if not _ROOM.match(room):
             await conn.send_json({"type": "error", "error": "room names are 1-64 letters, digits, '.', '_' or '-'"})
-            await conn.close(1008, "bad room name")
+            await conn.close(CloseCode.POLICY_VIOLATION, "bad room name")
             return
         for name in candidate_names(clean_name(conn.query.get("name"))):
             if await ctx.claim(room, name):
                 break
         else:
             await conn.send_json({"type": "error", "error": "that name is taken in this room"})
-            await conn.close(1008, "name taken")
+            await conn.close(CloseCode.POLICY_VIOLATION, "name taken")
             return
         conn.state["chat"] = (room, name)
         await ctx.subscribe(conn, room)

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DIR = Path(wsgate.__file__).resolve().parent
 
 PUBLIC = {
+    "CloseCode",
     "Handler",
     "Connection",
     "Context",

@@ -14,7 +14,7 @@ import aiohttp
 from aiohttp import WSMsgType
 
 from wsgate import Connection, Handler, Message
-from wsgate.gateway import Session
+from wsgate.gateway.session import Session
 from wsgate.testing import GatewayServer, run_gateway, wait_until
 
 COUNT = 1000
@@ -43,7 +43,7 @@ class Blaster(Handler):
         for i in range(COUNT):
             self.context.broadcast(numbered(i))
             for other in self.context.connections:
-                Blaster.peak_pending = max(Blaster.peak_pending, other._outbox.pending)
+                Blaster.peak_pending = max(Blaster.peak_pending, other._link.writer.queue.pending)
             await asyncio.sleep(0)
         assert Blaster.done is not None
         Blaster.done.set()
@@ -142,7 +142,7 @@ async def _blast(gw: GatewayServer, slow: RawClient) -> list[list[int]]:
     # to megabytes and absorb the whole broadcast before the gateway's queue is involved.
     session = _slow_session(gw, slow)
     assert session is not None
-    server_sock = session.transport.get_extra_info("socket")
+    server_sock = session.ws.get_extra_info("socket")
     server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
     normal = [await gw.session.ws_connect(gw.url + "/blast") for _ in range(NORMAL_CLIENTS)]
     try:
@@ -160,7 +160,7 @@ async def _blast(gw: GatewayServer, slow: RawClient) -> list[list[int]]:
 def _slow_session(gw: GatewayServer, slow: RawClient) -> Session | None:
     local = slow.sock.getsockname()
     for session in gw.gateway.sessions:
-        if session.transport.get_extra_info("peername") == local:
+        if session.ws.get_extra_info("peername") == local:
             return session
     return None
 

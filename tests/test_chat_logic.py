@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-
-from handlers.chat import ChatInputError, ChatOptions, candidate_names, clean_name, parse_client_message
+from wsgate.builtins.chat import ChatInputError, ChatOptions, candidate_names, clean_name, parse_client_message
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import ClassVar
 
-from handlers.echo import Echo
+from wsgate.builtins.echo import Echo
+
 from wsgate import Connection
 from wsgate.testing import GatewayServer, run_gateway
 

@@ -413,3 +413,62 @@ async def test_on_disconnect_once_when_client_vanishes_without_close(wsgate_gate
     await asyncio.sleep(0.2)
     assert len(disconnects()) == 1
     assert not gw.gateway.sessions
+
+
+@pytest.mark.parametrize("sent", [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535])
+async def test_invalid_client_close_code_is_answered_1002(wsgate_gateway: Start, sent: int) -> None:
+    """RFC 6455 7.4.1: these codes may not be sent; answering with them (or 1000) is wrong."""
+    gw = await wsgate_gateway({"/ws": Tracker})
+    raw = await RawWebSocket.open(gw, "/ws")
+    raw.send_close(sent, b"bogus")
+    code, _, _ = await raw.read_close()
+    assert code == 1002
+    await wait_until(disconnects)
+    assert disconnects() == [("c1", 1002)]
+
+
+@pytest.mark.parametrize("sent", [1000, 1001, 1003, 1011, 1014, 3000, 4999])
+async def test_valid_client_close_code_is_echoed(wsgate_gateway: Start, sent: int) -> None:
+    gw = await wsgate_gateway({"/ws": Tracker})
+    raw = await RawWebSocket.open(gw, "/ws")
+    raw.send_close(sent, b"why")
+    assert (await raw.read_close())[:2] == (sent, "why")
+    await wait_until(disconnects)
+    assert disconnects() == [("c1", sent)]
+
+
+class ClosesAtOnce(Tracker):
+    """Closes every connection in on_connect, like a refused chat join."""
+
+    async def on_connect(self, conn: Connection) -> None:
+        await super().on_connect(conn)
+        await conn.send("refused")
+        await conn.close(4003, "not allowed")
+
+
+async def test_no_hook_but_on_disconnect_runs_after_close(wsgate_gateway: Start) -> None:
+    """Messages that arrive while the close handshake completes are read and discarded."""
+    gw = await wsgate_gateway({"/ws": ClosesAtOnce})
+    raw = await RawWebSocket.open(gw, "/ws")
+    for i in range(50):
+        raw.send_frame(TEXT, f"early {i}".encode())
+    code, reason, before = await raw.read_close()
+    assert (code, reason, before) == (4003, "not allowed", [(TEXT, b"refused")])
+    await wait_until(disconnects)
+    assert [kind for kind, _, _ in Tracker.events] == ["connect", "disconnect"]
+    assert gw.stats.endpoints["/ws"].handler_errors == 0
+
+
+async def test_chat_refused_join_then_messages_is_no_handler_error(
+    wsgate_gateway: Start, caplog: pytest.LogCaptureFixture,
+) -> None:
+    gw = await wsgate_gateway({"/chat": "chat"})
+    raw = await RawWebSocket.open(gw, "/chat?room=bad%20room!")
+    for _ in range(20):
+        raw.send_frame(TEXT, b"hello before the close arrives")
+    code, reason, _ = await raw.read_close()
+    assert (code, reason) == (1008, "bad room name")
+    await wait_until(lambda: gw.stats.endpoints["/chat"].open == 0)
+    assert gw.stats.endpoints["/chat"].handler_errors == 0
+    assert "Traceback" not in caplog.text
+    assert "KeyError" not in caplog.text

@@ -16,8 +16,7 @@ import pytest
 import yaml
 
 from wsgate import ConfigError, ConfigProblem, Connection, Handler, Message
-from wsgate.config import load_config, parse_config
-from wsgate.registry import Registry
+from wsgate.config import Registry, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "config.yaml"
@@ -304,7 +303,7 @@ def test_bad_module_class_reference(ref: str, fragments: tuple[str, ...]) -> Non
 
 
 def test_module_class_reference_resolves() -> None:
-    settings = ok("endpoints:\n  - {path: /ws, handler: 'handlers.echo:Echo'}\n")
+    settings = ok("endpoints:\n  - {path: /ws, handler: 'wsgate.builtins.echo:Echo'}\n")
     assert settings.endpoints[0].handler_cls.__name__ == "Echo"
 
 

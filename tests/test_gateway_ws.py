@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 from aiohttp import WSMsgType
 from websockets.asyncio.client import connect as ws_connect
+from wsgate.builtins.echo import Echo
 
-from handlers.echo import Echo
 from wsgate import Connection, Handler
 from wsgate.testing import GatewayServer, wait_until
 

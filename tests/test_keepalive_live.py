@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from aiohttp import WSMsgType
+from wsgate.builtins.echo import Echo
 
-from handlers.echo import Echo
 from wsgate import Connection
 from wsgate.testing import GatewayServer, wait_until
 

@@ -28,6 +28,7 @@ from wsgate import Connection, Handler, Message
 
 class ProbeOptions(BaseModel):
     disconnect_delay: float = 0.0
+    shutdown_delay: float = 0.0
     marker: str = ""
 
 
@@ -46,6 +47,7 @@ class Probe(Handler):
         await asyncio.sleep(self.options.disconnect_delay)
 
     async def shutdown(self) -> None:
+        await asyncio.sleep(self.options.shutdown_delay)
         if self.options.marker:
             Path(self.options.marker).write_text("shutdown ran")
 '''
@@ -54,14 +56,15 @@ Start = Callable[..., Any]
 
 
 def probe_config(tmp_path: Path, write_config: Callable[..., Path], *, delay: float = 0.0,
-                 shutdown_timeout: float = 10.0, close_timeout: float = 5.0) -> Path:
+                 shutdown_timeout: float = 10.0, close_timeout: float = 5.0, shutdown_delay: float = 0.0) -> Path:
     (tmp_path / "handlers").mkdir(exist_ok=True)
     (tmp_path / "handlers" / "lifecycle_probe.py").write_text(PROBE)
     return write_config({
         "server": {"host": "127.0.0.1", "shutdown_timeout": shutdown_timeout},
         "policy": {"heartbeat": {"interval": 0}, "close_timeout": close_timeout},
         "endpoints": [{"path": "/probe", "handler": "handlers.lifecycle_probe:Probe",
-                       "options": {"disconnect_delay": delay, "marker": str(tmp_path / "shutdown.txt")}}],
+                       "options": {"disconnect_delay": delay, "shutdown_delay": shutdown_delay,
+                                   "marker": str(tmp_path / "shutdown.txt")}}],
     })
 
 
@@ -239,3 +242,34 @@ async def test_second_sigterm_during_a_slow_drain_exits_at_once(
     assert elapsed < 3
     assert "second stop signal" in proc.output
     assert not (tmp_path / "shutdown.txt").exists()
+
+
+async def _sigterm_exit_time(proc: Any) -> float:
+    """SIGTERM a process with one open client: the client gets 1001; seconds until exit 0."""
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(proc.ws_url + "/probe")
+        assert await ws.receive_str(timeout=5) == "hello"
+        signalled = time.monotonic()
+        proc.signal(signal.SIGTERM)
+        msg = await ws.receive(timeout=5)
+        assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1001)
+        assert await wait_exit(proc.proc, 10) == 0
+        return time.monotonic() - signalled
+
+
+async def test_a_hanging_shutdown_hook_does_not_outlive_shutdown_timeout(
+    wsgate_process: Start, write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    proc = wsgate_process(probe_config(tmp_path, write_config, shutdown_timeout=2, shutdown_delay=3600))
+    assert await _sigterm_exit_time(proc) < 2 + 1
+    assert "shutdown timeout (2s): cancelled shutdown() of /probe" in proc.output
+    assert not (tmp_path / "shutdown.txt").exists()
+
+
+async def test_a_hanging_on_disconnect_does_not_outlive_shutdown_timeout(
+    wsgate_process: Start, write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    proc = wsgate_process(probe_config(tmp_path, write_config, shutdown_timeout=2, delay=3600))
+    assert await _sigterm_exit_time(proc) < 2 + 1
+    assert "shutdown timeout (2s): cancelled on_disconnect of c1 (/probe)" in proc.output
+    assert (tmp_path / "shutdown.txt").read_text() == "shutdown ran"

@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 from prometheus_client.parser import text_string_to_metric_families
+from wsgate.builtins.echo import Echo
 
-from handlers.echo import Echo
 from wsgate import Connection, Handler
 from wsgate.testing import GatewayServer, run_gateway, wait_until
 

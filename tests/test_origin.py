@@ -1,10 +1,10 @@
-"""Origin policy (wsgate.origin): exact scheme/host/port matching, same-origin, wildcards."""
+"""Origin policy (wsgate.policy.origin): exact scheme/host/port matching, same-origin, wildcards."""
 
 from __future__ import annotations
 
 import pytest
 
-from wsgate.origin import OriginPattern, OriginPolicy, parse_origin_pattern
+from wsgate.policy.origin import OriginPattern, OriginPolicy, parse_origin_pattern
 
 LISTED = OriginPolicy.from_config(["https://example.com", "http://localhost:*", "http://[::1]:8080"], True)
 

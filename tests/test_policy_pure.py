@@ -6,9 +6,9 @@ import ipaddress
 
 import pytest
 
-from wsgate.keepalive import Action, KeepAlive
-from wsgate.limits import Admission, Refusal, TokenBucket
-from wsgate.proxies import client_address
+from wsgate.policy.keepalive import Action, KeepAlive
+from wsgate.policy.limits import Admission, Refusal, TokenBucket
+from wsgate.policy.proxies import client_address
 
 # --- KeepAlive -------------------------------------------------------------------------------
 

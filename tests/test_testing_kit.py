@@ -21,8 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from websockets.asyncio.client import connect
 
 from wsgate import ConfigError, Connection, ConnectionClosed, Handler, Message
-from wsgate.config import load_config
-from wsgate.registry import Registry
+from wsgate.config import Registry, load_config
 from wsgate.testing import GatewayServer, run_gateway
 
 TIMEOUT = 10

@@ -1,4 +1,4 @@
-"""Human durations and sizes: wsgate.units.parse_duration / parse_size."""
+"""Human durations and sizes: wsgate.config.units.parse_duration / parse_size."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from wsgate.units import parse_duration, parse_size
+from wsgate.config.units import parse_duration, parse_size
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import signal
 import textwrap
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -247,3 +248,74 @@ async def test_spawned_task_failure_is_logged_and_gateway_keeps_serving(
         msg = await ws.receive(timeout=5)
         assert (msg.type, msg.data) == (WSMsgType.TEXT, "fine")
     assert gw.stats.endpoints["/fragile"].handler_errors == 1
+
+
+USER_CHAT = '''
+from wsgate import Connection, Handler, Message
+
+
+class Chat(Handler):
+    """The user's own chat: not the built-in one, though the file has the same name."""
+
+    async def on_message(self, conn: Connection, message: Message) -> None:
+        await conn.send(f"my chat: {message}")
+'''
+
+USER_ECHO = '''
+from wsgate import Connection, Handler, Message
+
+
+class Reverse(Handler):
+    async def on_message(self, conn: Connection, message: Message) -> None:
+        await conn.send(message[::-1])
+'''
+
+
+async def test_a_user_handlers_package_with_chat_and_echo_coexists_with_the_builtins(
+    tmp_path: Path, wsgate_process: Callable[..., Any],
+) -> None:
+    handlers = tmp_path / "handlers"
+    handlers.mkdir()
+    (handlers / "__init__.py").write_text("raise_if_builtins_come_from_here = True\n")
+    (handlers / "chat.py").write_text(USER_CHAT)
+    (handlers / "echo.py").write_text(USER_ECHO)
+    config = tmp_path / "config.yaml"
+    config.write_text(textwrap.dedent("""\
+        server: {host: 127.0.0.1, port: 0}
+        endpoints:
+          - {path: /chat, handler: chat}
+          - {path: /ws, handler: echo}
+          - {path: /mychat, handler: "handlers.chat:Chat"}
+          - {path: /reverse, handler: "handlers.echo:Reverse"}
+    """))
+    proc = wsgate_process(config)
+    async with aiohttp.ClientSession() as session, asyncio.timeout(10):
+        async with session.ws_connect(proc.ws_url + "/chat?name=ann") as ws:
+            assert json.loads(await ws.receive_str())["type"] == "welcome"  # the built-in chat
+        async with session.ws_connect(proc.ws_url + "/ws") as ws:
+            await ws.send_str("abc")
+            assert await ws.receive_str() == "abc"  # the built-in echo
+        async with session.ws_connect(proc.ws_url + "/mychat") as ws:
+            await ws.send_str("hi")
+            assert await ws.receive_str() == "my chat: hi"
+        async with session.ws_connect(proc.ws_url + "/reverse") as ws:
+            await ws.send_str("abc")
+            assert await ws.receive_str() == "cba"
+
+
+async def test_a_handlers_folder_created_while_running_loads_on_reload(
+    tmp_path: Path, wsgate_process: Callable[..., Any],
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("server: {host: 127.0.0.1, port: 0}\nendpoints:\n  - {path: /chat, handler: chat}\n")
+    proc = wsgate_process(config)
+    (tmp_path / "handlers").mkdir()
+    (tmp_path / "handlers" / "shout.py").write_text(SHOUT)
+    config.write_text(config.read_text() + '  - {path: /shout, handler: "handlers.shout:Shout"}\n')
+    proc.signal(signal.SIGHUP)
+    await asyncio.to_thread(proc.wait_for_line, r"reloaded .*endpoints /chat, /shout")
+    async with aiohttp.ClientSession() as session, asyncio.timeout(10), \
+            session.ws_connect(proc.ws_url + "/shout") as ws:
+        assert await ws.receive_str() == "connected to /shout"
+        await ws.send_str("late")
+        assert await ws.receive_str() == "LATE"

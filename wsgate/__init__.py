@@ -7,12 +7,14 @@ through ``Connection``, reach the endpoint's other clients and the broker throug
 
 from __future__ import annotations
 
+from .closecode import CloseCode
 from .connection import Connection
 from .errors import BrokerError, ConfigError, ConfigProblem, ConnectionClosed, HandlerLoadError, WsgateError
 from .handler import Context, Handler, Message, NoOptions
 
 __all__ = [
     "BrokerError",
+    "CloseCode",
     "ConfigError",
     "ConfigProblem",
     "Connection",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hmac
 import logging
-import sys
+import mimetypes
 from collections.abc import AsyncIterator
-from pathlib import Path
+from importlib.resources import files
 from typing import Any
 
 import aiohttp_jinja2
@@ -15,28 +15,25 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .broker import Broker, create_broker
-from .config import Settings, load_config
+from .config import Registry, Settings, load_config
 from .errors import BrokerError, ConfigError
-from .gateway import Gateway
-from .hub import Hub
-from .metrics import GatewayStats, render_metrics
-from .registry import Registry
+from .gateway.hub import Hub
+from .gateway.router import Gateway
+from .observe.stats import GatewayStats
 
-__all__ = ["BROKER", "GATEWAY", "STATS", "build_app", "make_runner", "reload_config", "web_root"]
+__all__ = ["BROKER", "GATEWAY", "STATS", "build_app", "make_runner", "reload_config"]
 
 log = logging.getLogger("wsgate.app")
+
+_HANDLER_GRACE = 0.5
 
 GATEWAY = web.AppKey("gateway", Gateway)
 BROKER = web.AppKey("broker", Broker)
 STATS = web.AppKey("stats", GatewayStats)
 REGISTRY = web.AppKey("registry", Registry)
-STATIC_ROOT = web.AppKey("static_root", Path)
-
-
-def web_root() -> Path:
-    """The ``web/`` folder: beside the package in a checkout, else under sys.prefix."""
-    beside = Path(__file__).resolve().parent.parent / "web"
-    return beside if beside.is_dir() else Path(sys.prefix) / "share" / "wsgate" / "web"
+# The page ships as package data (the repository's web/ installs as wsgate.web), so it
+# is found however wsgate was installed: venv, --user, editable or zipapp.
+WEB_PACKAGE = "wsgate.web"
 
 
 class PublishRequest(BaseModel):
@@ -86,6 +83,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    from .observe.metrics import render_metrics  # prometheus_client: only for those who scrape
+
     body = render_metrics(request.app[STATS])
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
@@ -133,13 +132,17 @@ async def reload_config(app: web.Application) -> None:
     log.info("reloaded %s: endpoints %s", settings.file, ", ".join(gateway.routes))
 
 
-async def static(request: web.Request) -> web.FileResponse:
-    """A file under web/static/; anything outside it (traversal included) is 404."""
-    root = request.app[STATIC_ROOT]
-    target = (root / request.match_info["name"]).resolve()
-    if not target.is_relative_to(root) or not target.is_file():
+async def static(request: web.Request) -> web.Response:
+    """A file of the page's static/ folder; any other name (traversal included) is 404."""
+    parts = request.match_info["name"].split("/")
+    if any(part in ("", ".", "..") or "\\" in part or "\0" in part for part in parts):
         raise web.HTTPNotFound()
-    return web.FileResponse(target)
+    target = files(WEB_PACKAGE).joinpath("static", *parts)
+    if not target.is_file():
+        raise web.HTTPNotFound()
+    content_type = mimetypes.guess_type(parts[-1])[0] or "application/octet-stream"
+    return web.Response(body=target.read_bytes(), content_type=content_type,
+                        headers={"Cache-Control": "no-cache"})
 
 
 def make_runner(app: web.Application) -> web.AppRunner:
@@ -147,8 +150,10 @@ def make_runner(app: web.Application) -> web.AppRunner:
     server = app[GATEWAY].settings.config.server
     # aiohttp's keep-alive timer runs from TCP accept until a request is complete, so
     # it also drops clients that send nothing, or their headers a byte at a time.
+    # Shutdown is bounded by the gateway's own drain (on_shutdown), which has ended every
+    # WebSocket by the time aiohttp waits for its handlers: a second wait is not needed.
     return web.AppRunner(app, handle_signals=False, access_log=None,
-                         shutdown_timeout=server.shutdown_timeout, keepalive_timeout=server.handshake_timeout)
+                         shutdown_timeout=_HANDLER_GRACE, keepalive_timeout=server.handshake_timeout)
 
 
 def build_app(settings: Settings, registry: Registry | None = None) -> web.Application:
@@ -164,8 +169,7 @@ def build_app(settings: Settings, registry: Registry | None = None) -> web.Appli
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await broker.start()
         await app[GATEWAY].start()
-        yield  # on_shutdown (below) has closed every connection by now
-        await broker.close()
+        yield  # on_shutdown (below) has drained the gateway and closed the broker by now
 
     async def close_sockets(app: web.Application) -> None:
         gateway = app[GATEWAY]
@@ -173,10 +177,8 @@ def build_app(settings: Settings, registry: Registry | None = None) -> web.Appli
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(close_sockets)
-    root = web_root()
-    aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(root / "templates"), autoescape=True)
+    aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader(WEB_PACKAGE, "templates"), autoescape=True)
     app.router.add_get("/", page)
-    app[STATIC_ROOT] = (root / "static").resolve()
     app.router.add_get("/static/{name:.+}", static)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -21,13 +21,12 @@ from pathlib import Path
 from aiohttp import web
 
 from .app import GATEWAY, build_app, make_runner, reload_config
-from .config import Settings, load_config
+from .closecode import CloseCode
+from .config import Registry, Settings, load_config
+from .config.describe import describe_routes
+from .config.schema import config_schema
 from .errors import BrokerError, ConfigError
-from .gateway import GOING_AWAY, SERVICE_RESTART
-from .logs import setup_logging
-from .registry import Registry
-from .routes import describe_routes
-from .schema import config_schema
+from .observe.logs import setup_logging
 
 __all__ = ["main"]
 
@@ -133,9 +132,9 @@ async def _serve(settings: Settings, registry: Registry, *, reuse_port: bool) ->
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
-    loop.add_signal_handler(signal.SIGTERM, request_stop, GOING_AWAY)
-    loop.add_signal_handler(signal.SIGINT, request_stop, GOING_AWAY)
-    loop.add_signal_handler(signal.SIGUSR1, request_stop, SERVICE_RESTART)
+    loop.add_signal_handler(signal.SIGTERM, request_stop, CloseCode.GOING_AWAY)
+    loop.add_signal_handler(signal.SIGINT, request_stop, CloseCode.GOING_AWAY)
+    loop.add_signal_handler(signal.SIGUSR1, request_stop, CloseCode.SERVICE_RESTART)
     loop.add_signal_handler(signal.SIGHUP, request_reload)
     await stop.wait()
     log.info("draining: closing %d connection(s) with %d", len(gateway.sessions), gateway.shutdown_code)

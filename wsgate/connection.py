@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
+from .closecode import CloseCode
 from .errors import ConnectionClosed
-from .metrics import EndpointStats
-from .outbox import Outbox, encode
+from .gateway.frames import encode
 
 __all__ = ["Connection"]
 
-Closer = Callable[[int, str], None]
+
+class _Link(Protocol):
+    """What a Connection needs from the gateway's session behind it."""
+
+    @property
+    def closing(self) -> bool: ...
+
+    def send_frame(self, frame: bytes) -> bool: ...
+
+    def close(self, code: int, reason: str) -> None: ...
 
 
 class Connection:
@@ -27,33 +36,11 @@ class Connection:
     ``send_queue``, and the slow-client policy applies when the queue is full.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_closer",
-        "_outbox",
-        "_stats",
-        "headers",
-        "id",
-        "path",
-        "query",
-        "remote",
-        "state",
-        "subprotocol",
-    )
+    __slots__ = ("__weakref__", "_link", "headers", "id", "path", "query", "remote", "state", "subprotocol")
 
-    def __init__(
-        self,
-        *,
-        id: str,
-        path: str,
-        remote: str,
-        headers: Mapping[str, str],
-        query: Mapping[str, str],
-        subprotocol: str | None,
-        outbox: Outbox,
-        closer: Closer,
-        stats: EndpointStats,
-    ) -> None:
+    def __init__(self, link: _Link, *, id: str, path: str, remote: str, headers: Mapping[str, str],
+                 query: Mapping[str, str], subprotocol: str | None) -> None:
+        self._link = link
         self.id = id
         self.path = path
         self.remote = remote
@@ -61,39 +48,34 @@ class Connection:
         self.query = query
         self.subprotocol = subprotocol
         self.state: dict[str, Any] = {}
-        self._outbox = outbox
-        self._closer = closer
-        self._stats = stats
 
     @property
     def closed(self) -> bool:
         """True once the connection is closing or closed; sends then raise."""
-        return self._outbox._closed
+        return self._link.closing
 
     async def send(self, message: str | bytes) -> None:
         """Queue a text (``str``) or binary (``bytes``) message.
 
         Raises ``ConnectionClosed`` if the connection is already closing.
         """
-        frame = encode(message)
-        if self._outbox.push(frame):
-            stats = self._stats
-            stats.messages_out += 1
-            stats.bytes_out += len(frame)
-        elif self.closed:
+        if not self._link.send_frame(encode(message)) and self._link.closing:
             raise ConnectionClosed(f"connection {self.id} on {self.path} is closed")
 
     async def send_json(self, obj: Any) -> None:
         """Queue ``obj`` encoded as JSON in a text message."""
         await self.send(json.dumps(obj, separators=(",", ":")))
 
-    def deliver(self, frame: bytes) -> bool:
-        """Queue an already encoded frame (used by broadcasts); False if refused."""
-        return self._outbox.push(frame)
+    def _deliver(self, frame: bytes) -> bool:
+        """Queue an already encoded frame (broadcasts frame once for all); False if refused."""
+        return self._link.send_frame(frame)
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close after everything queued so far has been written."""
-        self._closer(code, reason)
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Close after everything queued so far has been written.
+
+        No hook but ``on_disconnect`` runs for this connection afterwards.
+        """
+        self._link.close(code, reason)
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.path} from {self.remote}>"

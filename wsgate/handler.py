@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal
 
 from pydantic import BaseModel, ConfigDict
+from typing_extensions import TypeVar
 
 if TYPE_CHECKING:
     from .connection import Connection
 
-__all__ = ["Context", "Handler", "Message", "NoOptions"]
+__all__ = ["ACCEPTS", "Context", "Handler", "Message", "NoOptions"]
 
 Message = str | bytes
+ACCEPTS = ("text", "binary", "any")
 
 
 class NoOptions(BaseModel):
@@ -97,8 +99,14 @@ class Context:
         raise NotImplementedError
 
 
-class Handler:
+OptionsT = TypeVar("OptionsT", bound=BaseModel, default=NoOptions)
+
+
+class Handler(Generic[OptionsT]):
     """Base class of every handler plugin. Override the hooks you need.
+
+    ``Handler[MyOptions]`` types ``self.options``; set ``Options = MyOptions`` too, so
+    the gateway knows which model validates the endpoint's ``options:``.
 
     Class attributes:
 
@@ -117,7 +125,7 @@ class Handler:
     accepts: ClassVar[Literal["text", "binary", "any"]] = "any"
     policy_defaults: ClassVar[Mapping[str, Any]] = {}
 
-    def __init__(self, options: Any, context: Context) -> None:
+    def __init__(self, options: OptionsT, context: Context) -> None:
         self.options = options
         self.context = context
 
@@ -134,4 +142,8 @@ class Handler:
         """A whole message arrived: ``str`` for text frames, ``bytes`` for binary."""
 
     async def on_disconnect(self, conn: Connection, code: int) -> None:
-        """The connection closed with ``code``; always called once per connection."""
+        """The connection closed with ``code``; always called once per connection.
+
+        After ``conn.close()`` (or a close by policy) no other hook runs for ``conn``:
+        messages that arrive while the close handshake completes are discarded.
+        """

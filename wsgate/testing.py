@@ -26,11 +26,10 @@ import yaml
 from aiohttp import web
 
 from .app import GATEWAY, STATS, build_app, make_runner
-from .config import Settings, parse_config
-from .gateway import Gateway
+from .config import Registry, Settings, parse_config
+from .gateway.router import Gateway
 from .handler import Handler
-from .metrics import GatewayStats
-from .registry import Registry
+from .observe.stats import GatewayStats
 
 __all__ = ["GatewayServer", "eventually", "run_gateway", "wait_until"]
 

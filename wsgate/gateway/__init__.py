@@ -1,16 +1,22 @@
-"""The only package that touches a WebSocket: handshake policy, receive loop, close codes.
+"""The only package that touches a WebSocket after the handshake.
 
-Policy runs before any handler code: 404 for unknown paths, 400 for a plain GET,
-403 for a refused origin, 503/429 over the connection caps. After the upgrade the
-gateway owns the receive loop: it answers pings, pings on the heartbeat, applies the
-idle timeout and the rate limit, and turns every failure into the right close code
-(RFC 6455 section 7.4.1): 1002 protocol error, 1003 wrong message kind, 1007 invalid
-UTF-8, 1008 policy (rate limit, slow consumer), 1009 too big, 1011 handler error.
+::
+
+    router     handshake policy (404/400/403/429/503), routing, reload, shutdown
+    session    one connection: the receive loop, keepalive, close codes
+    closing    the close handshake as a pure state machine
+    sendqueue  the byte-bounded send queue and slow-client policy, pure
+    frames     server frames as bytes, pure
+    writer     the only place bytes reach a transport
+    endpoint   one live endpoint: its handler and the Context it lends
+    hub        topics over the broker, fanned out to local connections
+    timers     one wheel of coarse timers for every heartbeat and idle deadline
+
+Every failure becomes the right close code (RFC 6455 section 7.4.1): 1002 protocol
+error, 1003 wrong message kind, 1007 invalid UTF-8, 1008 policy (rate limit, slow
+consumer), 1009 too big, 1011 handler error.
 """
 
 from __future__ import annotations
 
-from .router import Gateway
-from .session import GOING_AWAY, SERVICE_RESTART, Session, redact_query
-
-__all__ = ["GOING_AWAY", "SERVICE_RESTART", "Gateway", "Session", "redact_query"]
+__all__: list[str] = []

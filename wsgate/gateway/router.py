@@ -1,4 +1,5 @@
-"""Handshake policy and routing: which endpoint, and whether this client may connect."""
+"""Handshake policy and routing: which endpoint, whether this client may connect, and
+the gateway's life: start, reload, drain."""
 
 from __future__ import annotations
 
@@ -11,15 +12,17 @@ from typing import Any
 
 from aiohttp import web
 
+from ..closecode import CloseCode
 from ..config import Endpoint, Settings
-from ..hub import Hub
-from ..limits import Admission
-from ..metrics import GatewayStats
-from ..outbox import Flusher
-from ..proxies import client_address, client_scheme
-from ..runtime import EndpointRuntime
-from ..timers import TimerWheel
-from .session import GOING_AWAY, SERVICE_RESTART, Session, access_log, redact_query
+from ..observe.logs import redact_query
+from ..observe.stats import GatewayStats
+from ..policy.limits import Admission
+from ..policy.proxies import client_address, client_scheme
+from .endpoint import LiveEndpoint
+from .hub import Hub
+from .session import Services, Session, access_log
+from .timers import TimerWheel
+from .writer import Flusher
 
 __all__ = ["Gateway"]
 
@@ -27,60 +30,59 @@ log = logging.getLogger("wsgate.gateway")
 
 
 class Gateway:
-    """Routes WebSocket handshakes to endpoint runtimes and applies central policy."""
+    """Routes WebSocket handshakes to live endpoints and applies central policy."""
 
     def __init__(self, settings: Settings, hub: Hub, stats: GatewayStats) -> None:
         self.settings = settings
         self.hub = hub
         self.stats = stats
-        self.routes: dict[str, EndpointRuntime] = {}
+        self.routes: dict[str, LiveEndpoint] = {}
         self.admission = Admission(max_total=settings.config.server.max_connections)
         self.sessions: set[Session] = set()
         self.draining = False
-        self.shutdown_code = GOING_AWAY
+        self.shutdown_code: int = CloseCode.GOING_AWAY
         self._stopped = False
-        self.flusher: Flusher
-        self.timers: TimerWheel
+        self._services: Services
         self._ids = itertools.count(1)
-        self._retired: set[EndpointRuntime] = set()
+        self._retired: set[LiveEndpoint] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._all_closed = asyncio.Event()
 
     async def start(self) -> None:
-        self.flusher = Flusher(asyncio.get_running_loop())
-        self.timers = TimerWheel(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        self._services = Services(Flusher(loop), TimerWheel(loop))
         for endpoint in self.settings.endpoints:
-            self.routes[endpoint.path] = await self._start_runtime(endpoint)
+            self.routes[endpoint.path] = await self._start_endpoint(endpoint)
 
-    async def _start_runtime(self, endpoint: Endpoint) -> EndpointRuntime:
-        runtime = EndpointRuntime(endpoint, self.hub, self.stats.endpoint(endpoint.path))
-        await runtime.handler.startup()
-        return runtime
+    async def _start_endpoint(self, endpoint: Endpoint) -> LiveEndpoint:
+        live = LiveEndpoint(endpoint, self.hub, self.stats.endpoint(endpoint.path))
+        await live.handler.startup()
+        return live
 
     async def reload(self, settings: Settings) -> None:
-        """Apply a new config to new connections; open connections keep their runtime."""
-        new: dict[str, EndpointRuntime] = {}
+        """Apply a new config to new connections; open connections keep their endpoint."""
+        new: dict[str, LiveEndpoint] = {}
         for endpoint in settings.endpoints:
             current = self.routes.get(endpoint.path)
             if current is not None and current.endpoint.same_handler(endpoint):
                 current.update(endpoint)
                 new[endpoint.path] = current
             else:
-                new[endpoint.path] = await self._start_runtime(endpoint)
-        for path, runtime in self.routes.items():
-            if new.get(path) is not runtime:
-                self._retire(runtime)
+                new[endpoint.path] = await self._start_endpoint(endpoint)
+        for path, live in self.routes.items():
+            if new.get(path) is not live:
+                self._retire(live)
         self.routes = new
         self.settings = settings
         self.admission.max_total = settings.config.server.max_connections
 
-    def _retire(self, runtime: EndpointRuntime) -> None:
+    def _retire(self, live: LiveEndpoint) -> None:
         async def stop_when_idle() -> None:
-            await runtime.wait_idle()
-            await runtime.stop()
-            self._retired.discard(runtime)
+            await live.wait_idle()
+            await live.stop()
+            self._retired.discard(live)
 
-        self._retired.add(runtime)
+        self._retired.add(live)
         task = asyncio.get_running_loop().create_task(stop_when_idle())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -90,41 +92,40 @@ class Gateway:
         checked = self._admit(request)
         if isinstance(checked, web.Response):
             return checked
-        runtime, remote, origin = checked
+        live, remote, origin = checked
         try:
-            policy = runtime.endpoint.policy
+            policy = live.endpoint.policy
             ws = web.WebSocketResponse(
-                autoping=False, autoclose=False, protocols=policy.subprotocols,
+                autoping=False, autoclose=False, protocols=policy.subprotocols, compress=policy.compression,
                 # aiohttp refuses a message of exactly max_msg_size; ours is the largest allowed.
-                compress=policy.compression, max_msg_size=policy.max_message_size + 1,
-                timeout=policy.close_timeout,
+                max_msg_size=policy.max_message_size + 1,
             )
             await ws.prepare(request)
-            session = Session(self, runtime, ws, request, remote, f"c{next(self._ids)}")
-            runtime.stats.open += 1
-            runtime.stats.connections += 1
+            session = Session(self._services, live, ws, request, remote, f"c{next(self._ids)}")
+            live.stats.open += 1
+            live.stats.connections += 1
             self.sessions.add(session)
             self._all_closed.clear()
             access_log.info(
                 "connection open",
-                extra={"event": "open", "conn": session.conn.id, "endpoint": runtime.path, "remote": remote,
+                extra={"event": "open", "conn": session.conn.id, "endpoint": live.path, "remote": remote,
                        "origin": origin, "subprotocol": ws.ws_protocol, "query": redact_query(request.query)},
             )
             try:
                 await session.run()
             finally:
                 self.sessions.discard(session)
-                runtime.stats.open -= 1
+                live.stats.open -= 1
                 if not self.sessions:
                     self._all_closed.set()
             return ws
         finally:
             self.admission.release(request.path, remote)
 
-    def _admit(self, request: web.Request) -> web.Response | tuple[EndpointRuntime, str, str | None]:
+    def _admit(self, request: web.Request) -> web.Response | tuple[LiveEndpoint, str, str | None]:
         """Handshake policy: a refusal, or the endpoint, client address and origin (a slot booked)."""
-        runtime = self.routes.get(request.path)
-        if runtime is None:
+        live = self.routes.get(request.path)
+        if live is None:
             return web.Response(status=404, text=f"no endpoint at {request.path}\n")
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return web.Response(
@@ -134,23 +135,23 @@ class Gateway:
             )
         if self.draining:
             return web.Response(status=503, text="the server is shutting down\n")
-        stats = runtime.stats
+        stats = live.stats
         origin = request.headers.get("Origin")
         peer = request.remote or "?"
         proxies = self.settings.config.server.trusted_proxies
         remote = client_address(peer, request.headers.get("X-Forwarded-For"), proxies)
         scheme = client_scheme(peer, request.headers.get("X-Forwarded-Proto"), proxies, request.scheme)
-        if not runtime.origin_policy.allows(origin, request.host, scheme):
+        if not live.origin_policy.allows(origin, request.host, scheme):
             stats.origin_rejections += 1
             log.warning("origin refused: %r on %s from %s (allowed: %s)",
-                        origin, request.path, remote, runtime.origin_policy.describe())
+                        origin, request.path, remote, live.origin_policy.describe())
             return web.Response(status=403, text="origin not allowed\n")
-        policy = runtime.endpoint.policy
+        policy = live.endpoint.policy
         refusal = self.admission.admit(request.path, remote, policy.max_connections, policy.max_connections_per_ip)
         if refusal is not None:
             stats.limit_rejections[str(refusal.status)] += 1
             return web.Response(status=refusal.status, text=refusal.reason + "\n")
-        return runtime, remote, origin
+        return live, remote, origin
 
     async def publish(self, path: str, room: str, data: Any) -> None:
         """Send ``{"type": "publish", "room", "data"}`` to ``room`` subscribers on every instance.
@@ -160,20 +161,45 @@ class Gateway:
         message = json.dumps({"type": "publish", "room": room, "data": data}, separators=(",", ":"))
         await self.hub.publish(path, room, message, strict=True)
 
-    async def shutdown(self, code: int, grace: float) -> None:
-        """Close every connection with ``code``, wait up to ``grace`` seconds, stop handlers."""
+    async def shutdown(self, code: int, timeout: float) -> None:  # noqa: ASYNC109 - a drain budget, not a wait
+        """Drain within ``timeout`` seconds: close every connection with ``code``, let
+        ``on_disconnect`` run, stop every handler, close the broker. Whatever is still
+        running at the deadline is cancelled and named in one log line."""
         if self._stopped:
             return
         self._stopped = True
         self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        reason = "service restart" if code == CloseCode.SERVICE_RESTART else "server shutting down"
         for session in list(self.sessions):
-            session.close(code, "service restart" if code == SERVICE_RESTART else "server shutting down")
+            session.close(code, reason)
+        # Keep the last second (a quarter of a short timeout) for the handlers and the broker.
+        reserve = min(1.0, timeout / 4)
+        stuck = []
+        if not await self._drained(deadline - reserve):
+            for session in list(self.sessions):
+                session.abort(code, "shutdown timeout")
+            if not await self._drained(deadline - reserve / 2):
+                stuck = [f"on_disconnect of {s.conn.id} ({s.live.path})" for s in self.sessions]
+                for session in list(self.sessions):
+                    if session.task is not None:
+                        session.task.cancel()
+        endpoints = set(self.routes.values()) | self._retired
+        stops = {loop.create_task(live.stop()): f"shutdown() of {live.path}" for live in endpoints}
+        stops[loop.create_task(self.hub.broker.close())] = "the broker's close"
+        _, pending = await asyncio.wait(stops, timeout=max(0.0, deadline - loop.time()))
+        for task in pending:
+            task.cancel()
+        stuck += [stops[task] for task in pending]
+        if stuck:
+            log.warning("shutdown timeout (%gs): cancelled %s", timeout, ", ".join(stuck))
+        self._services.timers.close()
+
+    async def _drained(self, deadline: float) -> bool:
+        """Wait until every session has ended, or ``deadline`` (loop time); False if some remain."""
         if self.sessions:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace):
+                async with asyncio.timeout_at(deadline):
                     await self._all_closed.wait()
-        for session in list(self.sessions):
-            session.abort(code, "shutdown timeout")
-        runtimes = set(self.routes.values()) | self._retired
-        await asyncio.gather(*(r.stop() for r in runtimes))
-        self.timers.close()
+        return not self.sessions

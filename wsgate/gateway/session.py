@@ -1,260 +1,263 @@
-"""One accepted WebSocket: the receive loop, keepalive, close handshake and close codes."""
+"""One accepted WebSocket: the receive loop, keepalive, and the close handshake's I/O."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
-import struct
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable
+from dataclasses import dataclass
 
-from aiohttp import WebSocketError, WSMsgType, web
+from aiohttp import EofStream, WebSocketError, WSMsgType, web
 
+from ..closecode import CloseCode
 from ..connection import Connection
 from ..errors import ConnectionClosed
-from ..keepalive import Action, KeepAlive
-from ..limits import TokenBucket
-from ..outbox import CLOSE, PING, PONG, Outbox, encode_frame
-from ..runtime import EndpointRuntime
+from ..policy.keepalive import Action, KeepAlive
+from ..policy.limits import TokenBucket
+from .closing import CloseHandshake
+from .endpoint import LiveEndpoint
+from .sendqueue import Push, SendQueue
+from .timers import TimerWheel
+from .writer import Deflate, Flusher, Writer
 
-if TYPE_CHECKING:
-    from .router import Gateway
-
-__all__ = ["GOING_AWAY", "SERVICE_RESTART", "Session", "redact_query"]
+__all__ = ["Services", "Session"]
 
 log = logging.getLogger("wsgate.gateway")
 access_log = logging.getLogger("wsgate.access")
 
-GOING_AWAY, SERVICE_RESTART = 1001, 1012
-_SECRET = re.compile(r"token|secret|passw|auth|key|sig", re.IGNORECASE)
-# Close codes a peer may not put on the wire (RFC 6455 section 7.4.1).
-_NOT_SENDABLE = {0, 1005, 1006, 1015}
-_CLOSE_CODE = struct.Struct("!H").pack
+_LINGER_POLL = 0.02
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What every session of one gateway shares."""
+
+    flusher: Flusher
+    timers: TimerWheel
 
 
 def _byte_length(data: str | bytes) -> int:
     return len(data.encode()) if isinstance(data, str) else len(data)
 
 
-def redact_query(query: Mapping[str, str]) -> str:
-    """``query`` for logs, with the values of secret-looking keys replaced by ``***``."""
-    return "&".join(f"{k}={'***' if _SECRET.search(k) else v}" for k, v in query.items())
+def _deflate(ws: web.WebSocketResponse) -> Deflate | None:
+    """Our compressor for the permessage-deflate parameters aiohttp negotiated, if any."""
+    if not ws.compress:
+        return None
+    offer = ws.headers.get("Sec-WebSocket-Extensions", "")
+    return Deflate(int(ws.compress), takeover="server_no_context_takeover" not in offer)
 
 
 class Session:
-    """One accepted WebSocket: its Connection, timers and close bookkeeping."""
+    """One accepted WebSocket: its Connection, writer, timers and close handshake."""
 
-    __slots__ = ("_answered", "_close_task", "_receiving", "_slot", "bucket", "close_code", "close_reason", "conn",
-                 "gateway", "keepalive", "loop", "messages_in", "outbox", "runtime", "started", "transport", "ws")
+    __slots__ = ("_close_timer", "_slot", "bucket", "conn", "handshake", "incoming", "keepalive", "live", "loop",
+                 "messages_in", "services", "started", "task", "writer", "ws")
 
-    def __init__(self, gateway: Gateway, runtime: EndpointRuntime, ws: web.WebSocketResponse,
+    def __init__(self, services: Services, live: LiveEndpoint, ws: web.WebSocketResponse,
                  request: web.Request, remote: str, conn_id: str) -> None:
-        policy = runtime.endpoint.policy
+        policy = live.endpoint.policy
         self.loop = asyncio.get_running_loop()
-        self.gateway = gateway
-        self.runtime = runtime
+        self.services = services
+        self.live = live
         self.ws = ws
+        self.task = asyncio.current_task()
         self.started = time.monotonic()
-        self.close_code: int | None = None
-        self.close_reason = ""
-        self._close_task: asyncio.Task[None] | None = None
+        self.handshake = CloseHandshake()
         self._slot: int | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
         transport = request.transport
         assert transport is not None
-        self.transport = transport
-        compressed = bool(ws.compress)
-        self.outbox = Outbox(
-            transport, gateway.flusher,
-            limit=policy.send_queue, drop=policy.slow_client == "drop",
-            on_overflow=self._overflow,
-            send_compressed=(lambda payload, opcode: ws.send_frame(payload, WSMsgType(opcode)))
-            if compressed else None,
-        )
-        self.conn = Connection(
-            id=conn_id, path=runtime.path, remote=remote,
-            headers=request.headers, query=request.query, subprotocol=ws.ws_protocol,
-            outbox=self.outbox, closer=self.close, stats=runtime.stats,
-        )
+        assert ws._reader is not None
+        # aiohttp's queue of parsed frames, read directly: its receive() answers a bad
+        # frame with a close frame of its own and drops TCP at once, which resets a
+        # client still sending before it reads why (see closing.py).
+        self.incoming = ws._reader
+        queue = SendQueue(policy.send_queue, drop=policy.slow_client == "drop")
+        self.writer = Writer(transport, services.flusher, queue, _deflate(ws))
+        self.conn = Connection(self, id=conn_id, path=live.path, remote=remote, headers=request.headers,
+                               query=request.query, subprotocol=ws.ws_protocol)
         now = self.loop.time()
         hb = policy.heartbeat
         self.keepalive = KeepAlive(hb.interval, hb.timeout, policy.idle_timeout, now)
         rate = policy.rate_limit
-        self.bucket = (
-            TokenBucket(rate.messages / rate.per, float(rate.burst or rate.messages), now) if rate else None
-        )
+        self.bucket = TokenBucket(rate.messages / rate.per, float(rate.burst or rate.messages), now) if rate else None
         self.messages_in = 0
-        self._receiving = False
-        self._answered: asyncio.Event | None = None
 
-    # --- closing ---
+    # --- what Connection asks of us ---
+
+    @property
+    def closing(self) -> bool:
+        return not self.handshake.open
+
+    def send_frame(self, frame: bytes) -> bool:
+        outcome = self.writer.send(frame)
+        if outcome is Push.QUEUED:
+            stats = self.live.stats
+            stats.messages_out += 1
+            stats.bytes_out += len(frame)
+            return True
+        if outcome is Push.OVERFLOW:
+            self.live.stats.slow_client_closes += 1
+            self.close(CloseCode.POLICY_VIOLATION, "slow consumer")
+        return False
 
     def close(self, code: int, reason: str) -> None:
-        """Start a clean close after queued data; later calls are ignored."""
-        if self._close_task is not None or self.ws.closed:
-            return
-        self.close_code, self.close_reason = code, reason
-        self.outbox.seal()
-        if self._receiving:
-            self._answered = asyncio.Event()
-        self._close_task = self.loop.create_task(self._close(code, reason))
-
-    async def _close(self, code: int, reason: str) -> None:
-        """Queued data, then the close frame, then the client's answer, within close_timeout."""
-        message = reason.encode()[:123]
-        try:
-            async with asyncio.timeout(self.runtime.endpoint.policy.close_timeout):
-                await self.outbox.drain()
-                if self._answered is None:
-                    # The receive loop has ended; aiohttp waits for the answer itself.
-                    await self.ws.close(code=code, message=message)
-                    return
-                # The receive loop is still reading and will see the client's answer.
-                # aiohttp's own close() would drop the connection right after its frame.
-                self.transport.write(encode_frame(_CLOSE_CODE(code) + message, CLOSE))
-                await self._answered.wait()
-                self.transport.close()
-        except TimeoutError:
-            self.outbox.close()
-            self.transport.abort()
-        except (ConnectionError, RuntimeError):
-            pass
+        """Send the close frame after queued data; TCP closes on the client's answer or at close_timeout."""
+        if self.handshake.start(code, reason):
+            self.writer.close_frame(code, reason)
+            self._close_timer = self.loop.call_later(self.live.endpoint.policy.close_timeout, self.writer.abort)
 
     def abort(self, code: int, reason: str) -> None:
-        """Drop the TCP connection without a close handshake (the peer is gone)."""
-        self.close_code, self.close_reason = code, reason
-        self.outbox.close()
-        self.transport.abort()
-
-    def _overflow(self) -> None:
-        self.runtime.stats.slow_client_closes += 1
-        self.close(1008, "slow consumer")
+        """Drop TCP without a close handshake (the peer is gone)."""
+        self.handshake.lost(code, reason)
+        self.writer.abort()
 
     # --- timers ---
-
-    def arm(self) -> None:
-        if self.keepalive.enabled:
-            self.on_timer()
 
     def on_timer(self) -> None:
         self._slot = None
         action, deadline = self.keepalive.due(self.loop.time())
         if action is Action.PING:
-            self.outbox.push_control(encode_frame(b"", PING))
+            self.writer.ping()
         elif action is Action.DEAD:
-            self.runtime.stats.heartbeat_timeouts += 1
-            self.abort(1006, "heartbeat timeout")
+            self.live.stats.heartbeat_timeouts += 1
+            self.abort(CloseCode.ABNORMAL, "heartbeat timeout")
         elif action is Action.IDLE:
-            self.close(GOING_AWAY, "idle timeout")
+            self.close(CloseCode.GOING_AWAY, "idle timeout")
         if deadline is not None and action not in (Action.DEAD, Action.IDLE):
-            self._slot = self.gateway.timers.schedule(deadline, self)
+            self._slot = self.services.timers.schedule(deadline, self)
 
     # --- the receive loop ---
 
     async def run(self) -> None:
-        runtime, ws, conn = self.runtime, self.ws, self.conn
-        handler = runtime.handler
-        stats = runtime.stats
-        accepts = handler.accepts
-        keepalive, bucket, loop = self.keepalive, self.bucket, self.loop
-        track_time = keepalive.enabled or bucket is not None
-        inflated_limit = runtime.endpoint.policy.max_message_size if ws.compress else 0
-        runtime.attach(conn)
-        self._receiving = True
-        self.arm()
+        live, conn = self.live, self.conn
+        live.attach(conn)
+        if self.keepalive.enabled:
+            self.on_timer()
         try:
-            try:
-                await handler.on_connect(conn)
-            except Exception:
-                self._crashed("on_connect")
-                return
-            on_message = handler.on_message
-            while True:
-                msg = await ws.receive()
-                kind = msg.type
-                if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
-                    data = msg.data
-                    self.messages_in += 1
-                    stats.messages_in += 1
-                    stats.bytes_in += len(data)
-                    if track_time:
-                        now = loop.time()
-                        keepalive.last_seen = keepalive.last_message = now
-                        if bucket is not None and not bucket.take(now):
-                            stats.limit_rejections["rate"] += 1
-                            self.close(1008, "rate limit exceeded")
-                            break
-                    if inflated_limit and _byte_length(data) > inflated_limit:
-                        # aiohttp lets a decompressed message one byte over its limit through.
-                        self.close(1009, "message too big")
-                        break
-                    if accepts != "any" and (kind is WSMsgType.TEXT) != (accepts == "text"):
-                        self.close(1003, f"this endpoint accepts only {accepts} messages")
-                        break
-                    try:
-                        await on_message(conn, data)
-                    except ConnectionClosed:
-                        break  # the handler sent to this connection after it began closing
-                    except Exception:
-                        self._crashed("on_message")
-                        break
-                elif kind is WSMsgType.PING:
-                    keepalive.last_seen = loop.time()
-                    self.outbox.push_control(encode_frame(msg.data, PONG))
-                elif kind is WSMsgType.PONG:
-                    keepalive.last_seen = loop.time()
-                elif kind is WSMsgType.CLOSE:
-                    if self._answered is not None:  # the answer to our close frame
-                        break
-                    # Answer with the client's own code and reason (RFC 6455 5.5.1).
-                    code = msg.data if msg.data not in _NOT_SENDABLE else 1000
-                    self.close(code, msg.extra or "")
-                    self.close_code = msg.data or 1005
-                    break
-                else:  # ERROR (aiohttp already sent the close code), CLOSING, CLOSED
-                    if self.close_code is None:
-                        exc = msg.data if kind is WSMsgType.ERROR else ws.exception()
-                        # The code sent for a bad frame, even if the client never answered it.
-                        self.close_code = exc.code if isinstance(exc, WebSocketError) else ws.close_code or 1006
-                        self.close_reason = str(exc) if exc else ""
-                    break
+            await self._hook(live.handler.on_connect(conn), "on_connect")
+            await self._receive()
         finally:
-            self._receiving = False
-            if self._answered is not None:
-                self._answered.set()
             await self._finish()
 
-    def _crashed(self, hook: str) -> None:
-        """Log the running exception once and close this connection with 1011."""
-        self.runtime.stats.handler_errors += 1
-        log.exception("handler %s raised in %s on connection %s (%s)",
-                      self.runtime.endpoint.handler_ref, hook, self.conn.id, self.runtime.path)
-        self.close(1011, "internal error")
+    async def _hook(self, call: Awaitable[None], name: str) -> None:
+        try:
+            await call
+        except ConnectionClosed:
+            pass  # the handler sent to a connection that is closing: not its fault
+        except Exception:
+            self.live.stats.handler_errors += 1
+            log.exception("handler %s raised in %s on connection %s (%s)",
+                          self.live.endpoint.handler_ref, name, self.conn.id, self.live.path)
+            self.close(CloseCode.INTERNAL_ERROR, "internal error")
+
+    async def _receive(self) -> None:
+        live, conn, handshake, writer = self.live, self.conn, self.handshake, self.writer
+        on_message = live.handler.on_message
+        stats = live.stats
+        accepts = live.handler.accepts
+        keepalive, bucket, loop = self.keepalive, self.bucket, self.loop
+        track_time = keepalive.enabled or bucket is not None
+        inflated_limit = live.endpoint.policy.max_message_size if self.ws.compress else 0
+        read = self.incoming.read
+        while True:
+            try:
+                msg = await read()
+            except EofStream:
+                handshake.lost()
+                return
+            except WebSocketError as exc:
+                await self._fail(exc.code, self._explain(exc))
+                return
+            except Exception as exc:  # a corrupt deflate stream, for one
+                await self._fail(CloseCode.PROTOCOL_ERROR, f"bad frame: {type(exc).__name__}")
+                return
+            kind = msg.type
+            if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+                if not handshake.open:
+                    continue  # closing: data is read and discarded until the client's close frame
+                data = msg.data
+                self.messages_in += 1
+                stats.messages_in += 1
+                stats.bytes_in += len(data)
+                if track_time:
+                    now = loop.time()
+                    keepalive.last_seen = keepalive.last_message = now
+                    if bucket is not None and not bucket.take(now):
+                        stats.limit_rejections["rate"] += 1
+                        self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+                        continue
+                if inflated_limit and _byte_length(data) > inflated_limit:
+                    # aiohttp lets a decompressed message one byte over its limit through.
+                    self.close(CloseCode.MESSAGE_TOO_BIG, self._too_big())
+                elif accepts != "any" and (kind is WSMsgType.TEXT) != (accepts == "text"):
+                    self.close(CloseCode.UNSUPPORTED_DATA, f"this endpoint accepts only {accepts} messages")
+                else:
+                    await self._hook(on_message(conn, data), "on_message")
+            elif kind is WSMsgType.PING:
+                keepalive.last_seen = loop.time()
+                if handshake.open:
+                    writer.pong(msg.data)
+            elif kind is WSMsgType.PONG:
+                keepalive.last_seen = loop.time()
+            elif kind is WSMsgType.CLOSE:
+                answer = handshake.received(msg.data or None, msg.extra or "")
+                if answer is not None:
+                    writer.close_frame(*answer)
+                writer.close()
+                return
+
+    def _too_big(self) -> str:
+        return f"message too big: the limit is {self.live.endpoint.policy.max_message_size} bytes"
+
+    def _explain(self, exc: WebSocketError) -> str:
+        """The close reason for a frame aiohttp could not parse, in our words where aiohttp's mislead."""
+        if exc.code == CloseCode.MESSAGE_TOO_BIG:
+            return self._too_big()  # aiohttp names its own limit, ours plus one
+        if exc.code == CloseCode.INVALID_DATA:
+            return "invalid UTF-8 in a text message"
+        return str(exc)
+
+    async def _fail(self, code: int, reason: str) -> None:
+        """A frame could not be parsed: close frame, FIN, then wait for the client to hang up."""
+        if self.handshake.failed(code, reason):
+            self.writer.close_frame(code, reason)
+        self.writer.finish_writing()
+        # Nothing more can be parsed; the transport still reads (and discards) until
+        # the client closes its side, so the close frame is not lost to a reset.
+        deadline = self.loop.time() + self.live.endpoint.policy.close_timeout
+        while not self.writer.closed and self.loop.time() < deadline:
+            await asyncio.sleep(_LINGER_POLL)
+        if not self.writer.closed:
+            self.writer.abort()
 
     async def _finish(self) -> None:
         if self._slot is not None:
-            self.gateway.timers.cancel(self._slot, self)
+            self.services.timers.cancel(self._slot, self)
             self._slot = None
-        if self._close_task is not None:
-            await self._close_task
-        elif not self.ws.closed:
-            await self.ws.close()
-        self.outbox.close()
-        code = self.close_code or self.ws.close_code or 1006
-        runtime = self.runtime
-        await runtime.detach(self.conn)
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        self.handshake.lost()
+        if not self.writer.closed:
+            self.writer.abort()
+        live, conn = self.live, self.conn
+        code = self.handshake.code or CloseCode.ABNORMAL
+        await live.detach(conn)
         try:
-            await runtime.handler.on_disconnect(self.conn, code)
+            await live.handler.on_disconnect(conn, code)
         except Exception:
-            runtime.stats.handler_errors += 1
+            live.stats.handler_errors += 1
             log.exception("handler %s raised in on_disconnect on connection %s (%s)",
-                          runtime.endpoint.handler_ref, self.conn.id, runtime.path)
-        runtime.stats.close_codes[code] += 1
-        access_log.info(
-            "connection closed",
-            extra={"event": "close", "conn": self.conn.id, "endpoint": runtime.path,
-                   "remote": self.conn.remote, "code": code, "reason": self.close_reason,
-                   "duration": round(time.monotonic() - self.started, 3),
-                   "messages_in": self.messages_in, "messages_out": self.outbox.frames},
-        )
+                          live.endpoint.handler_ref, conn.id, live.path)
+        finally:
+            live.stats.close_codes[int(code)] += 1
+            access_log.info(
+                "connection closed",
+                extra={"event": "close", "conn": conn.id, "endpoint": live.path, "remote": conn.remote,
+                       "code": int(code), "reason": self.handshake.reason,
+                       "duration": round(time.monotonic() - self.started, 3),
+                       "messages_in": self.messages_in, "messages_out": self.writer.frames},
+            )
+

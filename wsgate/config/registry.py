@@ -3,6 +3,10 @@
 A value is either a registered name (the built-ins, plus every plugin installed under
 the ``wsgate.handlers`` entry-point group) or ``module.path:ClassName``, importable
 from the directory that holds the config file.
+
+The built-ins live in the repository's ``handlers/`` folder but are installed as
+``wsgate.builtins``, so a user's own ``handlers`` package beside config.yaml (with or
+without ``__init__.py``, even with its own ``chat.py``) never shadows them.
 """
 
 from __future__ import annotations
@@ -12,13 +16,27 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from .errors import HandlerLoadError
-from .handler import Handler
+from pydantic import BaseModel
 
-__all__ = ["BUILTINS", "ENTRY_POINT_GROUP", "Registry"]
+from ..errors import HandlerLoadError
+from ..handler import ACCEPTS, Handler
+
+__all__ = ["BUILTINS", "ENTRY_POINT_GROUP", "Registry", "check_handler_class"]
 
 ENTRY_POINT_GROUP = "wsgate.handlers"
-BUILTINS = {"echo": "handlers.echo:Echo", "chat": "handlers.chat:Chat"}
+BUILTINS = {"echo": "wsgate.builtins.echo:Echo", "chat": "wsgate.builtins.chat:Chat"}
+
+
+def check_handler_class(cls: object, ref: str) -> type[Handler]:
+    """``cls`` if it is a usable Handler class; HandlerLoadError saying what is wrong otherwise."""
+    if not (isinstance(cls, type) and issubclass(cls, Handler)):
+        raise HandlerLoadError(f"{ref!r} is not a subclass of wsgate.Handler")
+    if cls.accepts not in ACCEPTS:
+        raise HandlerLoadError(f"{ref}: accepts = {cls.accepts!r}; use one of {', '.join(map(repr, ACCEPTS))}")
+    options = cls.Options
+    if not (isinstance(options, type) and issubclass(options, BaseModel)):
+        raise HandlerLoadError(f"{ref}: Options = {options!r} is not a pydantic model class")
+    return cls
 
 
 class Registry:
@@ -33,8 +51,7 @@ class Registry:
 
     def register(self, name: str, cls: type[Handler]) -> None:
         """Make a Handler class available under ``name`` (tests, embedding)."""
-        if not (isinstance(cls, type) and issubclass(cls, Handler)):
-            raise HandlerLoadError(f"{cls!r} is not a subclass of wsgate.Handler")
+        check_handler_class(cls, repr(cls))
         self._sources[name] = (f"{cls.__module__}:{cls.__qualname__}", "register()")
         self._cache[name] = cls
 
@@ -88,6 +105,9 @@ class Registry:
                 f"{ref!r} is not a handler reference: write 'module.path:ClassName' "
                 "with an absolute module path, e.g. 'handlers.shout:Shout'"
             )
+        # A folder or file created since the last import (a reload after adding
+        # handlers/shout.py) is invisible to the import system's directory caches.
+        importlib.invalidate_caches()
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
@@ -100,6 +120,4 @@ class Registry:
         cls = getattr(module, attr, None)
         if cls is None:
             raise HandlerLoadError(f"module {module_name!r} has no attribute {attr!r}")
-        if not (isinstance(cls, type) and issubclass(cls, Handler)):
-            raise HandlerLoadError(f"{ref!r} is not a subclass of wsgate.Handler")
-        return cls
+        return check_handler_class(cls, ref)

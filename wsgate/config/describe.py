@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .config import Endpoint, Settings
-from .origin import OriginPolicy
+from ..policy.origin import OriginPolicy
+from .models import Endpoint, Settings
 
 __all__ = ["describe_routes"]
 

@@ -7,18 +7,18 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
-from .config import Endpoint
-from .connection import Connection
-from .handler import Context, Handler, Message
+from ..config import Endpoint
+from ..connection import Connection
+from ..handler import Context, Handler, Message
+from ..observe.stats import EndpointStats
+from ..policy.origin import OriginPolicy
+from .frames import encode
 from .hub import Hub
-from .metrics import EndpointStats
-from .origin import OriginPolicy
-from .outbox import encode
 
-__all__ = ["EndpointRuntime"]
+__all__ = ["LiveEndpoint"]
 
 
-class EndpointRuntime(Context):
+class LiveEndpoint(Context):
     """The Context of one endpoint, and the handler instance it serves.
 
     After a reload that changes only policy, the runtime is kept (same handler, same
@@ -34,7 +34,8 @@ class EndpointRuntime(Context):
         self._hub = hub
         self._connections: set[Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.handler: Handler = endpoint.handler_cls(endpoint.options, self)
+        cls: type[Handler[Any]] = endpoint.handler_cls
+        self.handler = cls(endpoint.options, self)
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -76,13 +77,7 @@ class EndpointRuntime(Context):
     def broadcast(self, message: Message, connections: Collection[Connection] | None = None) -> int:
         frame = encode(message)
         targets = self._connections if connections is None else connections
-        sent = 0
-        for conn in targets:
-            if conn.deliver(frame):
-                sent += 1
-        self.stats.messages_out += sent
-        self.stats.bytes_out += sent * len(frame)
-        return sent
+        return sum(1 for conn in targets if conn._deliver(frame))
 
     async def subscribe(self, conn: Connection, topic: str) -> None:
         await self._hub.subscribe(conn, self.path, topic)

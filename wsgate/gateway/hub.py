@@ -8,11 +8,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from .broker import Broker
-from .connection import Connection
-from .errors import BrokerError
-from .metrics import GatewayStats
-from .outbox import BINARY, TEXT, encode_frame
+from ..broker import Broker
+from ..connection import Connection
+from ..errors import BrokerError
+from ..observe.stats import GatewayStats
+from .frames import BINARY, TEXT, encode_frame
 
 __all__ = ["Hub", "channel_name"]
 
@@ -34,6 +34,7 @@ class Hub:
         self.broker = broker
         self._stats = stats
         self._local: dict[str, set[Connection]] = {}
+        self._topics: dict[Connection, set[str]] = {}  # what each connection is subscribed to
         self._subscribing: dict[str, asyncio.Future[None]] = {}
 
     async def subscribe(self, conn: Connection, path: str, topic: str) -> None:
@@ -43,7 +44,7 @@ class Hub:
             members = self._local[channel] = set()
             ready = self._subscribing[channel] = asyncio.get_running_loop().create_future()
             try:
-                await self.broker.subscribe(channel, lambda payload: self._deliver(channel, path, payload))
+                await self.broker.subscribe(channel, lambda payload: self._deliver(channel, payload))
             finally:
                 del self._subscribing[channel]
                 ready.set_result(None)
@@ -51,12 +52,16 @@ class Hub:
             # Another connection is subscribing this instance; wait until the broker has it.
             await asyncio.shield(self._subscribing[channel])
         members.add(conn)
-        conn.state.setdefault("_topics", set()).add(topic)
+        self._topics.setdefault(conn, set()).add(topic)
 
     async def unsubscribe(self, conn: Connection, path: str, topic: str) -> None:
         channel = channel_name(path, topic)
         members = self._local.get(channel)
-        conn.state.get("_topics", set()).discard(topic)
+        topics = self._topics.get(conn)
+        if topics is not None:
+            topics.discard(topic)
+            if not topics:
+                del self._topics[conn]
         if members is None:
             return
         members.discard(conn)
@@ -65,19 +70,16 @@ class Hub:
             await self.broker.unsubscribe(channel)
 
     async def leave_all(self, conn: Connection, path: str) -> None:
-        for topic in list(conn.state.get("_topics", ())):
+        for topic in list(self._topics.get(conn, ())):
             await self.unsubscribe(conn, path, topic)
 
-    def _deliver(self, channel: str, path: str, payload: bytes) -> None:
+    def _deliver(self, channel: str, payload: bytes) -> None:
         members = self._local.get(channel)
         if not members:
             return
-        opcode = TEXT if payload[:1] == b"t" else BINARY
-        frame = encode_frame(payload[1:], opcode)
-        sent = sum(1 for conn in members if conn.deliver(frame))
-        stats = self._stats.endpoint(path)
-        stats.messages_out += sent
-        stats.bytes_out += sent * len(frame)
+        frame = encode_frame(payload[1:], TEXT if payload[:1] == b"t" else BINARY)
+        for conn in members:
+            conn._deliver(frame)
 
     # Publishing goes through the broker even for local subscribers, so that every
     # instance sees one order. When the broker fails, local subscribers still get the
@@ -93,7 +95,7 @@ class Hub:
             self._failed(channel, exc)
             if strict:
                 raise
-            self._deliver(channel, path, payload)
+            self._deliver(channel, payload)
 
     async def publish_numbered(self, path: str, topic: str, event: Mapping[str, Any], keep: int) -> int | None:
         """The id given, or None when the broker failed and only local subscribers got it."""
@@ -105,7 +107,7 @@ class Hub:
             return await self.broker.publish_numbered(channel, head, tail, keep)
         except BrokerError as exc:
             self._failed(channel, exc)
-            self._deliver(channel, path, head + b"null" + tail)
+            self._deliver(channel, head + b"null" + tail)
             return None
 
     async def history(self, path: str, topic: str, limit: int) -> list[dict[str, Any]]:

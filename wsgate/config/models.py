@@ -1,4 +1,4 @@
-"""The shape of config.yaml, validated with pydantic; errors located by file:line:col.
+"""The shape of config.yaml as pydantic models.
 
 Precedence of a policy key for one endpoint, lowest first: wsgate's default, the
 handler's ``policy_defaults``, the top-level ``policy:`` block, the endpoint itself.
@@ -8,38 +8,30 @@ A nested block (``heartbeat``, ``rate_limit``) is replaced whole, not merged.
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
-import types
-import typing
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     create_model,
     field_validator,
     model_validator,
 )
 
-from .errors import ConfigError, ConfigProblem, HandlerLoadError
-from .handler import Handler
-from .origin import parse_origin_pattern
+from ..errors import ConfigError
+from ..handler import Handler
+from ..policy.origin import parse_origin_pattern
 from .units import parse_duration, parse_size
-from .yamlsource import Located, load_yaml
-
-if typing.TYPE_CHECKING:
-    from .registry import Registry
+from .yamlsource import Located
 
 __all__ = [
     "RESERVED_PATHS",
     "ApiConfig",
     "Config",
+    "Endpoint",
     "EndpointSpec",
     "Heartbeat",
     "LoggingConfig",
@@ -47,8 +39,6 @@ __all__ = [
     "RateLimit",
     "ServerConfig",
     "Settings",
-    "load_config",
-    "parse_config",
 ]
 
 Duration = Annotated[float, BeforeValidator(parse_duration, json_schema_input_type=float | str)]
@@ -217,7 +207,7 @@ class Endpoint(BaseModel):
 
     path: str
     handler_ref: str
-    handler_cls: type[Handler]
+    handler_cls: type[Handler]  # bare: pydantic refuses type[Handler[Any]]
     options: BaseModel
     policy: Policy
 
@@ -248,135 +238,3 @@ class Settings(BaseModel):
                 "several workers must share one fixed port; port 0 would give each its own"))
         if problems:
             raise ConfigError(problems)
-
-
-# --- error reporting -----------------------------------------------------------------
-
-def _unwrap(annotation: Any) -> Any:
-    """The model class inside ``X | None``, ``list[X]``, ``Annotated[X, ...]``."""
-    origin = typing.get_origin(annotation)
-    if origin is Annotated:
-        return _unwrap(typing.get_args(annotation)[0])
-    if origin in (Union, types.UnionType, list):
-        for arg in typing.get_args(annotation):
-            found = _unwrap(arg)
-            if isinstance(found, type) and issubclass(found, BaseModel):
-                return found
-    return annotation
-
-
-def _allowed_keys(model: type[BaseModel], loc: Sequence[str | int]) -> list[str] | None:
-    current: Any = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return None
-        field = current.model_fields.get(part)
-        if field is None:
-            return None
-        current = _unwrap(field.annotation)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return None
-
-
-def _problems(exc: ValidationError, model: type[BaseModel], src: Located,
-              prefix: tuple[str | int, ...] = ()) -> list[ConfigProblem]:
-    problems = []
-    for error in exc.errors():
-        loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
-        message = error["msg"].removeprefix("Value error, ")
-        ctx_error = (error.get("ctx") or {}).get("error")
-        if isinstance(ctx_error, _LocatedValueError):
-            loc, message = ctx_error.loc, str(ctx_error)
-        elif error["type"] == "extra_forbidden":
-            allowed = _allowed_keys(model, loc[:-1])
-            message = "unknown key" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
-        elif error["type"] == "missing":
-            message = "this key is required"
-        full = (*prefix, *loc)
-        problems.append(src.problem(full, message))
-    return problems
-
-
-# --- loading ---------------------------------------------------------------------------
-
-def _apply_env(data: dict[str, Any]) -> None:
-    if broker := os.environ.get("WSGATE_BROKER"):
-        data["broker"] = broker
-    if token := os.environ.get("WSGATE_API_TOKEN"):
-        api = data.get("api")
-        data["api"] = {**(api if isinstance(api, dict) else {}), "token": token}
-
-
-def _resolve(registry: Registry, src: Located, index: int, handler: str, options: dict[str, Any],
-             problems: list[ConfigProblem]) -> tuple[type[Handler], BaseModel] | None:
-    """The handler class and validated options of ``endpoints[index]``, or None with problems added."""
-    where = ("endpoints", index)
-    try:
-        cls = registry.resolve(handler)
-    except HandlerLoadError as exc:
-        problems.append(src.problem((*where, "handler"), str(exc)))
-        return None
-    try:
-        return cls, cls.Options.model_validate(options)
-    except ValidationError as exc:
-        problems.extend(_problems(exc, cls.Options, src, (*where, "options")))
-        return None
-
-
-def parse_config(text: str, file: str, registry: Registry) -> Settings:
-    """Validate config text completely; raise ConfigError listing every problem."""
-    src = load_yaml(text, file)
-    if not isinstance(src.data, dict):
-        raise ConfigError([src.problem((), "the file must be a mapping with at least an 'endpoints:' list")])
-    data = dict(src.data)
-    _apply_env(data)
-    try:
-        config = Config.model_validate(data)
-    except ValidationError as exc:
-        # Also check the handlers of well-formed entries, so one run reports everything.
-        problems = _problems(exc, Config, src)
-        raw = data.get("endpoints")
-        for index, entry in enumerate(raw if isinstance(raw, list) else []):
-            if isinstance(entry, dict) and isinstance(entry.get("handler"), str):
-                options = entry.get("options", {})
-                _resolve(registry, src, index, entry["handler"], options if isinstance(options, dict) else {},
-                         problems)
-        raise ConfigError(sorted(set(problems), key=lambda p: (p.line, p.column))) from None
-
-    problems = []
-    endpoints = []
-    global_policy = config.policy.model_dump(exclude_unset=True)
-    for index, spec in enumerate(config.endpoints):
-        where = ("endpoints", index)
-        resolved = _resolve(registry, src, index, spec.handler, spec.options, problems)
-        if resolved is None:
-            continue
-        cls, options = resolved
-        merged = {**cls.policy_defaults, **global_policy, **spec.overrides()}
-        try:
-            policy = Policy.model_validate(merged)
-        except ValidationError as exc:
-            problems.extend(_problems(exc, Policy, src, where))
-            continue
-        endpoints.append(Endpoint(path=spec.path, handler_ref=spec.handler, handler_cls=cls,
-                                  options=options, policy=policy))
-    if problems:
-        raise ConfigError(problems)
-    settings = Settings(file=file, config=config, endpoints=tuple(endpoints), source=src)
-    settings.check_deployment()
-    return settings
-
-
-def load_config(path: str | Path, registry: Registry) -> Settings:
-    """Read and validate a config file; handler modules resolve from its directory."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        problem = ConfigProblem(str(path), 1, 1, "", f"cannot read the config file: {exc.strerror}")
-        raise ConfigError([problem]) from None
-    registry.add_search_path(path.resolve().parent)
-    return parse_config(text, str(path), registry)

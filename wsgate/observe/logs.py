@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["setup_logging"]
+__all__ = ["redact_query", "setup_logging"]
+
+_SECRET = re.compile(r"token|secret|passw|auth|key|sig", re.IGNORECASE)
 
 # Attributes every LogRecord has; anything else was passed in ``extra`` and is a field.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -50,3 +54,8 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def redact_query(query: Mapping[str, str]) -> str:
+    """``query`` for logs, with the values of secret-looking keys replaced by ``***``."""
+    return "&".join(f"{k}={'***' if _SECRET.search(k) else v}" for k, v in query.items())

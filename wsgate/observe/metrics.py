@@ -1,47 +1,16 @@
-"""Counters kept as plain integers on the hot path, rendered for Prometheus on scrape."""
+"""The Prometheus text exposition of the gateway's counters (imported only to serve /metrics)."""
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["EndpointStats", "GatewayStats", "render_metrics"]
+from .stats import EndpointStats, GatewayStats
 
-
-@dataclass
-class EndpointStats:
-    """What happened on one endpoint path since the process started."""
-
-    open: int = 0
-    connections: int = 0
-    messages_in: int = 0
-    messages_out: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    close_codes: Counter[int] = field(default_factory=Counter)
-    origin_rejections: int = 0
-    limit_rejections: Counter[str] = field(default_factory=Counter)
-    slow_client_closes: int = 0
-    handler_errors: int = 0
-    heartbeat_timeouts: int = 0
-
-
-@dataclass
-class GatewayStats:
-    endpoints: dict[str, EndpointStats] = field(default_factory=dict)
-    broker_publish_failures: int = 0
-
-    def endpoint(self, path: str) -> EndpointStats:
-        stats = self.endpoints.get(path)
-        if stats is None:
-            stats = self.endpoints[path] = EndpointStats()
-        return stats
-
+__all__ = ["render_metrics"]
 
 _COUNTERS: tuple[tuple[str, str, Callable[[EndpointStats], int]], ...] = (
     ("wsgate_connections", "WebSocket connections accepted", lambda s: s.connections),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import Config
-from .errors import HandlerLoadError
+from ..errors import HandlerLoadError
+from .models import Config
 from .registry import Registry
 
 __all__ = ["config_schema"]

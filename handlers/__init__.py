@@ -1,0 +1,1 @@
+"""The built-in handlers, installed as ``wsgate.builtins``: ``echo`` and ``chat``."""

@@ -1,0 +1,184 @@
+"""The pure parts of the gateway, without sockets: the close handshake, the send
+queue and its slow-client policy, and server frames."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+
+from wsgate import CloseCode
+from wsgate.gateway.closing import CloseHandshake, Phase, valid_close_code
+from wsgate.gateway.frames import BINARY, CLOSE, PING, PONG, TEXT, close_payload, encode, encode_frame, split_frame
+from wsgate.gateway.sendqueue import Push, SendQueue
+
+# --- close codes a peer may send (RFC 6455 7.4.1, 7.4.2; the Autobahn 7.9.x / 7.13.x cases) ---
+
+INVALID = [0, 1, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535]
+VALID = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999, 4000, 4999]
+
+
+@pytest.mark.parametrize("code", VALID)
+def test_valid_close_codes(code: int) -> None:
+    assert valid_close_code(code)
+
+
+@pytest.mark.parametrize("code", INVALID)
+def test_invalid_close_codes(code: int) -> None:
+    assert not valid_close_code(code)
+
+
+# --- the close handshake ---
+
+
+def test_client_close_is_echoed_and_reported() -> None:
+    hs = CloseHandshake()
+    assert hs.received(4001, "bye") == (4001, "bye")
+    assert (hs.phase, hs.code, hs.reason) == (Phase.CLOSED, 4001, "bye")
+
+
+def test_client_close_without_code_is_answered_1000_and_reported_1005() -> None:
+    hs = CloseHandshake()
+    assert hs.received(None, "") == (CloseCode.NORMAL, "")
+    assert hs.code == CloseCode.NO_STATUS
+
+
+@pytest.mark.parametrize("code", INVALID[1:])
+def test_invalid_client_close_code_is_a_protocol_error(code: int) -> None:
+    hs = CloseHandshake()
+    answer = hs.received(code, "")
+    assert answer is not None
+    assert answer[0] == CloseCode.PROTOCOL_ERROR
+    assert hs.code == CloseCode.PROTOCOL_ERROR
+
+
+def test_server_close_waits_for_the_answer_and_keeps_its_code() -> None:
+    hs = CloseHandshake()
+    assert hs.start(1008, "rate limit exceeded")
+    assert hs.phase is Phase.CLOSING
+    assert not hs.open
+    assert not hs.start(1000, "again")  # a second close sends nothing
+    assert hs.received(1008, "rate limit exceeded") is None  # the answer completes it: no reply
+    assert (hs.phase, hs.code, hs.reason) == (Phase.CLOSED, 1008, "rate limit exceeded")
+
+
+def test_server_close_answered_with_another_code_keeps_the_sent_one() -> None:
+    hs = CloseHandshake()
+    hs.start(1001, "server shutting down")
+    assert hs.received(1000, "") is None
+    assert hs.code == 1001
+
+
+def test_parse_failure_sends_one_close_frame() -> None:
+    hs = CloseHandshake()
+    assert hs.failed(1007, "invalid utf-8")
+    assert (hs.phase, hs.code) == (Phase.CLOSED, 1007)
+    assert not hs.failed(1002, "later")
+    assert hs.code == 1007
+
+
+def test_parse_failure_while_closing_sends_nothing_more() -> None:
+    hs = CloseHandshake()
+    hs.start(1009, "message too big")
+    assert not hs.failed(1002, "garbage after our close")
+    assert hs.code == 1009
+
+
+def test_lost_connection_is_1006_unless_a_code_was_decided() -> None:
+    hs = CloseHandshake()
+    hs.lost()
+    assert hs.code == CloseCode.ABNORMAL
+    hs2 = CloseHandshake()
+    hs2.start(1001, "idle timeout")
+    hs2.lost()  # close_timeout passed without an answer
+    assert hs2.code == 1001
+
+
+# --- the send queue ---
+
+
+def test_queue_bounds_bytes_and_overflows_under_the_close_policy() -> None:
+    q = SendQueue(100, drop=False)
+    assert q.push(b"a" * 60) is Push.QUEUED
+    assert q.push(b"b" * 40) is Push.QUEUED
+    assert q.pending == 100
+    assert q.push(b"c") is Push.OVERFLOW
+    assert q.sealed
+    assert q.push(b"d") is Push.REFUSED
+    assert q.take() == [b"a" * 60, b"b" * 40]  # what was queued still goes out before the close
+
+
+def test_a_frame_larger_than_the_limit_goes_into_an_empty_queue() -> None:
+    q = SendQueue(10, drop=False)
+    assert q.push(b"x" * 50) is Push.QUEUED
+    assert q.push(b"y") is Push.OVERFLOW
+
+
+def test_drop_policy_discards_oldest_and_announces_the_count_first() -> None:
+    q = SendQueue(30, drop=True)
+    for i in range(5):
+        assert q.push(bytes([65 + i]) * 10) is Push.QUEUED
+    assert q.pending <= 30
+    frames = q.take()
+    notice, opcode = split_frame(frames[0])
+    assert opcode == TEXT
+    assert json.loads(notice) == {"type": "dropped", "count": 2}
+    assert frames[1:] == [b"C" * 10, b"D" * 10, b"E" * 10]
+    assert not q
+    assert q.take() == []
+
+
+def test_at_most_one_pong_waits_and_it_counts_in_the_bound() -> None:
+    q = SendQueue(1000, drop=False)
+    for i in range(10_000):
+        q.push_pong(encode_frame(str(i).encode(), PONG))
+    assert q.pending == len(encode_frame(b"9999", PONG))
+    q.push_ping(encode_frame(b"", PING))
+    q.push_ping(encode_frame(b"", PING))
+    q.push(encode("data"))
+    frames = q.take()
+    assert [split_frame(f) for f in frames] == [(b"9999", PONG), (b"", PING), (b"data", TEXT)]
+    assert q.pending == 0
+
+
+def test_sealed_queue_refuses_control_frames_too() -> None:
+    q = SendQueue(1000, drop=False)
+    q.seal()
+    q.push_pong(encode_frame(b"x", PONG))
+    assert q.push(b"x") is Push.REFUSED
+    assert q.take() == []
+
+
+def test_clear_forgets_everything() -> None:
+    q = SendQueue(1000, drop=True)
+    q.push(b"x")
+    q.push_pong(encode_frame(b"x", PONG))
+    q.clear()
+    assert (q.pending, q.take(), q.sealed) == (0, [], True)
+
+
+# --- frames ---
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
+def test_frames_round_trip_at_every_length_boundary(size: int) -> None:
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    for opcode in (TEXT, BINARY):
+        wire = encode_frame(payload, opcode)
+        assert wire[0] == 0x80 | opcode
+        assert split_frame(wire) == (payload, opcode)
+
+
+def test_encode_picks_the_frame_type() -> None:
+    assert split_frame(encode("hé")) == ("hé".encode(), TEXT)
+    assert split_frame(encode(b"\x00\xff")) == (b"\x00\xff", BINARY)
+
+
+def test_close_reason_is_cut_on_a_character_boundary() -> None:
+    payload = close_payload(1000, "é" * 100)  # 200 bytes of UTF-8
+    assert struct.unpack("!H", payload[:2]) == (1000,)
+    reason = payload[2:]
+    assert len(reason) <= 123
+    assert reason.decode() == "é" * 61  # 122 bytes: the 62nd character would be split
+    assert len(encode_frame(payload, CLOSE)) <= 127

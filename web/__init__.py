@@ -1,0 +1,1 @@
+"""The client page (templates and static files), installed as ``wsgate.web``."""

@@ -1,0 +1,91 @@
+"""The close handshake of one connection (RFC 6455 sections 5.5.1, 7.1 and 7.4), free of I/O.
+
+The session reports what happened (it started a close, the peer's close frame
+arrived, a frame was malformed, the TCP connection was lost) and this decides which
+close frame to send, whether the handshake is complete, and which code the
+connection ended with for ``on_disconnect``, logs and metrics.
+
+After sending a close frame the server keeps reading, discarding data, until the
+peer's close frame arrives or ``close_timeout`` passes, and only then closes TCP:
+closing with unread data makes the kernel reset the connection, and the peer's
+kernel then discards the close frame it was about to read (the "lingering close").
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from ..closecode import CloseCode
+
+__all__ = ["CloseHandshake", "Phase", "valid_close_code"]
+
+
+def valid_close_code(code: int) -> bool:
+    """Whether a peer may send ``code`` in a close frame (RFC 6455 7.4.1, IANA registry)."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+class Phase(Enum):
+    OPEN = "open"
+    CLOSING = "closing"  # our close frame is out; the peer's answer is awaited
+    CLOSED = "closed"  # both close frames exchanged, or the connection failed or dropped
+
+
+class CloseHandshake:
+    """Which close frame to send, when the handshake is done, and the code to report."""
+
+    __slots__ = ("code", "phase", "reason")
+
+    def __init__(self) -> None:
+        self.phase = Phase.OPEN
+        self.code: int | None = None  # what the connection ended with; None while open
+        self.reason = ""
+
+    @property
+    def open(self) -> bool:
+        return self.phase is Phase.OPEN
+
+    def start(self, code: int, reason: str) -> bool:
+        """The server closes: True if a close frame with ``code`` must now be sent."""
+        if self.phase is not Phase.OPEN:
+            return False
+        self.phase = Phase.CLOSING
+        self.code, self.reason = code, reason
+        return True
+
+    def received(self, code: int | None, reason: str) -> tuple[int, str] | None:
+        """The peer's close frame (``code`` None if it had none): the close frame to answer with.
+
+        None when the frame answers ours: the handshake is complete. An invalid code
+        is a protocol error and is answered with 1002.
+        """
+        if self.phase is not Phase.OPEN:
+            self.phase = Phase.CLOSED
+            return None
+        self.phase = Phase.CLOSED
+        if code is None:
+            self.code, self.reason = CloseCode.NO_STATUS, ""
+            return CloseCode.NORMAL, ""
+        if not valid_close_code(code):
+            self.code, self.reason = CloseCode.PROTOCOL_ERROR, f"invalid close code {code}"
+            return self.code, self.reason
+        self.code, self.reason = code, reason
+        return code, reason
+
+    def failed(self, code: int, reason: str) -> bool:
+        """A frame could not be parsed: True if a close frame with ``code`` must now be sent.
+
+        Nothing more can be read after this; the connection ends once the peer has
+        had time to read the close frame.
+        """
+        first = self.phase is Phase.OPEN
+        if first:
+            self.code, self.reason = code, reason
+        self.phase = Phase.CLOSED
+        return first
+
+    def lost(self, code: int = CloseCode.ABNORMAL, reason: str = "") -> None:
+        """The TCP connection is gone (or dropped on purpose with ``code``)."""
+        if self.code is None:
+            self.code, self.reason = code, reason
+        self.phase = Phase.CLOSED

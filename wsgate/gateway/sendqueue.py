@@ -1,0 +1,102 @@
+"""The bounded send queue of one connection and its slow-client policy, free of I/O.
+
+``limit`` bounds the queued bytes, control frames included. When a data frame does
+not fit: with ``drop`` the oldest data frames are discarded and the client is told
+how many in a ``{"type": "dropped", "count": N}`` text frame sent before the next
+data; without, the queue overflows: it refuses this and every later frame, and the
+gateway closes the connection (1008 "slow consumer"). A frame is always accepted into
+an empty queue, so one message larger than the limit still goes out.
+
+At most one pong waits at a time (RFC 6455 section 5.5.3 allows answering only the
+most recent ping), so a client that pings without reading cannot grow the queue.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+
+from .frames import encode
+
+__all__ = ["Push", "SendQueue"]
+
+
+class Push(Enum):
+    """What became of a pushed data frame."""
+
+    QUEUED = "queued"
+    OVERFLOW = "overflow"  # the queue is full under the close policy: close the connection
+    REFUSED = "refused"  # the queue is sealed (the connection is closing)
+
+
+class SendQueue:
+    """Frames waiting to be written to one client, bounded in bytes."""
+
+    __slots__ = ("_frames", "_ping", "_pong", "drop", "dropped", "limit", "pending", "sealed")
+
+    def __init__(self, limit: int, *, drop: bool) -> None:
+        self.limit = limit
+        self.drop = drop
+        self._frames: list[bytes] = []  # a list: an empty deque costs ~600 bytes per connection
+        self._ping: bytes | None = None
+        self._pong: bytes | None = None
+        self.pending = 0
+        self.dropped = 0
+        self.sealed = False
+
+    def __bool__(self) -> bool:
+        return self.pending > 0 or self.dropped > 0
+
+    def push(self, frame: bytes) -> Push:
+        """Queue an encoded data frame."""
+        if self.sealed:
+            return Push.REFUSED
+        size = len(frame)
+        if self.pending + size > self.limit and self._frames:
+            if not self.drop:
+                self.sealed = True
+                return Push.OVERFLOW
+            frames, cut = self._frames, 0
+            while cut < len(frames) and self.pending + size > self.limit:
+                self.pending -= len(frames[cut])
+                cut += 1
+            del frames[:cut]
+            self.dropped += cut
+        self._frames.append(frame)
+        self.pending += size
+        return Push.QUEUED
+
+    def push_ping(self, frame: bytes) -> None:
+        """Queue a ping, replacing one not yet written."""
+        if not self.sealed:
+            self.pending += len(frame) - len(self._ping or b"")
+            self._ping = frame
+
+    def push_pong(self, frame: bytes) -> None:
+        """Queue the answer to the latest ping, replacing an older answer not yet written."""
+        if not self.sealed:
+            self.pending += len(frame) - len(self._pong or b"")
+            self._pong = frame
+
+    def take(self) -> list[bytes]:
+        """Everything queued, in the order it goes on the wire; the queue is then empty."""
+        out = [f for f in (self._pong, self._ping) if f is not None]
+        if self.dropped:
+            out.append(encode(json.dumps({"type": "dropped", "count": self.dropped})))
+            self.dropped = 0
+        out += self._frames
+        self._frames = []
+        self._ping = self._pong = None
+        self.pending = 0
+        return out
+
+    def seal(self) -> None:
+        """Refuse every frame from now on; ``take`` still returns the queued ones."""
+        self.sealed = True
+
+    def clear(self) -> None:
+        """Forget everything queued (the peer is gone)."""
+        self.sealed = True
+        self._frames = []
+        self._ping = self._pong = None
+        self.pending = self.dropped = 0
