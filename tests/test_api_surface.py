@@ -8,6 +8,8 @@ import importlib
 import inspect
 import pkgutil
 import re
+import subprocess
+import sys
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -213,7 +215,9 @@ def _types_in(hint: object) -> Iterator[object]:
 
 
 def _aiohttp_types(obj: object) -> list[str]:
-    hints = typing.get_type_hints(obj, localns=vars(wsgate))
+    # wsgate's names, not its submodules: wsgate.web must not hide aiohttp's `web` in annotations.
+    names = {k: v for k, v in vars(wsgate).items() if not isinstance(v, ModuleType)}
+    hints = typing.get_type_hints(obj, localns=names)
     leaks = []
     for where, hint in hints.items():
         for t in _types_in(hint):
@@ -242,3 +246,44 @@ def _leaky(request: web.Request) -> web.WebSocketResponse | None:
 def test_the_hint_walker_does_see_aiohttp() -> None:
     """The check above would catch a leak: a function annotated with aiohttp types is found."""
     assert len(_aiohttp_types(_leaky)) >= 2
+
+
+def test_a_plain_import_does_not_load_prometheus_or_the_gateway() -> None:
+    """Plugin authors import wsgate for its API; metrics and sockets load only when serving."""
+    code = ("import sys, wsgate; import wsgate.builtins.chat; "
+            "print(sorted(m for m in sys.modules if m.startswith(('prometheus_client', 'wsgate.gateway.'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['wsgate.gateway.frames']"
+
+
+def test_only_the_writer_writes_to_a_transport() -> None:
+    """One writer per socket: bytes reach a transport in gateway/writer.py and nowhere else."""
+    writers = sorted(
+        str(path.relative_to(PACKAGE_DIR)) for path in _sources()
+        if re.search(r"\.(write|writelines|write_eof|send_frame)\(", path.read_text())
+        and "transport" in path.read_text()
+    )
+    assert writers == ["gateway/writer.py"]
+
+
+def test_the_gateway_has_no_import_cycle() -> None:
+    imports: dict[str, set[str]] = {}
+    for path in (PACKAGE_DIR / "gateway").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imports[path.stem] = {
+            node.module for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
+        }
+    seen: set[str] = set()
+
+    def visit(module: str, stack: tuple[str, ...]) -> None:
+        assert module not in stack, f"import cycle: {' -> '.join((*stack, module))}"
+        if module in seen:
+            return
+        seen.add(module)
+        for dep in imports.get(module, ()):
+            visit(dep, (*stack, module))
+
+    for module in imports:
+        visit(module, ())
+    assert {"router", "session", "writer", "closing", "sendqueue"} <= seen

@@ -11,7 +11,7 @@ import pytest
 from wsgate import CloseCode
 from wsgate.gateway.closing import CloseHandshake, Phase, valid_close_code
 from wsgate.gateway.frames import BINARY, CLOSE, PING, PONG, TEXT, close_payload, encode, encode_frame, split_frame
-from wsgate.gateway.sendqueue import Push, SendQueue
+from wsgate.gateway.sendqueue import MAX_PONGS, Push, SendQueue
 
 # --- close codes a peer may send (RFC 6455 7.4.1, 7.4.2; the Autobahn 7.9.x / 7.13.x cases) ---
 
@@ -129,16 +129,23 @@ def test_drop_policy_discards_oldest_and_announces_the_count_first() -> None:
     assert q.take() == []
 
 
-def test_at_most_one_pong_waits_and_it_counts_in_the_bound() -> None:
+def test_every_ping_of_a_pass_is_answered_in_order() -> None:
+    q = SendQueue(1000, drop=False)
+    for i in range(10):
+        q.push_pong(encode_frame(str(i).encode(), PONG))
+    assert [split_frame(f) for f in q.take()] == [(str(i).encode(), PONG) for i in range(10)]
+
+
+def test_unwritten_pongs_are_bounded_and_the_latest_ping_is_answered() -> None:
     q = SendQueue(1000, drop=False)
     for i in range(10_000):
         q.push_pong(encode_frame(str(i).encode(), PONG))
-    assert q.pending == len(encode_frame(b"9999", PONG))
+    kept = [encode_frame(str(i).encode(), PONG) for i in range(MAX_PONGS - 1)] + [encode_frame(b"9999", PONG)]
+    assert q.pending == sum(map(len, kept))
     q.push_ping(encode_frame(b"", PING))
     q.push_ping(encode_frame(b"", PING))
     q.push(encode("data"))
-    frames = q.take()
-    assert [split_frame(f) for f in frames] == [(b"9999", PONG), (b"", PING), (b"data", TEXT)]
+    assert q.take() == [*kept, encode_frame(b"", PING), encode("data")]
     assert q.pending == 0
 
 

@@ -2,9 +2,9 @@
 
 Each instance holds two kinds of connection: a small pool for commands (PUBLISH, the
 numbering script, history, presence, a health PING every half second) and one
-pub/sub connection read by a listener task. The listener notices a dropped or silent
-pub/sub connection, reconnects with backoff (0.1 s doubling to 1 s) and subscribes
-again to every channel this instance still needs. Commands fail fast with
+pub/sub connection read by a listener task. The listener (``redis_pubsub.py``) notices a
+dropped or silent pub/sub connection, reconnects with backoff (0.1 s doubling to 1 s)
+and subscribes again to every channel this instance still needs. Commands fail fast with
 ``BrokerError``: 1 s timeouts, one retry after a connection error (none after a
 timeout, since the command may have run), and no attempt at all while the health
 PING says Redis is unreachable. ``start()`` raises ``BrokerError`` when Redis cannot be
@@ -35,21 +35,18 @@ import asyncio
 import logging
 import os
 import re
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import BrokerError
 from .base import Broker, Delivery
+from .redis_pubsub import _ERRORS, RedisSubscriber, _text
 
 __all__ = ["RedisBroker", "redact_url"]
 
@@ -70,11 +67,6 @@ redis.call('PUBLISH', ARGV[4], payload)
 return n
 """
 
-_BACKOFF_MIN, _BACKOFF_MAX = 0.1, 1.0  # pub/sub reconnect delays, seconds
-_READ_SLICE = 0.25  # the listener wakes at least this often
-_PUBSUB_PING = 1.0  # PING on the pub/sub connection this often ...
-_PUBSUB_SILENT = 3.5  # ... and give it up when nothing came back for this long
-_ERRORS = (RedisError, OSError, TimeoutError)  # TimeoutError: asyncio.timeout expired
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#@]*)@")
 _SECRET_QUERY = re.compile(r"(?i)([?&]password=)[^&#]*")
 
@@ -87,10 +79,6 @@ def redact_url(url: str) -> str:
 def _hide_password(match: re.Match[str]) -> str:
     user, colon, _ = match.group(2).partition(":")
     return f"{match.group(1)}{user}:***@" if colon else f"{match.group(1)}***@"
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 class RedisBroker(Broker):
@@ -110,19 +98,10 @@ class RedisBroker(Broker):
         self._ping_interval = ping_interval
         self._max_connections = max_connections
         self._client: Redis | None = None
-        self._sub_client: Redis | None = None
         self._ping_client: Redis | None = None
         self._numbered: AsyncScript | None = None
-        self._channels: dict[str, Delivery] = {}
-        self._pubsub: PubSub | None = None
-        self._pubsub_broken = False
-        # Sends on the pub/sub connection, and taking the snapshot to resubscribe, are
-        # serialised so the channels subscribed always end up equal to ``_channels``.
-        self._sub_lock = asyncio.Lock()
-        # One entry per SUBSCRIBE sent for a channel, in order; Redis confirms each once.
-        self._expected: dict[str, deque[asyncio.Future[None] | None]] = {}
+        self._subscriber = RedisSubscriber(self.shown_url, timeout)
         self._commands_up = False
-        self._pubsub_up = False
         self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -135,7 +114,7 @@ class RedisBroker(Broker):
             # have run, and running PUBLISH or the numbering script twice is worse than failing.
             retry = Retry(ExponentialBackoff(cap=0.2, base=0.05), 1, supported_errors=(RedisConnectionError,))
             self._client = self._make_client("cmd", retry, pooled=True)
-            self._sub_client = self._make_client("sub", Retry(NoBackoff(), 0), pooled=False)
+            self._subscriber.client = self._make_client("sub", Retry(NoBackoff(), 0), pooled=False)
             # Its own connection: a pool busy with a burst of commands is not an outage.
             self._ping_client = self._make_client("ping", Retry(NoBackoff(), 0), pooled=False)
         except ValueError as exc:
@@ -144,7 +123,7 @@ class RedisBroker(Broker):
         try:
             async with asyncio.timeout(self._timeout * 3):
                 await self._client.ping()
-                pubsub = await self._open_pubsub()
+                pubsub = await self._subscriber.open()
         except _ERRORS as exc:
             await self._close_clients()
             raise BrokerError(f"cannot reach Redis at {self.shown_url}: {exc or 'timed out'}") from exc
@@ -152,7 +131,7 @@ class RedisBroker(Broker):
         self._numbered = self._client.register_script(_NUMBERED)
         loop = asyncio.get_running_loop()
         self._tasks = [
-            loop.create_task(self._listen(pubsub), name="wsgate redis listener"),
+            loop.create_task(self._subscriber.listen(pubsub), name="wsgate redis listener"),
             loop.create_task(self._watch(), name="wsgate redis health"),
         ]
         log.info("broker: Redis at %s", self.shown_url)
@@ -164,14 +143,14 @@ class RedisBroker(Broker):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        self._forget_expected()
+        self._subscriber.forget_expected()
         await self._close_clients()
-        self._commands_up = self._pubsub_up = False
+        self._commands_up = self._subscriber.up = False
 
     @property
     def healthy(self) -> bool:
         """True while both the command and the pub/sub connection work."""
-        return self._commands_up and self._pubsub_up and not self._closed
+        return self._commands_up and self._subscriber.up and not self._closed
 
     def _make_client(self, role: str, retry: Retry, *, pooled: bool) -> Redis:
         options: dict[str, Any] = {
@@ -187,168 +166,23 @@ class RedisBroker(Broker):
         return Redis.from_pool(pool)
 
     async def _close_clients(self) -> None:
-        for client in (self._client, self._sub_client, self._ping_client):
+        for client in (self._client, self._subscriber.client, self._ping_client):
             if client is not None:
                 try:
                     await client.aclose()
                 except _ERRORS as exc:
                     log.debug("closing a Redis client: %s", exc)
-        self._client = self._sub_client = self._ping_client = None
+        self._client = self._subscriber.client = self._ping_client = None
 
-    # --- the pub/sub connection ---
+    # --- the pub/sub connection: RedisSubscriber ---
 
     async def subscribe(self, channel: str, deliver: Delivery) -> None:
-        """Deliver ``channel``'s messages to ``deliver``; returns once Redis confirmed.
-
-        While the pub/sub connection is down this only records the channel: the
-        listener subscribes to it when it reconnects. It never raises.
-        """
-        self._channels[channel] = deliver
-        async with self._sub_lock:
-            pubsub = self._pubsub
-            if pubsub is None or self._channels.get(channel) is not deliver:
-                return
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._expected.setdefault(channel, deque()).append(waiter)
-            if not await self._send(pubsub, pubsub.subscribe, channel):
-                return
-        try:
-            async with asyncio.timeout(self._timeout):
-                await waiter
-        except TimeoutError:
-            log.warning("Redis did not confirm the subscription to %s within %ss", channel, self._timeout)
+        """Deliver ``channel``'s messages to ``deliver``; see ``RedisSubscriber.subscribe``."""
+        await self._subscriber.subscribe(channel, deliver)
 
     async def unsubscribe(self, channel: str) -> None:
         """Stop delivering ``channel``; never raises."""
-        if self._channels.pop(channel, None) is None:
-            return
-        async with self._sub_lock:
-            pubsub = self._pubsub
-            if pubsub is not None and channel not in self._channels:
-                await self._send(pubsub, pubsub.unsubscribe, channel)
-
-    async def _send(self, pubsub: PubSub, command: Callable[..., Awaitable[Any]], channel: str) -> bool:
-        """Send (UN)SUBSCRIBE; on failure have the listener reconnect (and resubscribe)."""
-        try:
-            async with asyncio.timeout(self._timeout):
-                await command(channel)
-        except _ERRORS as exc:
-            log.warning("Redis pub/sub command for %s failed (%s); reconnecting", channel, exc or "timed out")
-            self._pubsub_broken = True
-            return False
-        return True
-
-    async def _open_pubsub(self) -> PubSub:
-        """A connected PubSub subscribed to every channel in ``_channels``."""
-        assert self._sub_client is not None
-        pubsub = self._sub_client.pubsub()
-        try:
-            await pubsub.connect()  # type: ignore[no-untyped-call]
-            async with self._sub_lock:
-                channels = list(self._channels)
-                if channels:
-                    await pubsub.subscribe(*channels)
-                    for channel in channels:
-                        self._expected.setdefault(channel, deque()).append(None)
-                # Replies come in order: the PONG says every subscription above is active.
-                await pubsub.ping()
-                self._pubsub_broken = False
-                self._pubsub = pubsub
-        except BaseException:
-            self._forget_expected()
-            await self._discard(pubsub)
-            raise
-        return pubsub
-
-    async def _listen(self, pubsub: PubSub | None) -> None:
-        """Read the pub/sub connection until cancelled, reconnecting whenever it fails."""
-        delay = _BACKOFF_MIN
-        while True:
-            if pubsub is None:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _BACKOFF_MAX)
-                try:
-                    async with asyncio.timeout(self._timeout * 3):
-                        pubsub = await self._open_pubsub()
-                except _ERRORS as exc:
-                    log.debug("Redis pub/sub reconnect to %s failed: %s", self.shown_url, exc or "timed out")
-                    continue
-                except Exception:
-                    log.exception("Redis pub/sub reconnect to %s failed", self.shown_url)
-                    continue
-                delay = _BACKOFF_MIN
-            try:
-                await self._pump(pubsub)
-            except _ERRORS as exc:
-                log.warning("Redis pub/sub connection to %s lost (%s); reconnecting",
-                            self.shown_url, exc or "timed out")
-            except Exception:
-                log.exception("Redis pub/sub listener failed; reconnecting")
-            finally:
-                self._pubsub_up = False
-                self._pubsub = None
-                self._forget_expected()
-                await self._discard(pubsub)
-            pubsub = None
-
-    @staticmethod
-    async def _discard(pubsub: PubSub) -> None:
-        try:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
-        except Exception as exc:
-            log.debug("closing a Redis pub/sub connection: %s", exc)
-
-    async def _pump(self, pubsub: PubSub) -> None:
-        loop = asyncio.get_running_loop()
-        heard = loop.time()
-        next_ping = heard + _PUBSUB_PING
-        while not self._pubsub_broken:
-            message = await pubsub.get_message(timeout=_READ_SLICE)
-            now = loop.time()
-            if message is not None:
-                heard = now
-                self._handle(message)
-            if now >= next_ping:
-                if now - heard > _PUBSUB_SILENT:
-                    raise RedisTimeoutError(f"no reply to PING for {_PUBSUB_SILENT}s")
-                await pubsub.ping()
-                next_ping = now + _PUBSUB_PING
-        raise RedisError("a subscribe command failed")
-
-    def _handle(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        if kind == "message":
-            channel = _text(message["channel"])
-            deliver = self._channels.get(channel)
-            if deliver is None:
-                return  # unsubscribed while the message was on its way
-            try:
-                deliver(message["data"])
-            except Exception:
-                log.exception("delivering a message from %s failed", channel)
-        elif kind == "subscribe":
-            self._confirmed(_text(message["channel"]))
-        elif kind == "pong" and not self._pubsub_up:
-            self._pubsub_up = True
-            log.info("Redis pub/sub connected to %s (%d channels)", self.shown_url, len(self._channels))
-
-    def _confirmed(self, channel: str) -> None:
-        expected = self._expected.get(channel)
-        if not expected:
-            return
-        waiter = expected.popleft()
-        if not expected:
-            del self._expected[channel]
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _forget_expected(self) -> None:
-        """Release every subscribe() waiting for a confirmation that will not come."""
-        for expected in self._expected.values():
-            for waiter in expected:
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
-        self._expected.clear()
+        await self._subscriber.unsubscribe(channel)
 
     # --- the command connection ---
 

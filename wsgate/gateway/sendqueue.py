@@ -7,8 +7,10 @@ data; without, the queue overflows: it refuses this and every later frame, and t
 gateway closes the connection (1008 "slow consumer"). A frame is always accepted into
 an empty queue, so one message larger than the limit still goes out.
 
-At most one pong waits at a time (RFC 6455 section 5.5.3 allows answering only the
-most recent ping), so a client that pings without reading cannot grow the queue.
+Pongs wait in a short list of their own: past ``MAX_PONGS`` unwritten answers, a new
+one replaces the newest (RFC 6455 section 5.5.3 allows answering only the most recent
+ping), so a client that pings without reading cannot grow the queue, while one that
+reads gets an answer to every ping.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from enum import Enum
 
 from .frames import encode
 
-__all__ = ["Push", "SendQueue"]
+__all__ = ["MAX_PONGS", "Push", "SendQueue"]
+
+MAX_PONGS = 16
 
 
 class Push(Enum):
@@ -32,14 +36,14 @@ class Push(Enum):
 class SendQueue:
     """Frames waiting to be written to one client, bounded in bytes."""
 
-    __slots__ = ("_frames", "_ping", "_pong", "drop", "dropped", "limit", "pending", "sealed")
+    __slots__ = ("_frames", "_ping", "_pongs", "drop", "dropped", "limit", "pending", "sealed")
 
     def __init__(self, limit: int, *, drop: bool) -> None:
         self.limit = limit
         self.drop = drop
         self._frames: list[bytes] = []  # a list: an empty deque costs ~600 bytes per connection
         self._ping: bytes | None = None
-        self._pong: bytes | None = None
+        self._pongs: list[bytes] = []
         self.pending = 0
         self.dropped = 0
         self.sealed = False
@@ -73,20 +77,27 @@ class SendQueue:
             self._ping = frame
 
     def push_pong(self, frame: bytes) -> None:
-        """Queue the answer to the latest ping, replacing an older answer not yet written."""
-        if not self.sealed:
-            self.pending += len(frame) - len(self._pong or b"")
-            self._pong = frame
+        """Queue the answer to a ping; past MAX_PONGS unwritten, it replaces the newest."""
+        if self.sealed:
+            return
+        pongs = self._pongs
+        if len(pongs) >= MAX_PONGS:
+            self.pending -= len(pongs.pop())
+        pongs.append(frame)
+        self.pending += len(frame)
 
     def take(self) -> list[bytes]:
         """Everything queued, in the order it goes on the wire; the queue is then empty."""
-        out = [f for f in (self._pong, self._ping) if f is not None]
+        out = self._pongs
+        if self._ping is not None:
+            out.append(self._ping)
         if self.dropped:
             out.append(encode(json.dumps({"type": "dropped", "count": self.dropped})))
             self.dropped = 0
         out += self._frames
         self._frames = []
-        self._ping = self._pong = None
+        self._pongs = []
+        self._ping = None
         self.pending = 0
         return out
 
@@ -98,5 +109,6 @@ class SendQueue:
         """Forget everything queued (the peer is gone)."""
         self.sealed = True
         self._frames = []
-        self._ping = self._pong = None
+        self._pongs = []
+        self._ping = None
         self.pending = self.dropped = 0

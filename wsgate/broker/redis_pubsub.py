@@ -1,0 +1,214 @@
+"""The Redis broker's pub/sub side: the one subscriber connection and the listener that keeps it.
+
+``RedisSubscriber`` remembers the channels this instance needs and keeps one pub/sub
+connection subscribed to exactly those. Its listener task reads that connection,
+PINGs it every second, gives it up after 3.5 s of silence or a failed (UN)SUBSCRIBE,
+reconnects with backoff (0.1 s doubling to 1 s) and subscribes again to every channel
+still needed. ``up`` turns True at the first PONG on a connection, which Redis sends only
+after confirming the subscriptions made before it. ``RedisBroker`` (``redis.py``) gives
+it its connection, runs its listener and counts ``up`` in ``healthy``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .base import Delivery
+
+__all__ = ["RedisSubscriber"]
+
+log = logging.getLogger("wsgate.broker.redis")  # the broker's logger: one name for all its messages
+
+_BACKOFF_MIN, _BACKOFF_MAX = 0.1, 1.0  # pub/sub reconnect delays, seconds
+_READ_SLICE = 0.25  # the listener wakes at least this often
+_PUBSUB_PING = 1.0  # PING on the pub/sub connection this often ...
+_PUBSUB_SILENT = 3.5  # ... and give it up when nothing came back for this long
+_ERRORS = (RedisError, OSError, TimeoutError)  # TimeoutError: asyncio.timeout expired
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+class RedisSubscriber:
+    """One pub/sub connection subscribed to every channel in use, reconnected when it fails.
+
+    ``client`` is the Redis client it opens pub/sub connections with (the broker sets and
+    closes it); ``shown_url`` names the server in logs; ``timeout`` bounds each command.
+    """
+
+    def __init__(self, shown_url: str, timeout: float) -> None:
+        self.shown_url = shown_url
+        self.client: Redis | None = None
+        self.up = False
+        self._timeout = timeout
+        self._channels: dict[str, Delivery] = {}
+        self._pubsub: PubSub | None = None
+        self._pubsub_broken = False
+        # Sends on the pub/sub connection, and taking the snapshot to resubscribe, are
+        # serialised so the channels subscribed always end up equal to ``_channels``.
+        self._sub_lock = asyncio.Lock()
+        # One entry per SUBSCRIBE sent for a channel, in order; Redis confirms each once.
+        self._expected: dict[str, deque[asyncio.Future[None] | None]] = {}
+
+    async def subscribe(self, channel: str, deliver: Delivery) -> None:
+        """Deliver ``channel``'s messages to ``deliver``; returns once Redis confirmed.
+
+        While the pub/sub connection is down this only records the channel: the
+        listener subscribes to it when it reconnects. It never raises.
+        """
+        self._channels[channel] = deliver
+        async with self._sub_lock:
+            pubsub = self._pubsub
+            if pubsub is None or self._channels.get(channel) is not deliver:
+                return
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._expected.setdefault(channel, deque()).append(waiter)
+            if not await self._send(pubsub, pubsub.subscribe, channel):
+                return
+        try:
+            async with asyncio.timeout(self._timeout):
+                await waiter
+        except TimeoutError:
+            log.warning("Redis did not confirm the subscription to %s within %ss", channel, self._timeout)
+
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop delivering ``channel``; never raises."""
+        if self._channels.pop(channel, None) is None:
+            return
+        async with self._sub_lock:
+            pubsub = self._pubsub
+            if pubsub is not None and channel not in self._channels:
+                await self._send(pubsub, pubsub.unsubscribe, channel)
+
+    async def _send(self, pubsub: PubSub, command: Callable[..., Awaitable[Any]], channel: str) -> bool:
+        """Send (UN)SUBSCRIBE; on failure have the listener reconnect (and resubscribe)."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                await command(channel)
+        except _ERRORS as exc:
+            log.warning("Redis pub/sub command for %s failed (%s); reconnecting", channel, exc or "timed out")
+            self._pubsub_broken = True
+            return False
+        return True
+
+    async def open(self) -> PubSub:
+        """A connected PubSub subscribed to every channel in ``_channels``."""
+        assert self.client is not None
+        pubsub = self.client.pubsub()
+        try:
+            await pubsub.connect()  # type: ignore[no-untyped-call]
+            async with self._sub_lock:
+                channels = list(self._channels)
+                if channels:
+                    await pubsub.subscribe(*channels)
+                    for channel in channels:
+                        self._expected.setdefault(channel, deque()).append(None)
+                # Replies come in order: the PONG says every subscription above is active.
+                await pubsub.ping()
+                self._pubsub_broken = False
+                self._pubsub = pubsub
+        except BaseException:
+            self.forget_expected()
+            await self._discard(pubsub)
+            raise
+        return pubsub
+
+    async def listen(self, pubsub: PubSub | None) -> None:
+        """Read the pub/sub connection until cancelled, reconnecting whenever it fails."""
+        delay = _BACKOFF_MIN
+        while True:
+            if pubsub is None:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX)
+                try:
+                    async with asyncio.timeout(self._timeout * 3):
+                        pubsub = await self.open()
+                except _ERRORS as exc:
+                    log.debug("Redis pub/sub reconnect to %s failed: %s", self.shown_url, exc or "timed out")
+                    continue
+                except Exception:
+                    log.exception("Redis pub/sub reconnect to %s failed", self.shown_url)
+                    continue
+                delay = _BACKOFF_MIN
+            try:
+                await self._pump(pubsub)
+            except _ERRORS as exc:
+                log.warning("Redis pub/sub connection to %s lost (%s); reconnecting",
+                            self.shown_url, exc or "timed out")
+            except Exception:
+                log.exception("Redis pub/sub listener failed; reconnecting")
+            finally:
+                self.up = False
+                self._pubsub = None
+                self.forget_expected()
+                await self._discard(pubsub)
+            pubsub = None
+
+    @staticmethod
+    async def _discard(pubsub: PubSub) -> None:
+        try:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            log.debug("closing a Redis pub/sub connection: %s", exc)
+
+    async def _pump(self, pubsub: PubSub) -> None:
+        loop = asyncio.get_running_loop()
+        heard = loop.time()
+        next_ping = heard + _PUBSUB_PING
+        while not self._pubsub_broken:
+            message = await pubsub.get_message(timeout=_READ_SLICE)
+            now = loop.time()
+            if message is not None:
+                heard = now
+                self._handle(message)
+            if now >= next_ping:
+                if now - heard > _PUBSUB_SILENT:
+                    raise RedisTimeoutError(f"no reply to PING for {_PUBSUB_SILENT}s")
+                await pubsub.ping()
+                next_ping = now + _PUBSUB_PING
+        raise RedisError("a subscribe command failed")
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "message":
+            channel = _text(message["channel"])
+            deliver = self._channels.get(channel)
+            if deliver is None:
+                return  # unsubscribed while the message was on its way
+            try:
+                deliver(message["data"])
+            except Exception:
+                log.exception("delivering a message from %s failed", channel)
+        elif kind == "subscribe":
+            self._confirmed(_text(message["channel"]))
+        elif kind == "pong" and not self.up:
+            self.up = True
+            log.info("Redis pub/sub connected to %s (%d channels)", self.shown_url, len(self._channels))
+
+    def _confirmed(self, channel: str) -> None:
+        expected = self._expected.get(channel)
+        if not expected:
+            return
+        waiter = expected.popleft()
+        if not expected:
+            del self._expected[channel]
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def forget_expected(self) -> None:
+        """Release every subscribe() waiting for a confirmation that will not come."""
+        for expected in self._expected.values():
+            for waiter in expected:
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+        self._expected.clear()
