@@ -13,13 +13,15 @@ import json
 import re
 import secrets
 import time
+import unicodedata
+from collections import Counter
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from wsgate import BrokerError, CloseCode, Connection, Handler, Message
+from wsgate import BrokerError, CloseCode, Connection, Context, Handler, Message
 
-_ROOM = re.compile(r"^[\w.-]{1,64}$")
+_ROOM = re.compile(r"[\w.-]{1,64}")
 _MAX_NAME = 32
 
 
@@ -29,8 +31,15 @@ class ChatOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     history: int = Field(default=50, ge=0, le=10_000, description="messages kept per room and sent on join")
+    history_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024,
+                               description="the largest history message sent on join, in bytes; the oldest "
+                                           "messages are left out to fit. Keep it below send_queue")
+    keep_for: float = Field(default=600.0, ge=0, description="seconds a room's history and ids outlive its last "
+                                                              "message; 0 keeps them forever")
     max_text: int = Field(default=2000, gt=0, description="longest message text accepted, in characters")
-    default_room: str = Field(default="lobby", pattern=_ROOM.pattern)
+    max_rooms: int = Field(default=10_000, gt=0, description="rooms open at once on this instance; a join that "
+                                                             "would open one more is refused")
+    default_room: str = Field(default="lobby", pattern=f"^{_ROOM.pattern}$")
 
 
 class ChatInputError(ValueError):
@@ -43,7 +52,7 @@ def parse_client_message(raw: str, max_text: int) -> str:
     if raw.lstrip().startswith("{"):
         try:
             obj = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." thousands deep
             obj = None
         if isinstance(obj, dict):
             if obj.get("type", "message") != "message" or not isinstance(obj.get("text"), str):
@@ -53,13 +62,47 @@ def parse_client_message(raw: str, max_text: int) -> str:
         raise ChatInputError("empty message")
     if len(text) > max_text:
         raise ChatInputError(f"message too long: {len(text)} characters, at most {max_text}")
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate, written as a JSON escape ("\ud800")
+        raise ChatInputError("the text is not valid Unicode") from None
     return str(text)
+
+
+def _printable(text: str) -> str:
+    """NFKC form without control, format (zero-width, bidi), private or unassigned characters.
+
+    So that ``admin``, ``admin`` followed by a zero-width space, and its full-width
+    form are one name.
+    """
+    spaced = " ".join(unicodedata.normalize("NFKC", text).split())  # tabs and newlines become spaces
+    return "".join(c for c in spaced if not unicodedata.category(c).startswith("C"))
 
 
 def clean_name(requested: str | None) -> str:
     """A display name from the query, or a generated ``guest-xxxx``."""
-    name = " ".join((requested or "").split())[:_MAX_NAME].rstrip()
+    name = _printable(requested or "")[:_MAX_NAME].rstrip()
     return name or f"guest-{secrets.token_hex(2)}"
+
+
+def clean_room(requested: str) -> str | None:
+    """The room name in NFKC form, or None if it is not 1-64 letters, digits, '.', '_' or '-'."""
+    room = unicodedata.normalize("NFKC", requested)
+    return room if _ROOM.fullmatch(room) else None
+
+
+def history_message(events: list[dict[str, Any]], max_bytes: int) -> str:
+    """``{"type": "history", "messages": [...]}`` with the newest events that fit in ``max_bytes``."""
+    head, tail = '{"type":"history","messages":[', "]}"
+    parts: list[str] = []
+    size = len(head) + len(tail)
+    for event in reversed(events):
+        part = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+        size += len(part.encode()) + 1
+        if size > max_bytes:
+            break
+        parts.append(part)
+    return head + ",".join(reversed(parts)) + tail
 
 
 def candidate_names(name: str) -> list[str]:
@@ -74,6 +117,13 @@ class Chat(Handler[ChatOptions]):
     accepts = "text"
     policy_defaults = {"rate_limit": {"messages": 20, "per": 1.0, "burst": 40}}
 
+    def __init__(self, options: ChatOptions, context: Context) -> None:
+        super().__init__(options, context)
+        self._rooms: Counter[str] = Counter()  # local connections per room
+        # Per room: the history list the context returned last, and its message. The
+        # context returns the same list until the room changes, so joins reuse the text.
+        self._history: dict[str, tuple[list[dict[str, Any]], str]] = {}
+
     async def on_connect(self, conn: Connection) -> None:
         try:
             await self._join(conn)
@@ -84,11 +134,17 @@ class Chat(Handler[ChatOptions]):
 
     async def _join(self, conn: Connection) -> None:
         ctx = self.context
-        room = conn.query.get("room") or self.options.default_room
-        if not _ROOM.match(room):
+        room = clean_room(conn.query.get("room") or self.options.default_room)
+        if room is None:
             await conn.send_json({"type": "error", "error": "room names are 1-64 letters, digits, '.', '_' or '-'"})
             await conn.close(CloseCode.POLICY_VIOLATION, "bad room name")
             return
+        if room not in self._rooms and len(self._rooms) >= self.options.max_rooms:
+            await conn.send_json({"type": "error", "error": "too many rooms are open; join an existing one"})
+            await conn.close(CloseCode.TRY_AGAIN_LATER, "too many rooms")
+            return
+        self._rooms[room] += 1
+        conn.state["chat_room"] = room
         for name in candidate_names(clean_name(conn.query.get("name"))):
             if await ctx.claim(room, name):
                 break
@@ -100,8 +156,17 @@ class Chat(Handler[ChatOptions]):
         await ctx.subscribe(conn, room)
         users = await ctx.members(room)
         await conn.send_json({"type": "welcome", "name": name, "room": room, "users": users})
-        await conn.send_json({"type": "history", "messages": await ctx.history(room, self.options.history)})
+        await conn.send(await self._history_message(room))
         await self._announce("join", room, name, users)
+
+    async def _history_message(self, room: str) -> str:
+        events = await self.context.history(room, self.options.history)
+        cached = self._history.get(room)
+        if cached is not None and cached[0] is events:
+            return cached[1]
+        text = history_message(events, self.options.history_bytes)
+        self._history[room] = (events, text)
+        return text
 
     async def on_message(self, conn: Connection, message: Message) -> None:
         room, name = conn.state["chat"]
@@ -111,9 +176,14 @@ class Chat(Handler[ChatOptions]):
             await conn.send_json({"type": "error", "error": str(exc)})
             return
         event = {"type": "message", "room": room, "from": name, "text": text, "ts": round(time.time(), 3)}
-        await self.context.publish_numbered(room, event, keep=self.options.history)
+        await self.context.publish_numbered(room, event, keep=self.options.history, keep_for=self.options.keep_for)
 
     async def on_disconnect(self, conn: Connection, code: int) -> None:
+        if (room := conn.state.get("chat_room")) is not None:
+            self._rooms[room] -= 1
+            if not self._rooms[room]:
+                del self._rooms[room]
+                self._history.pop(room, None)
         if "chat" not in conn.state:
             return
         room, name = conn.state["chat"]
@@ -127,4 +197,4 @@ class Chat(Handler[ChatOptions]):
 
     async def _announce(self, kind: str, room: str, name: str, users: list[str]) -> None:
         event = {"type": kind, "name": name, "users": users}
-        await self.context.publish(room, json.dumps(event, separators=(",", ":")))
+        await self.context.publish(room, json.dumps(event, separators=(",", ":"), ensure_ascii=False))

@@ -130,7 +130,9 @@ async def test_allowed_origins_list_with_port_wildcard(wsgate_gateway: Start) ->
 
 
 async def test_same_origin_compares_with_host_header(wsgate_gateway: Start) -> None:
-    gw = await wsgate_gateway({"/ws": "echo"})  # origins default: same-origin
+    # origins default: same-origin; the site's name must be an allowed host of a loopback gateway
+    allowed = ["chat.example.test", "127.0.0.1"]
+    gw = await wsgate_gateway({"/ws": "echo"}, server={"host": "127.0.0.1", "port": 0, "allowed_hosts": allowed})
     port = gw.url.rsplit(":", 1)[1]
     assert await handshake_status(gw, "/ws", gw.url) == 101
     assert await handshake_status(gw, "/ws", f"http://127.0.0.1:{int(port) + 1}") == 403

@@ -192,7 +192,7 @@ async def access_line(gw: WsgateProcess, event: str, pattern: str) -> dict[str, 
 
 async def remote_of(gw: WsgateProcess, probe: str) -> str:
     """``remote=`` of the open line, and of the close line, of the ``?probe=`` connection."""
-    opened = await access_line(gw, "open", rf"query=probe={probe}(\s|$)")
+    opened = await access_line(gw, "open", rf'query="?probe={probe}"?(\s|$)')
     closed = await access_line(gw, "close", rf"conn={opened['conn']}\s")
     assert closed["remote"] == opened["remote"]
     return opened["remote"]

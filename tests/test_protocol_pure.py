@@ -125,7 +125,7 @@ def test_drop_policy_discards_oldest_and_announces_the_count_first() -> None:
     assert opcode == TEXT
     assert json.loads(notice) == {"type": "dropped", "count": 2}
     assert frames[1:] == [b"C" * 10, b"D" * 10, b"E" * 10]
-    assert not q
+    assert q.pending == 0
     assert q.take() == []
 
 
@@ -189,3 +189,17 @@ def test_close_reason_is_cut_on_a_character_boundary() -> None:
     assert len(reason) <= 123
     assert reason.decode() == "é" * 61  # 122 bytes: the 62nd character would be split
     assert len(encode_frame(payload, CLOSE)) <= 127
+
+
+def test_take_with_a_budget_leaves_the_rest_queued() -> None:
+    q = SendQueue(10_000, drop=False)
+    q.push_pong(encode_frame(b"p", PONG))
+    for i in range(10):
+        q.push(bytes([48 + i]) * 100)
+    first = q.take(250)
+    assert first == [encode_frame(b"p", PONG), b"0" * 100, b"1" * 100]
+    assert q.pending == 800
+    assert q.take(10) == [b"2" * 100]  # at least one frame, even over the budget
+    assert q.take(10_000) == [bytes([48 + i]) * 100 for i in range(3, 10)]
+    assert q.pending == 0
+    assert q.pending == 0

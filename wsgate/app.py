@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import mimetypes
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.resources import files
 from typing import Any
 
@@ -18,7 +19,7 @@ from .broker import Broker, create_broker
 from .config import Registry, Settings, load_config
 from .errors import BrokerError, ConfigError
 from .gateway.hub import Hub
-from .gateway.router import Gateway
+from .gateway.router import Gateway, host_refusal
 from .observe.stats import GatewayStats
 
 __all__ = ["BROKER", "GATEWAY", "STATS", "build_app", "make_runner", "reload_config"]
@@ -26,6 +27,9 @@ __all__ = ["BROKER", "GATEWAY", "STATS", "build_app", "make_runner", "reload_con
 log = logging.getLogger("wsgate.app")
 
 _HANDLER_GRACE = 0.5
+# Answer whatever Host they name: probes often use the pod's IP (see server.allowed_hosts).
+_ANY_HOST = frozenset({"/healthz", "/readyz"})
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 GATEWAY = web.AppKey("gateway", Gateway)
 BROKER = web.AppKey("broker", Broker)
@@ -92,8 +96,15 @@ async def metrics(request: web.Request) -> web.Response:
 async def publish(request: web.Request) -> web.Response:
     if not _authorized(request):
         return _unauthorized()
+    timeout = request.app[GATEWAY].settings.config.server.handshake_timeout
     try:
-        body = PublishRequest.model_validate_json(await request.read())
+        # A body that never finishes would hold the connection (and a task) forever.
+        async with asyncio.timeout(timeout):
+            raw = await request.read()
+    except TimeoutError:
+        return web.json_response({"error": f"the request body did not arrive within {timeout:g}s"}, status=408)
+    try:
+        body = PublishRequest.model_validate_json(raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
@@ -105,6 +116,8 @@ async def publish(request: web.Request) -> web.Response:
                                   f"endpoints: {', '.join(gateway.routes)}"}, status=400)
     try:
         await gateway.publish(body.endpoint, body.room, body.data)
+    except ValueError:
+        return web.json_response({"error": "bad publish request: data: NaN and Infinity are not JSON"}, status=400)
     except BrokerError as exc:
         return web.json_response({"error": f"broker unavailable: {exc}"}, status=503)
     return web.json_response({"published": True})
@@ -145,6 +158,15 @@ async def static(request: web.Request) -> web.Response:
                         headers={"Cache-Control": "no-cache"})
 
 
+async def expect_continue(request: web.Request) -> None:
+    """aiohttp's own handler, minus echoing the value: a non-ASCII one made it answer 500."""
+    if request.version >= (1, 1) and request.headers.get("Expect"):
+        if request.headers["Expect"].lower() != "100-continue":
+            raise web.HTTPExpectationFailed(text="the only Expect this server knows is 100-continue\n")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+
+
 def make_runner(app: web.Application) -> web.AppRunner:
     """An AppRunner with wsgate's server settings applied."""
     server = app[GATEWAY].settings.config.server
@@ -178,13 +200,25 @@ def build_app(settings: Settings, registry: Registry | None = None) -> web.Appli
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(close_sockets)
     aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader(WEB_PACKAGE, "templates"), autoescape=True)
-    app.router.add_get("/", page)
-    app.router.add_get("/static/{name:.+}", static)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_post("/api/publish", publish)
-    app.router.add_post("/api/reload", reload)
-    app.router.add_get("/{tail:.*}", app[GATEWAY].handle)
+    for path, handler in (("/", page), ("/static/{name:.+}", static), ("/healthz", healthz), ("/readyz", readyz),
+                          ("/metrics", metrics)):
+        app.router.add_get(path, handler, expect_handler=expect_continue)
+    app.router.add_post("/api/publish", publish, expect_handler=expect_continue)
+    app.router.add_post("/api/reload", reload, expect_handler=expect_continue)
+    websocket_paths = app.router.add_get("/{tail:.*}", app[GATEWAY].handle, expect_handler=expect_continue).resource
+
+    @web.middleware
+    async def allowed_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Refuse a Host ``server.allowed_hosts`` does not allow (DNS rebinding), before any route.
+
+        Health probes often name the pod's IP, and answer nothing worth stealing. The
+        gateway's own route checks in its handshake policy, first thing."""
+        if request.path not in _ANY_HOST and request.match_info.route.resource is not websocket_paths:
+            refused = host_refusal(request, app[GATEWAY].settings.config.server)
+            if refused is not None:
+                return refused
+        return await handler(request)
+
+    app.middlewares.append(allowed_host)
     return app
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from .closecode import CloseCode
@@ -18,8 +18,6 @@ class _Link(Protocol):
 
     @property
     def closing(self) -> bool: ...
-
-    def send_frame(self, frame: bytes) -> bool: ...
 
     def close(self, code: int, reason: str) -> None: ...
 
@@ -36,11 +34,15 @@ class Connection:
     ``send_queue``, and the slow-client policy applies when the queue is full.
     """
 
-    __slots__ = ("__weakref__", "_link", "headers", "id", "path", "query", "remote", "state", "subprotocol")
+    __slots__ = ("__weakref__", "_deliver", "_link", "headers", "id", "path", "query", "remote", "state",
+                 "subprotocol")
 
-    def __init__(self, link: _Link, *, id: str, path: str, remote: str, headers: Mapping[str, str],
-                 query: Mapping[str, str], subprotocol: str | None) -> None:
+    def __init__(self, link: _Link, deliver: Callable[[bytes], bool], *, id: str, path: str, remote: str,
+                 headers: Mapping[str, str], query: Mapping[str, str], subprotocol: str | None) -> None:
         self._link = link
+        # Queues an encoded frame; False if refused. Broadcasts frame a message once and
+        # call this for every receiver, so it is the writer's own method, not a wrapper.
+        self._deliver = deliver
         self.id = id
         self.path = path
         self.remote = remote
@@ -59,16 +61,12 @@ class Connection:
 
         Raises ``ConnectionClosed`` if the connection is already closing.
         """
-        if not self._link.send_frame(encode(message)) and self._link.closing:
+        if not self._deliver(encode(message)) and self._link.closing:
             raise ConnectionClosed(f"connection {self.id} on {self.path} is closed")
 
     async def send_json(self, obj: Any) -> None:
-        """Queue ``obj`` encoded as JSON in a text message."""
-        await self.send(json.dumps(obj, separators=(",", ":")))
-
-    def _deliver(self, frame: bytes) -> bool:
-        """Queue an already encoded frame (broadcasts frame once for all); False if refused."""
-        return self._link.send_frame(frame)
+        """Queue ``obj`` encoded as compact JSON (UTF-8, not ``\\u`` escapes) in a text message."""
+        await self.send(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close after everything queued so far has been written.

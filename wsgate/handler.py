@@ -65,18 +65,25 @@ class Context:
         """Send ``message`` to every subscriber of ``topic`` on every instance."""
         raise NotImplementedError
 
-    async def publish_numbered(self, topic: str, event: Mapping[str, Any], keep: int) -> int | None:
+    async def publish_numbered(self, topic: str, event: Mapping[str, Any], keep: int,
+                               keep_for: float = 0.0) -> int | None:
         """Publish ``event`` as JSON with an ``"id"`` field added.
 
         Ids count 1, 2, 3 ... per topic across all instances, with no gaps, and are
-        delivered in id order. The last ``keep`` events are kept for ``history``.
+        delivered in id order. The last ``keep`` events are kept for ``history``. With
+        ``keep_for`` (seconds), a topic with no event for that long is forgotten: its
+        history, and its ids, which then start again from 1.
         Returns the id given. While the broker is unavailable the event still reaches
         this instance's subscribers, with ``"id": null``, and None is returned.
         """
         raise NotImplementedError
 
     async def history(self, topic: str, limit: int) -> list[dict[str, Any]]:
-        """The last ``limit`` numbered events of ``topic``, oldest first."""
+        """The last ``limit`` numbered events of ``topic``, oldest first.
+
+        Do not modify the list: while a connection here is subscribed to ``topic``, the
+        same list is returned until the topic changes.
+        """
         raise NotImplementedError
 
     async def claim(self, topic: str, member: str) -> bool:

@@ -41,8 +41,14 @@ class Broker(ABC):
     async def publish(self, channel: str, payload: bytes) -> None: ...
 
     @abstractmethod
-    async def publish_numbered(self, channel: str, head: bytes, tail: bytes, keep: int) -> int:
-        """Publish ``head + str(n) + tail`` where n is the channel's next number (from 1)."""
+    async def publish_numbered(self, channel: str, head: bytes, tail: bytes, keep: int,
+                               keep_for: float = 0.0) -> int:
+        """Publish ``head + str(n) + tail`` where n is the channel's next number (from 1).
+
+        The last ``keep`` payloads are kept for ``history``. With ``keep_for`` > 0, a
+        channel with nothing published for that many seconds loses its history and
+        its counter.
+        """
 
     @abstractmethod
     async def history(self, channel: str, limit: int) -> list[bytes]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 
 from .base import Broker, Delivery
 
@@ -14,11 +16,14 @@ class MemoryBroker(Broker):
 
     name = "memory"
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._subscribers: dict[str, Delivery] = {}
         self._counters: defaultdict[str, int] = defaultdict(int)
         self._history: dict[str, deque[bytes]] = {}
         self._presence: defaultdict[str, set[str]] = defaultdict(set)
+        self._clock = clock
+        self._expiry: dict[str, float] = {}  # channel -> when its history and counter go
+        self._next_sweep = 0.0
 
     async def subscribe(self, channel: str, deliver: Delivery) -> None:
         self._subscribers[channel] = deliver
@@ -31,7 +36,14 @@ class MemoryBroker(Broker):
         if deliver is not None:
             deliver(payload)
 
-    async def publish_numbered(self, channel: str, head: bytes, tail: bytes, keep: int) -> int:
+    async def publish_numbered(self, channel: str, head: bytes, tail: bytes, keep: int,
+                               keep_for: float = 0.0) -> int:
+        now = self._clock()
+        self._expire(now)
+        if keep_for > 0:
+            self._expiry[channel] = now + keep_for
+        else:
+            self._expiry.pop(channel, None)
         self._counters[channel] += 1
         number = self._counters[channel]
         payload = head + str(number).encode() + tail
@@ -44,6 +56,7 @@ class MemoryBroker(Broker):
         return number
 
     async def history(self, channel: str, limit: int) -> list[bytes]:
+        self._expire(self._clock())
         kept = self._history.get(channel)
         if not kept or limit <= 0:
             return []
@@ -65,3 +78,13 @@ class MemoryBroker(Broker):
 
     async def members(self, key: str) -> list[str]:
         return sorted(self._presence.get(key, ()))
+
+    def _expire(self, now: float) -> None:
+        """Forget channels idle past their keep_for; a sweep at most once a second."""
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + 1.0
+        for channel in [c for c, when in self._expiry.items() if when <= now]:
+            del self._expiry[channel]
+            self._counters.pop(channel, None)
+            self._history.pop(channel, None)

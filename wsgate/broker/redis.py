@@ -25,7 +25,8 @@ is False while either connection is known to be down, and True again once both a
 back and every subscription is restored.
 
 Keys, next to the channel name ``C``: ``C:seq`` (the counter), ``C:history`` (a list
-capped at ``keep``); presence sets use the keys the caller passes. Connections are
+capped at ``keep``), both expiring ``keep_for`` after the last numbered publish; presence
+sets use the keys the caller passes. Connections are
 named ``wsgate-cmd-PID`` and ``wsgate-sub-PID`` in ``CLIENT LIST``.
 """
 
@@ -62,6 +63,14 @@ local keep = tonumber(ARGV[3])
 if keep > 0 then
   redis.call('RPUSH', KEYS[2], payload)
   redis.call('LTRIM', KEYS[2], -keep, -1)
+end
+local keep_for = tonumber(ARGV[5])
+if keep_for > 0 then
+  redis.call('PEXPIRE', KEYS[1], keep_for)
+  redis.call('PEXPIRE', KEYS[2], keep_for)
+else
+  redis.call('PERSIST', KEYS[1])
+  redis.call('PERSIST', KEYS[2])
 end
 redis.call('PUBLISH', ARGV[4], payload)
 return n
@@ -223,13 +232,14 @@ class RedisBroker(Broker):
 
         await self._run("PUBLISH", run)
 
-    async def publish_numbered(self, channel: str, head: bytes, tail: bytes, keep: int) -> int:
+    async def publish_numbered(self, channel: str, head: bytes, tail: bytes, keep: int,
+                               keep_for: float = 0.0) -> int:
         script = self._numbered
 
         async def run(r: Redis) -> int:
             assert script is not None
             number = await script(keys=[f"{channel}:seq", f"{channel}:history"],
-                                  args=[head, tail, max(keep, 0), channel], client=r)
+                                  args=[head, tail, max(keep, 0), channel, round(keep_for * 1000)], client=r)
             return int(number)
 
         return await self._run("numbered PUBLISH", run)

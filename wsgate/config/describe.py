@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..policy.hosts import HostPolicy
 from ..policy.origin import OriginPolicy
 from .models import Endpoint, Settings
 
@@ -50,6 +51,8 @@ def describe_routes(settings: Settings) -> str:
         f"handshake timeout {_seconds(c.server.handshake_timeout)}, "
         f"shutdown timeout {_seconds(c.server.shutdown_timeout)}, "
         f"connections {c.server.max_connections or 'unlimited'}",
+        f"allowed hosts: {HostPolicy.from_config(c.server.allowed_hosts, c.server.host).describe()}; "
+        "/healthz and /readyz answer any host",
     ]
     for endpoint in settings.endpoints:
         lines += _describe(endpoint)

@@ -12,6 +12,7 @@ import re
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -23,6 +24,7 @@ from pydantic import (
 
 from ..errors import ConfigError
 from ..handler import Handler
+from ..policy.hosts import parse_host_pattern
 from ..policy.origin import parse_origin_pattern
 from .units import parse_duration, parse_size
 from .yamlsource import Located
@@ -45,6 +47,7 @@ Duration = Annotated[float, BeforeValidator(parse_duration, json_schema_input_ty
 Size = Annotated[int, BeforeValidator(parse_size, json_schema_input_type=int | str)]
 
 RESERVED_PATHS = ("/", "/healthz", "/readyz", "/metrics")
+MAX_MESSAGE_SIZE = 1 << 30
 RESERVED_PREFIXES = ("/static/", "/api/")
 _PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
 
@@ -108,6 +111,14 @@ class Policy(_Strict):
             raise ValueError("must be greater than 0")
         return value
 
+    @field_validator("max_message_size")
+    @classmethod
+    def _parseable(cls, value: int) -> int:
+        # aiohttp's frame reader counts message sizes in 32 bits.
+        if value > MAX_MESSAGE_SIZE:
+            raise ValueError("must be at most 1GiB")
+        return value
+
 
 POLICY_KEYS = tuple(Policy.model_fields)
 
@@ -142,6 +153,12 @@ class EndpointSpec(_EndpointBase):
         return {k: getattr(self, k) for k in POLICY_KEYS if k in self.model_fields_set}
 
 
+def _check_host(value: str) -> str:
+    if value != "*":
+        parse_host_pattern(value)
+    return value
+
+
 class ServerConfig(_Strict):
     """Where to listen and how to stop."""
 
@@ -152,6 +169,8 @@ class ServerConfig(_Strict):
     handshake_timeout: Duration = 10.0
     max_connections: int | None = Field(default=None, gt=0)
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    # None (unset) is not []: it means "loopback names on a loopback bind, else any".
+    allowed_hosts: list[Annotated[str, AfterValidator(_check_host)]] | None = None
 
 
 class ApiConfig(_Strict):

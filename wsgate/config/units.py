@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 __all__ = ["parse_duration", "parse_size"]
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+# ASCII digits only: \d would also take Arabic-Indic and other digits.
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
+MAX_DURATION = 365 * 24 * 3600.0  # a year: longer is a typo, and timers need finite numbers
+MAX_SIZE = 1 << 62
 _SIZE_UNITS = {
     None: 1,
     "B": 1,
@@ -26,13 +30,15 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 30, '500ms', '20s' or '2m', not a boolean")
     if isinstance(value, int | float):
-        seconds = float(value)
+        seconds = float(value) if abs(value) < 1e300 else math.inf
     elif isinstance(value, str) and (m := _DURATION.match(value)):
         seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
     else:
         raise ValueError(f"expected a duration such as 30, '500ms', '20s' or '2m', got {value!r}")
     if seconds < 0:
         raise ValueError(f"a duration cannot be negative, got {value!r}")
+    if not seconds <= MAX_DURATION:  # also NaN
+        raise ValueError(f"a duration must be at most a year (31536000 s), got {value!r}")
     return seconds
 
 
@@ -43,9 +49,12 @@ def parse_size(value: object) -> int:
     if isinstance(value, int):
         size = value
     elif isinstance(value, str) and (m := _SIZE.match(value)):
-        size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+        scaled = float(m.group(1)) * _SIZE_UNITS[m.group(2)]
+        size = int(scaled) if math.isfinite(scaled) else MAX_SIZE + 1
     else:
         raise ValueError(f"expected a size such as 65536, '64KiB' or '1MiB', got {value!r}")
     if size < 0:
         raise ValueError(f"a size cannot be negative, got {value!r}")
+    if size > MAX_SIZE:
+        raise ValueError(f"a size must be at most 2**62 bytes, got {value!r}")
     return size

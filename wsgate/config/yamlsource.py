@@ -65,24 +65,43 @@ def _walk(node: yaml.Node, path: Path, out: Located, problems: list[ConfigProble
             _walk(item, (*path, index), out, problems)
 
 
+def _line_column(text: str, index: int) -> tuple[int, int]:
+    """1-based line and column of ``text[index]``; YAML also breaks lines at \\x85, \\u2028..."""
+    lines = text[:index].splitlines(keepends=True)
+    if not lines or lines[-1] != lines[-1].splitlines()[0]:  # empty, or ends with a line break
+        return len(lines) + 1, 1
+    return len(lines), len(lines[-1]) + 1
+
+
 def load_yaml(text: str, file: str) -> Located:
     """Parse ``text``; raise ConfigError with file:line:col on syntax errors or duplicate keys."""
-    loader = yaml.SafeLoader(text)
+    def fail(line: int, column: int, message: str) -> ConfigError:
+        return ConfigError([ConfigProblem(file, line, column, "", message)])
+
+    loader: yaml.SafeLoader | None = None
     try:
+        loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
+        located = Located(file, data)
+        problems: list[ConfigProblem] = []
+        if node is not None:
+            _walk(node, (), located, problems)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise ConfigError(
-            [ConfigProblem(file, line, column, "", f"YAML syntax error: {exc.problem or exc}")]
-        ) from None
+        raise fail(line, column, f"YAML syntax error: {exc.problem or exc}") from None
+    except yaml.reader.ReaderError as exc:
+        char = exc.character if isinstance(exc.character, str) else chr(exc.character)
+        raise fail(*_line_column(text, exc.position), f"YAML cannot hold the character {char!r}; remove it") from None
+    except RecursionError:
+        raise fail(1, 1, "the document is nested too deeply") from None
+    except (ValueError, TypeError, IndexError, AttributeError, OverflowError) as exc:
+        # A scalar the YAML tags cannot build, such as the date 2020-13-45 or "!!int x".
+        raise fail(1, 1, f"YAML value error: {exc}") from None
     finally:
-        loader.dispose()
-    located = Located(file, data)
-    problems: list[ConfigProblem] = []
-    if node is not None:
-        _walk(node, (), located, problems)
+        if loader is not None:
+            loader.dispose()
     if problems:
         raise ConfigError(problems)
     return located

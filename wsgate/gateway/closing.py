@@ -34,22 +34,19 @@ class Phase(Enum):
 class CloseHandshake:
     """Which close frame to send, when the handshake is done, and the code to report."""
 
-    __slots__ = ("code", "phase", "reason")
+    __slots__ = ("code", "open", "phase", "reason")
 
     def __init__(self) -> None:
         self.phase = Phase.OPEN
+        self.open = True  # phase is OPEN; a plain attribute, read once per frame
         self.code: int | None = None  # what the connection ended with; None while open
         self.reason = ""
 
-    @property
-    def open(self) -> bool:
-        return self.phase is Phase.OPEN
-
     def start(self, code: int, reason: str) -> bool:
         """The server closes: True if a close frame with ``code`` must now be sent."""
-        if self.phase is not Phase.OPEN:
+        if not self.open:
             return False
-        self.phase = Phase.CLOSING
+        self.phase, self.open = Phase.CLOSING, False
         self.code, self.reason = code, reason
         return True
 
@@ -59,10 +56,10 @@ class CloseHandshake:
         None when the frame answers ours: the handshake is complete. An invalid code
         is a protocol error and is answered with 1002.
         """
-        if self.phase is not Phase.OPEN:
-            self.phase = Phase.CLOSED
+        first = self.open
+        self.phase, self.open = Phase.CLOSED, False
+        if not first:
             return None
-        self.phase = Phase.CLOSED
         if code is None:
             self.code, self.reason = CloseCode.NO_STATUS, ""
             return CloseCode.NORMAL, ""
@@ -78,14 +75,14 @@ class CloseHandshake:
         Nothing more can be read after this; the connection ends once the peer has
         had time to read the close frame.
         """
-        first = self.phase is Phase.OPEN
+        first = self.open
         if first:
             self.code, self.reason = code, reason
-        self.phase = Phase.CLOSED
+        self.phase, self.open = Phase.CLOSED, False
         return first
 
     def lost(self, code: int = CloseCode.ABNORMAL, reason: str = "") -> None:
         """The TCP connection is gone (or dropped on purpose with ``code``)."""
         if self.code is None:
             self.code, self.reason = code, reason
-        self.phase = Phase.CLOSED
+        self.phase, self.open = Phase.CLOSED, False

@@ -19,6 +19,9 @@ __all__ = ["Hub", "channel_name"]
 log = logging.getLogger("wsgate.hub")
 
 
+_NUMBERED = b't{"id":'  # how a numbered event's payload starts
+
+
 def channel_name(path: str, topic: str) -> str:
     return f"wsgate:{path}:{topic}"
 
@@ -35,6 +38,10 @@ class Hub:
         self._stats = stats
         self._local: dict[str, set[Connection]] = {}
         self._topics: dict[Connection, set[str]] = {}  # what each connection is subscribed to
+        # History of the channels subscribed here, kept until a numbered event arrives:
+        # a join then costs no broker round trip and no JSON parsing.
+        self._history: dict[str, tuple[int, list[dict[str, Any]]]] = {}
+        self._changes: dict[str, int] = {}  # numbered events seen per subscribed channel
         self._subscribing: dict[str, asyncio.Future[None]] = {}
 
     async def subscribe(self, conn: Connection, path: str, topic: str) -> None:
@@ -67,6 +74,8 @@ class Hub:
         members.discard(conn)
         if not members:
             del self._local[channel]
+            self._history.pop(channel, None)
+            self._changes.pop(channel, None)
             await self.broker.unsubscribe(channel)
 
     async def leave_all(self, conn: Connection, path: str) -> None:
@@ -77,6 +86,9 @@ class Hub:
         members = self._local.get(channel)
         if not members:
             return
+        if payload.startswith(_NUMBERED):
+            self._history.pop(channel, None)
+            self._changes[channel] = self._changes.get(channel, 0) + 1
         frame = encode_frame(payload[1:], TEXT if payload[:1] == b"t" else BINARY)
         for conn in members:
             conn._deliver(frame)
@@ -97,27 +109,41 @@ class Hub:
                 raise
             self._deliver(channel, payload)
 
-    async def publish_numbered(self, path: str, topic: str, event: Mapping[str, Any], keep: int) -> int | None:
+    async def publish_numbered(self, path: str, topic: str, event: Mapping[str, Any], keep: int,
+                               keep_for: float) -> int | None:
         """The id given, or None when the broker failed and only local subscribers got it."""
-        body = json.dumps({k: v for k, v in event.items() if k != "id"}, separators=(",", ":"))
-        head = b't{"id":'
+        body = json.dumps({k: v for k, v in event.items() if k != "id"}, separators=(",", ":"), ensure_ascii=False)
+        head = _NUMBERED
         tail = (("," + body[1:]) if body != "{}" else "}").encode()
         channel = channel_name(path, topic)
         try:
-            return await self.broker.publish_numbered(channel, head, tail, keep)
+            return await self.broker.publish_numbered(channel, head, tail, keep, keep_for)
         except BrokerError as exc:
             self._failed(channel, exc)
             self._deliver(channel, head + b"null" + tail)
             return None
 
     async def history(self, path: str, topic: str, limit: int) -> list[dict[str, Any]]:
-        """Kept numbered events; empty while the broker is unavailable."""
+        """Kept numbered events; empty while the broker is unavailable.
+
+        The same list is returned for a subscribed channel until it changes.
+        """
+        channel = channel_name(path, topic)
+        cached = self._history.get(channel)
+        if cached is not None and cached[0] == limit:
+            return cached[1]
+        changes = self._changes.get(channel, 0)
         try:
-            payloads = await self.broker.history(channel_name(path, topic), limit)
+            payloads = await self.broker.history(channel, limit)
         except BrokerError as exc:
-            log.warning("history of %s unavailable: %s", channel_name(path, topic), exc)
+            log.warning("history of %s unavailable: %s", channel, exc)
             return []
-        return [json.loads(p[1:]) for p in payloads]
+        events = [json.loads(p[1:]) for p in payloads]
+        # Cache only what no numbered event overtook while the broker answered; without
+        # a local subscriber nothing would tell this instance that the channel changed.
+        if channel in self._local and channel not in self._subscribing and self._changes.get(channel, 0) == changes:
+            self._history[channel] = (limit, events)
+        return events
 
     def _failed(self, channel: str, exc: BrokerError) -> None:
         self._stats.broker_publish_failures += 1

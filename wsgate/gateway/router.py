@@ -9,13 +9,16 @@ import itertools
 import json
 import logging
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from ..closecode import CloseCode
 from ..config import Endpoint, Settings
+from ..config.models import ServerConfig
 from ..observe.logs import redact_query
 from ..observe.stats import GatewayStats
+from ..policy.hosts import host_policy
 from ..policy.limits import Admission
 from ..policy.proxies import client_address, client_scheme
 from .endpoint import LiveEndpoint
@@ -24,9 +27,27 @@ from .session import Services, Session, access_log
 from .timers import TimerWheel
 from .writer import Flusher
 
-__all__ = ["Gateway"]
+__all__ = ["Gateway", "host_refusal"]
 
 log = logging.getLogger("wsgate.gateway")
+
+
+def host_refusal(request: web.Request, server: ServerConfig) -> web.Response | None:
+    """400 if the request names a host ``server.allowed_hosts`` does not allow (DNS rebinding).
+
+    Both the ``Host`` header lines and an absolute-form target's authority are checked:
+    aiohttp takes the request's host from the latter, and same-origin compares with it.
+    """
+    hosts = list(request.headers.getall("Host", ()))
+    if not request.raw_path.startswith("/") and (authority := urlsplit(request.raw_path).netloc):
+        hosts.append(authority.rpartition("@")[2])  # userinfo is a credential, not a host
+    policy = host_policy(None if server.allowed_hosts is None else tuple(server.allowed_hosts), server.host)
+    refused = policy.refused(hosts)
+    if refused is None:
+        return None
+    log.warning("host refused: %r for %s from %s (allowed: %s)",
+                refused, request.path, request.remote, policy.describe())
+    return web.Response(status=400, text=policy.refusal(refused))
 
 
 class Gateway:
@@ -100,7 +121,13 @@ class Gateway:
                 # aiohttp refuses a message of exactly max_msg_size; ours is the largest allowed.
                 max_msg_size=policy.max_message_size + 1,
             )
-            await ws.prepare(request)
+            try:
+                await ws.prepare(request)
+            except (UnicodeError, ValueError):
+                # A handshake header that is not ASCII (Sec-WebSocket-Key: \x80, ...).
+                return web.Response(status=400, text="malformed WebSocket handshake headers\n")
+            except ConnectionError:
+                return web.Response(status=400)  # the client left during the handshake; nobody reads this
             session = Session(self._services, live, ws, request, remote, f"c{next(self._ids)}")
             live.stats.open += 1
             live.stats.connections += 1
@@ -124,6 +151,9 @@ class Gateway:
 
     def _admit(self, request: web.Request) -> web.Response | tuple[LiveEndpoint, str, str | None]:
         """Handshake policy: a refusal, or the endpoint, client address and origin (a slot booked)."""
+        refused = host_refusal(request, self.settings.config.server)
+        if refused is not None:
+            return refused
         live = self.routes.get(request.path)
         if live is None:
             return web.Response(status=404, text=f"no endpoint at {request.path}\n")
@@ -133,14 +163,20 @@ class Gateway:
                 text=f"{request.path} is a WebSocket endpoint: connect with a WebSocket client "
                      "(the request needs 'Upgrade: websocket'). The test page is at /.\n",
             )
+        if request.method != "GET" or request.version < (1, 1):
+            # RFC 6455 section 4.1: the opening handshake is an HTTP/1.1 (or later) GET.
+            return web.Response(status=400, text="a WebSocket handshake is a GET over HTTP/1.1 or later\n")
         if self.draining:
             return web.Response(status=503, text="the server is shutting down\n")
         stats = live.stats
         origin = request.headers.get("Origin")
         peer = request.remote or "?"
         proxies = self.settings.config.server.trusted_proxies
-        remote = client_address(peer, request.headers.get("X-Forwarded-For"), proxies)
-        scheme = client_scheme(peer, request.headers.get("X-Forwarded-Proto"), proxies, request.scheme)
+        # Every header line, in order (RFC 9110 section 5.3): reading only the first would
+        # believe a line the client sent ahead of its proxy's.
+        remote = client_address(peer, ",".join(request.headers.getall("X-Forwarded-For", ())), proxies)
+        scheme = client_scheme(peer, ",".join(request.headers.getall("X-Forwarded-Proto", ())), proxies,
+                               request.scheme)
         if not live.origin_policy.allows(origin, request.host, scheme):
             stats.origin_rejections += 1
             log.warning("origin refused: %r on %s from %s (allowed: %s)",
@@ -156,9 +192,11 @@ class Gateway:
     async def publish(self, path: str, room: str, data: Any) -> None:
         """Send ``{"type": "publish", "room", "data"}`` to ``room`` subscribers on every instance.
 
-        Raises BrokerError when the broker did not take it (nothing was delivered).
+        Raises BrokerError when the broker did not take it (nothing was delivered), and
+        ValueError when ``data`` has no JSON form (NaN and infinities have none).
         """
-        message = json.dumps({"type": "publish", "room": room, "data": data}, separators=(",", ":"))
+        message = json.dumps({"type": "publish", "room": room, "data": data}, separators=(",", ":"),
+                             ensure_ascii=False, allow_nan=False)
         await self.hub.publish(path, room, message, strict=True)
 
     async def shutdown(self, code: int, timeout: float) -> None:  # noqa: ASYNC109 - a drain budget, not a wait

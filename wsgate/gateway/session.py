@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from aiohttp import EofStream, WebSocketError, WSMsgType, web
@@ -17,7 +16,7 @@ from ..policy.keepalive import Action, KeepAlive
 from ..policy.limits import TokenBucket
 from .closing import CloseHandshake
 from .endpoint import LiveEndpoint
-from .sendqueue import Push, SendQueue
+from .sendqueue import SendQueue
 from .timers import TimerWheel
 from .writer import Deflate, Flusher, Writer
 
@@ -75,9 +74,9 @@ class Session:
         # client still sending before it reads why (see closing.py).
         self.incoming = ws._reader
         queue = SendQueue(policy.send_queue, drop=policy.slow_client == "drop")
-        self.writer = Writer(transport, services.flusher, queue, _deflate(ws))
-        self.conn = Connection(self, id=conn_id, path=live.path, remote=remote, headers=request.headers,
-                               query=request.query, subprotocol=ws.ws_protocol)
+        self.writer = Writer(transport, services.flusher, queue, live.stats, self._overflow, _deflate(ws))
+        self.conn = Connection(self, self.writer.send, id=conn_id, path=live.path, remote=remote,
+                               headers=request.headers, query=request.query, subprotocol=ws.ws_protocol)
         now = self.loop.time()
         hb = policy.heartbeat
         self.keepalive = KeepAlive(hb.interval, hb.timeout, policy.idle_timeout, now)
@@ -91,17 +90,9 @@ class Session:
     def closing(self) -> bool:
         return not self.handshake.open
 
-    def send_frame(self, frame: bytes) -> bool:
-        outcome = self.writer.send(frame)
-        if outcome is Push.QUEUED:
-            stats = self.live.stats
-            stats.messages_out += 1
-            stats.bytes_out += len(frame)
-            return True
-        if outcome is Push.OVERFLOW:
-            self.live.stats.slow_client_closes += 1
-            self.close(CloseCode.POLICY_VIOLATION, "slow consumer")
-        return False
+    def _overflow(self) -> None:
+        self.live.stats.slow_client_closes += 1
+        self.close(CloseCode.POLICY_VIOLATION, "slow consumer")
 
     def close(self, code: int, reason: str) -> None:
         """Send the close frame after queued data; TCP closes on the client's answer or at close_timeout."""
@@ -137,21 +128,22 @@ class Session:
         if self.keepalive.enabled:
             self.on_timer()
         try:
-            await self._hook(live.handler.on_connect(conn), "on_connect")
+            try:
+                await live.handler.on_connect(conn)
+            except ConnectionClosed:
+                pass  # the handler sent to a connection that is closing: not its fault
+            except Exception:
+                self._crashed("on_connect")
             await self._receive()
         finally:
             await self._finish()
 
-    async def _hook(self, call: Awaitable[None], name: str) -> None:
-        try:
-            await call
-        except ConnectionClosed:
-            pass  # the handler sent to a connection that is closing: not its fault
-        except Exception:
-            self.live.stats.handler_errors += 1
-            log.exception("handler %s raised in %s on connection %s (%s)",
-                          self.live.endpoint.handler_ref, name, self.conn.id, self.live.path)
-            self.close(CloseCode.INTERNAL_ERROR, "internal error")
+    def _crashed(self, hook: str) -> None:
+        """Log the running exception once and close this connection with 1011."""
+        self.live.stats.handler_errors += 1
+        log.exception("handler %s raised in %s on connection %s (%s)",
+                      self.live.endpoint.handler_ref, hook, self.conn.id, self.live.path)
+        self.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     async def _receive(self) -> None:
         live, conn, handshake, writer = self.live, self.conn, self.handshake, self.writer
@@ -195,11 +187,23 @@ class Session:
                 elif accepts != "any" and (kind is WSMsgType.TEXT) != (accepts == "text"):
                     self.close(CloseCode.UNSUPPORTED_DATA, f"this endpoint accepts only {accepts} messages")
                 else:
-                    await self._hook(on_message(conn, data), "on_message")
+                    try:
+                        await on_message(conn, data)
+                    except ConnectionClosed:
+                        pass
+                    except Exception:
+                        self._crashed("on_message")
             elif kind is WSMsgType.PING:
-                keepalive.last_seen = loop.time()
-                if handshake.open:
-                    writer.pong(msg.data)
+                now = loop.time()
+                keepalive.last_seen = now
+                if not handshake.open:
+                    continue
+                # Pings cost a pong each: they draw on the same budget as messages.
+                if bucket is not None and not bucket.take(now):
+                    stats.limit_rejections["rate"] += 1
+                    self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+                    continue
+                writer.pong(msg.data)
             elif kind is WSMsgType.PONG:
                 keepalive.last_seen = loop.time()
             elif kind is WSMsgType.CLOSE:

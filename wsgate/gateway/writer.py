@@ -6,21 +6,25 @@ per event loop writes every dirty connection's queue with a single ``write`` on 
 next loop pass. The first frame of a pass goes out at once, so that a peer waiting
 for an answer gets it while the rest of the pass is processed.
 
-Above ``TRANSPORT_HIGH_WATER`` bytes waiting in the transport, frames stay in the
-``SendQueue``, where its byte bound and the slow-client policy apply.
+The transport is given at most ``TRANSPORT_HIGH_WATER`` bytes to hold; the rest stays
+in the ``SendQueue``, where its byte bound and the slow-client policy apply. So what a
+client that stops reading costs is bounded by ``send_queue`` plus that mark.
 """
 
 from __future__ import annotations
 
 import asyncio
 import zlib
+from collections.abc import Callable
 
+from ..observe.stats import EndpointStats
 from .frames import CLOSE, PING, PONG, RSV1, close_payload, encode_frame, split_frame
 from .sendqueue import Push, SendQueue
 
 __all__ = ["TRANSPORT_HIGH_WATER", "Deflate", "Flusher", "Writer"]
 
 TRANSPORT_HIGH_WATER = 64 * 1024
+_QUEUED = Push.QUEUED  # a module constant: this comparison runs once per frame
 _RETRY_DELAY = 0.01
 _DEFLATE_TAIL = b"\x00\x00\xff\xff"
 
@@ -82,32 +86,45 @@ class Deflate:
 class Writer:
     """One connection's queue and transport: queued frames in, bytes out, in order."""
 
-    __slots__ = ("_deflate", "_flusher", "_scheduled", "_transport", "frames", "queue")
+    __slots__ = ("_deflate", "_flusher", "_on_overflow", "_scheduled", "_stats", "_transport", "frames", "queue")
 
-    def __init__(self, transport: asyncio.Transport, flusher: Flusher, queue: SendQueue,
-                 deflate: Deflate | None = None) -> None:
+    def __init__(self, transport: asyncio.Transport, flusher: Flusher, queue: SendQueue, stats: EndpointStats,
+                 on_overflow: Callable[[], None], deflate: Deflate | None = None) -> None:
         self._transport = transport
         self._flusher = flusher
+        self._stats = stats
+        self._on_overflow = on_overflow
         self._deflate = deflate
         self._scheduled = False
         self.queue = queue
         self.frames = 0  # data frames accepted, for the access log
 
-    def send(self, frame: bytes) -> Push:
-        """Queue a data frame, or write it now if it is the first of this loop pass."""
+    def send(self, frame: bytes) -> bool:
+        """Queue a data frame, or write it now if it is the first of this loop pass.
+
+        False if it was refused: the connection is closing, or the queue overflowed
+        (``on_overflow`` has then been called).
+        """
         queue = self.queue
         if (
-            not queue and not queue.sealed and not self._scheduled and self._deflate is None
+            not queue.pending and not self._scheduled and not queue.sealed and self._deflate is None
             and self._flusher.first_of_pass() and self._writable()
         ):
-            self.frames += 1
             self._transport.write(frame)
-            return Push.QUEUED
-        outcome = queue.push(frame)
-        if outcome is Push.QUEUED:
-            self.frames += 1
-            self._schedule()
-        return outcome
+        else:
+            outcome = queue.push(frame)
+            if outcome is not _QUEUED:
+                if outcome is Push.OVERFLOW:
+                    self._on_overflow()
+                return False
+            if not self._scheduled:
+                self._scheduled = True
+                self._flusher.mark(self)
+        self.frames += 1
+        stats = self._stats
+        stats.messages_out += 1
+        stats.bytes_out += len(frame)
+        return True
 
     def ping(self, payload: bytes = b"") -> None:
         self.queue.push_ping(encode_frame(payload, PING))
@@ -127,30 +144,32 @@ class Writer:
 
     def flush(self) -> None:
         self._scheduled = False
-        if not self.queue:
+        if not self.queue.pending:
             return
         if self._transport.is_closing():
             self.queue.clear()
-        elif self._transport.get_write_buffer_size() > TRANSPORT_HIGH_WATER:
+            return
+        room = TRANSPORT_HIGH_WATER - self._transport.get_write_buffer_size()
+        if room > 0:
+            frames = self.queue.take(room)
+            if self._deflate is not None:
+                frames = [self._deflate.frame(f) for f in frames]
+            self._transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        if self.queue.pending:
             self._scheduled = True
             self._flusher.later(self)
-        else:
-            self._write_queued()
-
-    def _write_queued(self) -> None:
-        frames = self.queue.take()
-        if self._deflate is not None:
-            frames = [self._deflate.frame(f) for f in frames]
-        self._transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     def close_frame(self, code: int, reason: str) -> None:
         """Everything queued (past the high-water mark too), then the close frame, then nothing."""
         self.queue.seal()
         if self._transport.is_closing():
             return
-        if self.queue:
-            self._write_queued()
-        self._transport.write(encode_frame(close_payload(code, reason), CLOSE))
+        frames = self.queue.take()
+        if self._deflate is not None:
+            frames = [self._deflate.frame(f) for f in frames]
+        frames.append(encode_frame(close_payload(code, reason), CLOSE))
+        # Frame by frame: the transport keeps each one, where a join would copy them all.
+        self._transport.writelines(frames)
 
     def finish_writing(self) -> None:
         """Half-close (TCP FIN) after what was written: the peer sees the end, and may still send."""

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ..closecode import CloseCode
 from .stats import EndpointStats, GatewayStats
 
 __all__ = ["render_metrics"]
+
+_KNOWN_CODES = frozenset(CloseCode)
+
+
+def _code_label(code: int) -> str:
+    """The code itself for the registered ones; a bucket for application codes, so that
+    clients choosing codes cannot mint a series each."""
+    if code in _KNOWN_CODES:
+        return str(code)
+    if 3000 <= code <= 4999:
+        return f"{code // 1000}xxx"
+    return "other"
+
 
 _COUNTERS: tuple[tuple[str, str, Callable[[EndpointStats], int]], ...] = (
     ("wsgate_connections", "WebSocket connections accepted", lambda s: s.connections),
@@ -45,8 +60,11 @@ class _Collector(Collector):
         limits = CounterMetricFamily("wsgate_limit_rejections", "Refusals and closes by a limit",
                                      labels=["endpoint", "limit"])
         for path, s in endpoints:
-            for code, n in sorted(s.close_codes.items()):
-                closes.add_metric([path, str(code)], n)
+            by_label: Counter[str] = Counter()
+            for code, n in s.close_codes.items():
+                by_label[_code_label(code)] += n
+            for label, n in sorted(by_label.items()):
+                closes.add_metric([path, label], n)
             for limit, n in sorted(s.limit_rejections.items()):
                 limits.add_metric([path, limit], n)
         yield closes
