@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from conftest import WsgateProcess
+from conftest import WsgateProcess, free_port
 from playwright.async_api import Browser, Locator, Page, async_playwright, expect
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -265,3 +265,15 @@ async def test_page_is_usable_on_a_phone_viewport(
         for selector in ("#connectButton", "#sendButton", "#closeButton"):
             await assert_on_screen(page, selector)
         await page.screenshot(path=artifacts / "browser-phone-closed.png", full_page=True)
+
+
+async def test_a_server_that_is_not_running_is_reported_as_such(
+    browser: Browser, wsgate_process: Start, write_config: WriteConfig,
+) -> None:
+    page_gw = wsgate_process(write_config(gateway_config()))
+    async with open_page(browser, page_gw.url + "/") as page:
+        await page.fill("#connectionUrl", f"ws://127.0.0.1:{free_port()}/ws")  # nothing listens there
+        await page.click("#connectButton")
+        await expect(page.locator("body")).to_have_attribute("data-socket-state", "failed")
+        unreachable = re.compile(r"^Could not connect: the server does not answer")
+        await expect(logged(page, "error")).to_have_text([unreachable])

@@ -371,7 +371,7 @@ def test_unknown_handler_option_lists_the_options() -> None:
         "      histroy: 3\n"
     )
     assert_problem(one_problem(text), 7, 7, "endpoints[1].options.histroy", "unknown key",
-                   "allowed keys: history, max_text, default_room")
+                   "did you mean 'history'?", "allowed keys: history, history_bytes, keep_for, max_text, max_rooms")
 
 
 def test_handler_without_options_refuses_any_option() -> None:
@@ -655,7 +655,7 @@ def test_check_on_the_shipped_config(tmp_path: Path) -> None:
     out = result.stdout
     assert re.search(r"^/ws\s+->\s+echo\b", out, re.M), out
     assert re.search(r"^/chat\s+->\s+chat\b", out, re.M), out
-    assert "listening on 127.0.0.1:8080" in out
+    assert "would listen on 127.0.0.1:8080" in out
     assert "wsgate listening on http" not in out  # check binds nothing
 
 

@@ -99,7 +99,8 @@ async def test_unknown_ticker_options_name_the_allowed_ones(write_config: Callab
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
-        f"{config}:2:43: endpoints[0].options.interval: unknown key; allowed keys: interval_ms, start"
+        f"{config}:2:43: endpoints[0].options.interval: unknown key; did you mean 'interval_ms'? "
+        "allowed keys: interval_ms, start"
     )
 
 

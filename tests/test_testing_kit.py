@@ -153,7 +153,7 @@ async def test_run_gateway_validates_like_config_yaml() -> None:
     lines = str(info.value).splitlines()
     assert len(lines) == 2
     assert lines[0].startswith("<run_gateway>:")
-    assert lines[0].endswith("endpoints[0].options.prefx: unknown key; allowed keys: prefix")
+    assert lines[0].endswith("endpoints[0].options.prefx: unknown key; did you mean 'prefix'? allowed keys: prefix")
     assert "endpoints[1].handler: unknown handler 'nope'" in lines[1]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from . import __version__
 from .app import GATEWAY, build_app, make_runner, reload_config
 from .closecode import CloseCode
 from .config import Registry, Settings, load_config
@@ -28,7 +30,7 @@ from .config.schema import config_schema
 from .errors import BrokerError, ConfigError
 from .observe.logs import setup_logging
 
-__all__ = ["main"]
+__all__ = ["listen_error_message", "main"]
 
 log = logging.getLogger("wsgate")
 
@@ -46,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
                    help="event loop; auto uses uvloop where installed")
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--version", action="version", version=f"wsgate {__version__}")
     return p
 
 
@@ -71,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     if args.check or args.command in ("check", "routes"):
+        if args.check or args.command == "check":
+            print(f"{settings.file} is valid: {len(settings.endpoints)} endpoint(s); nothing was bound")
         print(describe_routes(settings))
         return 0
     setup_logging(settings.config.logging.level, settings.config.logging.format)
@@ -102,14 +107,13 @@ async def _serve(settings: Settings, registry: Registry, *, reuse_port: bool) ->
     runner = make_runner(app)
     await runner.setup()
     site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port or None, backlog=4096)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        print(listen_error_message(server.host, server.port, exc), file=sys.stderr, flush=True)
+        await runner.cleanup()
+        return 2
     gateway = app[GATEWAY]
-    for address in runner.addresses:
-        host, port = address[0], address[1]
-        shown = f"[{host}]" if ":" in host else host
-        print(f"wsgate listening on http://{shown}:{port}/ "
-              f"({', '.join(f'{p} {r.endpoint.handler_ref}' for p, r in gateway.routes.items())})", flush=True)
-
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reloads: set[asyncio.Task[None]] = set()
@@ -136,11 +140,32 @@ async def _serve(settings: Settings, registry: Registry, *, reuse_port: bool) ->
     loop.add_signal_handler(signal.SIGINT, request_stop, CloseCode.GOING_AWAY)
     loop.add_signal_handler(signal.SIGUSR1, request_stop, CloseCode.SERVICE_RESTART)
     loop.add_signal_handler(signal.SIGHUP, request_reload)
+    # Announced only now: a supervisor (or test) that signals on this line must find the
+    # handlers in place, or SIGHUP's default action would end the process.
+    for address in runner.addresses:
+        host, port = address[0], address[1]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"wsgate listening on http://{shown}:{port}/ "
+              f"({', '.join(f'{p} {r.endpoint.handler_ref}' for p, r in gateway.routes.items())})", flush=True)
     await stop.wait()
     log.info("draining: closing %d connection(s) with %d", len(gateway.sessions), gateway.shutdown_code)
     await gateway.shutdown(gateway.shutdown_code, server.shutdown_timeout)
     await runner.cleanup()
     return 0
+
+
+def listen_error_message(host: str, port: int, exc: OSError) -> str:
+    """One line saying why ``host:port`` cannot be bound and what to do about it."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"cannot listen on {where}: address already in use — is another wsgate running? use --port"
+    if exc.errno == errno.EACCES:
+        hint = "ports below 1024 need privileges; use --port" if 0 < port < 1024 else "use another --port"
+        return f"cannot listen on {where}: permission denied — {hint}"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {where}: no such address on this machine — check server.host or use --host"
+    reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+    return f"cannot listen on {where}: {reason} — check server.host and server.port (--host, --port)"
 
 
 def _supervise(args: argparse.Namespace, workers: int) -> int:

@@ -8,6 +8,7 @@ shared state (a chat keeps its rooms there).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal
@@ -52,6 +53,10 @@ class Context:
         The frame is encoded once; returns how many connections it was queued to.
         """
         raise NotImplementedError
+
+    def broadcast_json(self, obj: Any, connections: Collection[Connection] | None = None) -> int:
+        """``broadcast`` of ``obj`` as compact JSON, encoded as ``Connection.send_json`` does."""
+        return self.broadcast(json.dumps(obj, separators=(",", ":"), ensure_ascii=False), connections)
 
     async def subscribe(self, conn: Connection, topic: str) -> None:
         """Deliver what is published on ``topic`` to ``conn`` until it leaves or closes."""

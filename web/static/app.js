@@ -12,7 +12,23 @@
 
   const REFUSED_MESSAGE =
     "Could not connect: the server refused the WebSocket handshake " +
-    "(check the endpoint's allowed origins, or that the path is a WebSocket endpoint).";
+    "(check the endpoint's allowed origins and hosts, its connection limits, " +
+    "or that the path is a WebSocket endpoint).";
+  const UNREACHABLE_MESSAGE =
+    "Could not connect: the server does not answer (is wsgate running, on this host and port?).";
+
+  // A browser reports every failed handshake the same way (1006), whether the server
+  // refused it or is not there at all. Any answer from the same server's /healthz (an
+  // opaque one, when it is another origin) means it is there and refused.
+  async function whyNotConnected(socketUrl) {
+    try {
+      const health = new URL("/healthz", socketUrl.replace(/^ws/, "http"));
+      await fetch(health, { mode: "no-cors", cache: "no-store" });
+      return REFUSED_MESSAGE;
+    } catch {
+      return UNREACHABLE_MESSAGE;
+    }
+  }
 
   let socket = null;
   let wasOpened = false;
@@ -177,7 +193,7 @@
     if (wasOpened) {
       setState(`Closed. Code: ${code}, Reason: ${reason}${note}`, "closed");
     } else {
-      addRow("error", "Client", "Server", REFUSED_MESSAGE);
+      whyNotConnected(event.target.url).then((message) => addRow("error", "Client", "Server", message));
       setState(`Closed. Code: ${event.code}, Reason: could not connect`, "failed");
     }
     const [from, to] = closeRequest ? ["Client", "Server"] : ["Server", "Client"];

@@ -46,7 +46,7 @@ def _describe(endpoint: Endpoint) -> list[str]:
 def describe_routes(settings: Settings) -> str:
     c = settings.config
     lines = [
-        f"config {settings.file}: listening on {c.server.host}:{c.server.port}, "
+        f"config {settings.file}: would listen on {c.server.host}:{c.server.port}, "
         f"{c.server.workers} worker(s), broker {c.broker}, API {'on' if c.api.token else 'off'}, "
         f"handshake timeout {_seconds(c.server.handshake_timeout)}, "
         f"shutdown timeout {_seconds(c.server.shutdown_timeout)}, "

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
+import importlib
 import os
 import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Union
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ValidationError
 
@@ -60,13 +63,59 @@ def _problems(exc: ValidationError, model: type[BaseModel], src: Located,
         if isinstance(ctx_error, _LocatedValueError):
             loc, message = ctx_error.loc, str(ctx_error)
         elif error["type"] == "extra_forbidden":
-            allowed = _allowed_keys(model, loc[:-1])
-            message = "unknown key" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
+            allowed = _allowed_keys(model, loc[:-1]) or []
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1) if loc else []
+            message = f"unknown key; did you mean {close[0]!r}?" if close else "unknown key"
+            if allowed:
+                message += f"{' ' if close else '; '}allowed keys: {', '.join(allowed)}"
         elif error["type"] == "missing":
             message = "this key is required"
         full = (*prefix, *loc)
         problems.append(src.problem(full, message))
     return problems
+
+
+def _duplicate_paths(raw: object, src: Located) -> list[ConfigProblem]:
+    """Duplicate ``path:`` values in the raw ``endpoints`` list.
+
+    Config's own uniqueness check runs only once every field is valid; this one lets a
+    single run report duplicates together with the other mistakes."""
+    problems = []
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(raw if isinstance(raw, list) else []):
+        path = entry.get("path") if isinstance(entry, dict) else None
+        if not isinstance(path, str):
+            continue
+        if path in seen:  # the same words as Config._unique_paths, so both reports collapse into one
+            problems.append(src.problem(("endpoints", index, "path"),
+                                        f"duplicate path {path!r}, already used by endpoints[{seen[path]}]"))
+        else:
+            seen[path] = index
+    return problems
+
+
+def _shown_url(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+
+
+def _broker_problem(data: dict[str, Any], src: Located) -> ConfigProblem | None:
+    """A problem if the broker is Redis but the ``redis`` package cannot be imported."""
+    broker = data.get("broker")
+    if not isinstance(broker, str) or not broker.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    try:
+        importlib.import_module("redis")
+    except ImportError:
+        line, column = src.where(("broker",))
+        origin = " (from WSGATE_BROKER)" if os.environ.get("WSGATE_BROKER") else ""
+        return ConfigProblem(src.file, line, column, "",
+                             f"broker {_shown_url(broker)}{origin}: the redis package is not installed: "
+                             "pip install 'wsgate[redis]'")
+    return None
 
 
 # --- loading ---------------------------------------------------------------------------
@@ -102,12 +151,16 @@ def parse_config(text: str, file: str, registry: Registry) -> Settings:
         raise ConfigError([src.problem((), "the file must be a mapping with at least an 'endpoints:' list")])
     data = dict(src.data)
     _apply_env(data)
+    broker_problem = _broker_problem(data, src)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
         # Also check the handlers of well-formed entries, so one run reports everything.
         problems = _problems(exc, Config, src)
         raw = data.get("endpoints")
+        problems += _duplicate_paths(raw, src)
+        if broker_problem:
+            problems.append(broker_problem)
         for index, entry in enumerate(raw if isinstance(raw, list) else []):
             if isinstance(entry, dict) and isinstance(entry.get("handler"), str):
                 options = entry.get("options", {})
@@ -115,7 +168,7 @@ def parse_config(text: str, file: str, registry: Registry) -> Settings:
                          problems)
         raise ConfigError(sorted(set(problems), key=lambda p: (p.line, p.column))) from None
 
-    problems = []
+    problems = [broker_problem] if broker_problem else []
     endpoints = []
     global_policy = config.policy.model_dump(exclude_unset=True)
     for index, spec in enumerate(config.endpoints):
@@ -144,8 +197,13 @@ def load_config(path: str | Path, registry: Registry) -> Settings:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        problem = ConfigProblem(str(path), 1, 1, "", f"cannot read the config file: there is no file "
+                                f"{path.absolute()}; create it, or pass --config PATH to use another file")
+        raise ConfigError([problem]) from None
     except OSError as exc:
-        problem = ConfigProblem(str(path), 1, 1, "", f"cannot read the config file: {exc.strerror}")
+        problem = ConfigProblem(str(path), 1, 1, "",
+                                f"cannot read the config file {path.absolute()}: {exc.strerror}")
         raise ConfigError([problem]) from None
     registry.add_search_path(path.resolve().parent)
     return parse_config(text, str(path), registry)

@@ -11,6 +11,7 @@ without ``__init__.py``, even with its own ``chat.py``) never shadows them.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 from importlib.metadata import entry_points
@@ -90,12 +91,26 @@ class Registry:
             self._load_entry_points()
             if value not in self._sources:
                 raise HandlerLoadError(
-                    f"unknown handler {value!r}; known handlers: {', '.join(self.names())}, "
+                    f"unknown handler {value!r};{self._suggest(value)} known handlers: {', '.join(self.names())}, "
                     "or write 'module.path:ClassName' for your own"
                 )
             cls = self._import(self._sources[value][0])
         self._cache[value] = cls
         return cls
+
+    def _suggest(self, value: str) -> str:
+        """`` did you mean '...'?`` for a near-miss name or a dotted ``module.Class``; else ''."""
+        module_name, dot, attr = value.rpartition(".")
+        if dot and module_name and attr:
+            ref = f"{module_name}:{attr}"
+            try:
+                self._import(ref)
+            except HandlerLoadError:
+                pass
+            else:
+                return f" did you mean {ref!r}?"
+        close = difflib.get_close_matches(value, self.names(), n=1)
+        return f" did you mean {close[0]!r}?" if close else ""
 
     @staticmethod
     def _import(ref: str) -> type[Handler]:
