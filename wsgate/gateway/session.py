@@ -209,7 +209,7 @@ class Session:
             elif kind is WSMsgType.CLOSE:
                 answer = handshake.received(msg.data or None, msg.extra or "")
                 if answer is not None:
-                    writer.close_frame(*answer)
+                    writer.close_frame(*answer, now=True)
                 writer.close()
                 return
 

@@ -86,7 +86,8 @@ class Deflate:
 class Writer:
     """One connection's queue and transport: queued frames in, bytes out, in order."""
 
-    __slots__ = ("_deflate", "_flusher", "_on_overflow", "_scheduled", "_stats", "_transport", "frames", "queue")
+    __slots__ = ("_deflate", "_eof_after_last", "_flusher", "_last", "_on_overflow", "_scheduled", "_stats",
+                 "_transport", "frames", "queue")
 
     def __init__(self, transport: asyncio.Transport, flusher: Flusher, queue: SendQueue, stats: EndpointStats,
                  on_overflow: Callable[[], None], deflate: Deflate | None = None) -> None:
@@ -96,6 +97,8 @@ class Writer:
         self._on_overflow = on_overflow
         self._deflate = deflate
         self._scheduled = False
+        self._last: bytes | None = None  # the close frame, waiting behind queued data
+        self._eof_after_last = False
         self.queue = queue
         self.frames = 0  # data frames accepted, for the access log
 
@@ -144,36 +147,51 @@ class Writer:
 
     def flush(self) -> None:
         self._scheduled = False
-        if not self.queue.pending:
+        if not self.queue.pending and self._last is None:
             return
         if self._transport.is_closing():
             self.queue.clear()
             return
         room = TRANSPORT_HIGH_WATER - self._transport.get_write_buffer_size()
-        if room > 0:
-            frames = self.queue.take(room)
-            if self._deflate is not None:
-                frames = [self._deflate.frame(f) for f in frames]
-            self._transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        if room > 0 and self.queue.pending:
+            self._write(self.queue.take(room))
         if self.queue.pending:
             self._scheduled = True
             self._flusher.later(self)
+        elif self._last is not None:
+            self._write([self._last])
+            self._last = None
+            if self._eof_after_last:
+                self.finish_writing()
 
-    def close_frame(self, code: int, reason: str) -> None:
-        """Everything queued (past the high-water mark too), then the close frame, then nothing."""
-        self.queue.seal()
-        if self._transport.is_closing():
-            return
-        frames = self.queue.take()
+    def _write(self, frames: list[bytes]) -> None:
         if self._deflate is not None:
             frames = [self._deflate.frame(f) for f in frames]
-        frames.append(encode_frame(close_payload(code, reason), CLOSE))
-        # Frame by frame: the transport keeps each one, where a join would copy them all.
-        self._transport.writelines(frames)
+        self._transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def close_frame(self, code: int, reason: str, *, now: bool = False) -> None:
+        """The close frame, after everything queued; nothing after it.
+
+        It waits behind the queued data, which keeps going out at the transport's pace,
+        so a client that does not read still costs no more than the queue's bound.
+        ``now`` writes everything at once instead, for the answer to the client's own
+        close frame, after which the connection ends.
+        """
+        self.queue.seal()
+        last = encode_frame(close_payload(code, reason), CLOSE)
+        if self._transport.is_closing():
+            return
+        if now:
+            self._write([*self.queue.take(), last])
+        else:
+            self._last = last
+            self.flush()
 
     def finish_writing(self) -> None:
-        """Half-close (TCP FIN) after what was written: the peer sees the end, and may still send."""
-        if not self._transport.is_closing() and self._transport.can_write_eof():
+        """Half-close (TCP FIN) after the close frame: the peer sees the end, and may still send."""
+        if self._last is not None:
+            self._eof_after_last = True
+        elif not self._transport.is_closing() and self._transport.can_write_eof():
             self._transport.write_eof()
 
     @property
