@@ -153,11 +153,17 @@ class Writer:
             self.queue.clear()
             return
         room = TRANSPORT_HIGH_WATER - self._transport.get_write_buffer_size()
-        if room > 0 and self.queue.pending:
+        wrote = room > 0 and self.queue.pending > 0
+        if wrote:
             self._write(self.queue.take(room))
         if self.queue.pending:
+            # The transport took some: it is draining, so try again on the next pass.
+            # It took nothing: the client is not reading; look again a little later.
             self._scheduled = True
-            self._flusher.later(self)
+            if wrote:
+                self._flusher.mark(self)
+            else:
+                self._flusher.later(self)
         elif self._last is not None:
             self._write([self._last])
             self._last = None
