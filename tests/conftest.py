@@ -6,6 +6,8 @@ that started it; nothing else is ever signalled.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import queue
 import re
@@ -28,6 +30,7 @@ import yaml
 pytest_plugins = ["wsgate.testing"]
 
 ROOT = Path(__file__).resolve().parent.parent
+NODE_DIR = ROOT / "tests" / "node"
 ARTIFACTS = ROOT / "test-artifacts"
 _LISTENING = re.compile(r"wsgate listening on http://(\S+?):(\d+)/")
 
@@ -221,3 +224,26 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+async def run_node(script: str, *args: str, within: float = 15) -> dict[str, Any]:
+    """Run ``tests/node/SCRIPT`` (a Node ``ws`` client) and return the JSON of its last line."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed: run the README's test command (scripts/test)")
+    if not (NODE_DIR / "node_modules" / "ws").is_dir():
+        pytest.fail("tests/node/node_modules/ws is missing: run the README's test command (scripts/test)")
+    proc = await asyncio.create_subprocess_exec(
+        node, str(NODE_DIR / script), *args, cwd=NODE_DIR,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(within):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode == 0, (out.decode(), err.decode())
+    report: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return report

@@ -19,7 +19,6 @@ import asyncio
 import base64
 import json
 import os
-import shutil
 import struct
 import time
 from collections import Counter
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import WsgateProcess
+from conftest import WsgateProcess, run_node
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Data
@@ -165,24 +164,7 @@ async def test_flood_websockets_sees_rate_limit_close(gateway: WsgateProcess) ->
 
 
 async def flood_node(gw: WsgateProcess, room: str) -> str:
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is not installed: run the README's test command (scripts/test)")
-    if not (NODE_DIR / "node_modules" / "ws").is_dir():
-        pytest.fail("tests/node/node_modules/ws is missing: run the README's test command (scripts/test)")
-    proc = await asyncio.create_subprocess_exec(
-        node, str(NODE_FLOOD), f"{gw.ws_url}/chat?room={room}&name=node", "--count", str(FLOOD), cwd=NODE_DIR,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with asyncio.timeout(15):
-            out, err = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode == 0, (out.decode(), err.decode())
-    report = json.loads(out.decode().strip().splitlines()[-1])
+    report = await run_node("flood.js", f"{gw.ws_url}/chat?room={room}&name=node", "--count", str(FLOOD))
     assert report["opened"] is True, report
     if report["closeCode"] == 1006:
         return f"no close frame (1006, error {report['error']!r})"

@@ -6,17 +6,16 @@ import asyncio
 import json
 import shutil
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import NODE_DIR, run_node
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from wsgate.testing import GatewayServer
 
 Start = Callable[..., Awaitable[GatewayServer]]
-NODE_DIR = Path(__file__).resolve().parent / "node"
 NODE_CLIENT = NODE_DIR / "client.js"
 
 
@@ -105,31 +104,9 @@ async def test_websockets_compression(wsgate_gateway: Start) -> None:
             assert await conn.recv() == text
 
 
-async def run_node(*args: str) -> dict[str, Any]:
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is not installed: run the README's test command (scripts/test)")
-    if not (NODE_DIR / "node_modules" / "ws").is_dir():
-        pytest.fail("tests/node/node_modules/ws is missing: run the README's test command (scripts/test)")
-    proc = await asyncio.create_subprocess_exec(
-        node, str(NODE_CLIENT), *args, cwd=NODE_DIR,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with asyncio.timeout(15):
-            out, err = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode == 0, (out.decode(), err.decode())
-    report: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
-    return report
-
-
 async def test_node_ws_echo_and_close(wsgate_gateway: Start) -> None:
     gw = await wsgate_gateway({"/ws": "echo"})
-    report = await run_node(gw.ws_url + "/ws")
+    report = await run_node("client.js", gw.ws_url + "/ws")
     assert report["error"] is None
     assert report["opened"] is True
     assert report["received"] == [
@@ -147,7 +124,7 @@ async def test_node_ws_subprotocol_and_compression(wsgate_gateway: Start) -> Non
     gw = await wsgate_gateway(
         {"/z": {"handler": "echo", "compression": True, "subprotocols": ["v2.chat", "v1.chat"]}},
     )
-    report = await run_node(gw.ws_url + "/z", "--protocol", "v1.chat", "--close-code", "1000",
+    report = await run_node("client.js", gw.ws_url + "/z", "--protocol", "v1.chat", "--close-code", "1000",
                             "--close-reason", "")
     assert report["error"] is None
     assert report["protocol"] == "v1.chat"
