@@ -36,8 +36,6 @@ from websockets.typing import Data
 RUNS = 20
 FLOOD = 1_000
 CLOSE_TIMEOUT = 0.5  # seconds, for the endpoints of the "client never answers" case
-NODE_DIR = Path(__file__).resolve().parent / "node"
-NODE_FLOOD = NODE_DIR / "flood.js"
 TEXT, CLOSE = 0x1, 0x8
 BEFORE = [f"before {i}" for i in range(5)]
 AFTER_LIMIT = 2_000  # most valid frames a client sends after the bad one
