@@ -6,6 +6,7 @@ Screenshots go to test-artifacts/ (git-ignored).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import AsyncIterator, Callable
@@ -28,15 +29,20 @@ CHROMIUM_ARGS = [
 WAIT_MS = 5000
 
 # Records what the browser itself reports for every close event (the page shows the code
-# and reason the user asked for, so this is how the test sees what the server sent back).
+# and reason the user asked for, so this is how the test sees what the server sent back),
+# and every text frame exactly as the browser received it (for the page's raw view).
 RECORD_CLOSES = """
 window.__closes = [];
+window.__frames = [];
 const NativeWebSocket = window.WebSocket;
 window.WebSocket = class extends NativeWebSocket {
   constructor(...args) {
     super(...args);
     this.addEventListener("close", (e) =>
       window.__closes.push({ code: e.code, reason: e.reason, wasClean: e.wasClean }));
+    this.addEventListener("message", (e) => {
+      if (typeof e.data === "string") window.__frames.push(e.data);
+    });
   }
 };
 """
@@ -277,3 +283,82 @@ async def test_a_server_that_is_not_running_is_reported_as_such(
         await expect(page.locator("body")).to_have_attribute("data-socket-state", "failed")
         unreachable = re.compile(r"^Could not connect: the server does not answer")
         await expect(logged(page, "error")).to_have_text([unreachable])
+
+
+async def test_raw_json_toggle_shows_frames_as_received_and_is_remembered(
+    browser: Browser, wsgate_process: Start, write_config: WriteConfig, artifacts: Path
+) -> None:
+    gw = wsgate_process(write_config(gateway_config()))
+
+    async def frames(page: Page) -> list[str]:
+        return await page.evaluate("window.__frames")
+
+    async def cells(page: Page, kind: str, chat_type: str | None = None) -> list[str]:
+        return await logged(page, kind, chat_type).evaluate_all("(tds) => tds.map((td) => td.textContent)")
+
+    async with open_page(browser, gw.url + "/") as page:
+        toggle = page.get_by_role("checkbox", name="Raw JSON")  # found by its accessible name
+        await expect(toggle).not_to_be_checked()
+        await connect(page, "/chat", room="den", name="ann")
+        await send(page, "friendly hi")
+        await expect(logged(page, "received", "message")).to_have_text(["[den] ann: friendly hi"])
+        await expect(logged(page, "received", "welcome")).to_have_text(["welcome ann to den (users: ann)"])
+        received = await cells(page, "received")
+        raw_first = [f for f in await frames(page) if json.loads(f)["type"] == "message"]
+        assert len(raw_first) == 1 and json.loads(raw_first[0])["text"] == "friendly hi"
+        assert raw_first[0] not in received, f"raw JSON shown while the toggle is off: {received}"
+        assert not any(text.lstrip().startswith("{") for text in received), received
+
+        await toggle.check()
+        # the log is re-rendered: every line already there is now the frame as received
+        await expect(logged(page, "received", "message")).to_have_text(raw_first)
+        assert await cells(page, "received") == await frames(page)
+
+        await send(page, "raw hí ✓")
+        await expect(logged(page, "sent")).to_have_text(["friendly hi", "raw hí ✓"])
+        await expect(logged(page, "received", "message")).to_have_count(2)
+        shown = (await cells(page, "received", "message"))[-1]
+        event = json.loads(shown)
+        assert event["type"] == "message"
+        assert event["text"] == "raw hí ✓"
+        assert event["from"] == "ann"
+        assert shown == (await frames(page))[-1], "not the text frame exactly as received"
+        assert await cells(page, "received") == await frames(page)
+        await page.screenshot(path=artifacts / "browser-raw-json.png", full_page=True)
+
+        # remembered across a reload; new lines are raw from the first frame on
+        await page.reload()
+        await expect(page.locator("body")).to_have_attribute("data-socket-state", "idle")
+        await expect(toggle).to_be_checked()
+        await connect(page, "/chat", room="den", name="bea")
+        await expect(logged(page, "received", "history")).to_have_count(1)
+        history = json.loads((await cells(page, "received", "history"))[0])
+        assert [m["text"] for m in history["messages"]] == ["friendly hi", "raw hí ✓"]
+        assert await cells(page, "received") == await frames(page)
+
+        # switching back re-renders the friendly view, and that is remembered too
+        await toggle.uncheck()
+        await expect(logged(page, "received", "history")).to_have_text(["history: 2 messages"])
+        await expect(logged(page, "received", "history-message")).to_have_text(
+            ["[den] ann: friendly hi", "[den] ann: raw hí ✓"])
+        await page.reload()
+        await expect(page.locator("body")).to_have_attribute("data-socket-state", "idle")
+        await expect(toggle).not_to_be_checked()
+
+
+async def test_raw_json_toggle_on_the_echo_endpoint(
+    browser: Browser, wsgate_process: Start, write_config: WriteConfig,
+) -> None:
+    """Echo frames that look like chat events are rendered as such, unless the log is raw."""
+    gw = wsgate_process(write_config(gateway_config()))
+    looks_like_chat = '{"type": "message", "room": "r", "from": "f", "text": "t"}'  # spaced: not re-serialized
+    async with open_page(browser, gw.url + "/") as page:
+        await connect(page)
+        for text in ("plain", looks_like_chat):
+            await send(page, text)
+        await expect(logged(page, "received")).to_have_text(["plain", "[r] f: t"])
+        await page.get_by_label("Raw JSON").check()
+        await expect(logged(page, "received")).to_have_text(["plain", looks_like_chat])
+        await send(page, "after")
+        await expect(logged(page, "received")).to_have_text(["plain", looks_like_chat, "after"])
+        await expect(logged(page, "sent")).to_have_text(["plain", looks_like_chat, "after"])

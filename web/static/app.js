@@ -6,7 +6,7 @@
       "endpointPicker", "connectionUrl", "chatOptions", "room", "name", "subprotocolOptions",
       "subprotocol", "connectForm", "connectButton", "stateLabel", "sendForm", "sendMessage",
       "sendButton", "closeForm", "closeCode", "closeReason", "closeButton", "commsLogBody",
-      "commsLogEmpty", "clearLogButton"
+      "commsLogEmpty", "clearLogButton", "rawLogToggle"
     ].map((id) => [id, document.getElementById(id)]),
   );
 
@@ -106,15 +106,76 @@
 
   /* ---------- communication log ---------- */
 
-  function addRow(kind, from, to, text, extra = {}) {
-    ui.commsLogEmpty.hidden = true;
+  // The log keeps what it was given (not just its rows), so that flipping the "Raw JSON"
+  // toggle re-renders every line already in the log, not only the ones that come after.
+  const logEntries = [];
+  const RAW_LOG_KEY = "wsgate.rawLog";
+  let rawLog = false;
+
+  function loadRawLog() {
+    try {
+      return localStorage.getItem(RAW_LOG_KEY) === "1";
+    } catch {
+      return false; // storage blocked: the toggle still works, it is just not remembered
+    }
+  }
+
+  function saveRawLog(on) {
+    try {
+      localStorage.setItem(RAW_LOG_KEY, on ? "1" : "0");
+    } catch {
+      // storage blocked or full
+    }
+  }
+
+  function insertRow(kind, from, to, text, extra = {}) {
     const row = ui.commsLogBody.insertRow();
     row.dataset.kind = kind;
     if (extra.type) row.dataset.type = extra.type;
     for (const value of [from, to, text]) row.insertCell().textContent = value;
     if (extra.title) row.cells[2].title = extra.title;
+  }
+
+  function scrollLogToEnd() {
     const scroller = ui.commsLogBody.closest(".log-scroll");
     if (scroller) scroller.scrollTop = scroller.scrollHeight;
+  }
+
+  // An entry is either one fixed row ({ kind, from, to, text, extra }) or a received
+  // frame ({ frame }) whose rows depend on the toggle.
+  function renderEntry(entry) {
+    if (!entry.frame) return insertRow(entry.kind, entry.from, entry.to, entry.text, entry.extra);
+    for (const [text, extra] of receivedLines(entry.frame)) {
+      insertRow("received", "Server", "Client", text, extra);
+    }
+  }
+
+  function addEntry(entry) {
+    logEntries.push(entry);
+    ui.commsLogEmpty.hidden = true;
+    renderEntry(entry);
+    scrollLogToEnd();
+  }
+
+  function addRow(kind, from, to, text, extra = {}) {
+    addEntry({ kind, from, to, text, extra });
+  }
+
+  function rerenderLog() {
+    ui.commsLogBody.replaceChildren();
+    for (const entry of logEntries) renderEntry(entry);
+    scrollLogToEnd();
+  }
+
+  function clearLog() {
+    logEntries.length = 0;
+    ui.commsLogBody.replaceChildren();
+    ui.commsLogEmpty.hidden = false;
+  }
+
+  function setRawLog(on) {
+    rawLog = on;
+    ui.rawLogToggle.checked = on;
   }
 
   const str = (value) => (value === undefined || value === null ? "?" : String(value));
@@ -145,27 +206,33 @@
 
   const describeBinary = (data) => `<binary ${data.byteLength ?? data.size} bytes>`;
 
-  function logReceived(text, extra) {
-    addRow("received", "Server", "Client", text, extra);
-  }
-
-  function logHistory(msg) {
+  function historyLines(msg) {
     const list = Array.isArray(msg.messages) ? msg.messages : [];
-    logReceived(`history: ${list.length} messages`, { type: "history" });
+    const lines = [[`history: ${list.length} messages`, { type: "history" }]];
     for (const m of list) {
       const isObject = m !== null && typeof m === "object";
       const text = isObject ? chatLine(m) : JSON.stringify(m);
-      logReceived(text, { type: "history-message", title: isObject ? timeOf(m.ts) : "" });
+      lines.push([text, { type: "history-message", title: isObject ? timeOf(m.ts) : "" }]);
     }
+    return lines;
+  }
+
+  // The [text, extra] rows for one received frame: in raw mode a text frame verbatim,
+  // otherwise the friendly rendering. Binary frames look the same either way.
+  function receivedLines(frame) {
+    if (frame.binary) return [[frame.text, {}]];
+    const msg = parseTyped(frame.text);
+    const extra = msg ? { type: msg.type, title: timeOf(msg.ts) } : {};
+    if (rawLog) return [[frame.text, extra]];
+    if (msg && msg.type === "history") return historyLines(msg);
+    const format = msg && FORMATTERS[msg.type];
+    if (!format) return [[frame.text, {}]];
+    return [[format(msg), extra]];
   }
 
   function onMessage(event) {
-    if (typeof event.data !== "string") return logReceived(describeBinary(event.data));
-    const msg = parseTyped(event.data);
-    if (msg && msg.type === "history") return logHistory(msg);
-    const format = msg && FORMATTERS[msg.type];
-    if (!format) return logReceived(event.data);
-    logReceived(format(msg), { type: msg.type, title: timeOf(msg.ts) });
+    const binary = typeof event.data !== "string";
+    addEntry({ frame: { binary, text: binary ? describeBinary(event.data) : event.data } });
   }
 
   /* ---------- socket lifecycle ---------- */
@@ -271,9 +338,12 @@
     onSubmit(ui.connectForm, connect);
     onSubmit(ui.sendForm, send);
     onSubmit(ui.closeForm, closeSocket);
-    ui.clearLogButton.addEventListener("click", () => {
-      ui.commsLogBody.replaceChildren();
-      ui.commsLogEmpty.hidden = false;
+    ui.clearLogButton.addEventListener("click", clearLog);
+    setRawLog(loadRawLog());
+    ui.rawLogToggle.addEventListener("change", () => {
+      setRawLog(ui.rawLogToggle.checked);
+      saveRawLog(rawLog);
+      rerenderLog();
     });
     onEndpointChange();
     setState("Ready to connect…", "idle");
