@@ -27,8 +27,6 @@ import aiohttp
 import pytest
 import yaml
 
-pytest_plugins = ["wsgate.testing"]
-
 ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = ROOT / "tests" / "node"
 ARTIFACTS = ROOT / "test-artifacts"

@@ -305,7 +305,8 @@ async def test_raw_json_toggle_shows_frames_as_received_and_is_remembered(
         await expect(logged(page, "received", "welcome")).to_have_text(["welcome ann to den (users: ann)"])
         received = await cells(page, "received")
         raw_first = [f for f in await frames(page) if json.loads(f)["type"] == "message"]
-        assert len(raw_first) == 1 and json.loads(raw_first[0])["text"] == "friendly hi"
+        assert len(raw_first) == 1
+        assert json.loads(raw_first[0])["text"] == "friendly hi"
         assert raw_first[0] not in received, f"raw JSON shown while the toggle is off: {received}"
         assert not any(text.lstrip().startswith("{") for text in received), received
 

@@ -4,7 +4,7 @@ The blocks of one file are executed in order as one module, so a later block can
 a class an earlier one defined. After each block, the ``test_*`` and ``main`` functions
 it defined are called (awaited when async), with the ``wsgate_gateway`` and
 ``tmp_path`` fixtures when they ask for them. A block preceded by the line
-``<!-- no-test -->`` is skipped; blocks in other languages are never run.
+``<!-- no-test -->`` (or ``<!-- no-test: why -->``) is skipped; blocks in other languages are never run.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def code_blocks(text: str) -> Iterator[Block]:
             end += 1
         # Inside a list item the fence is indented; so is its content, by as much.
         body = "\n".join(_unindent(line, indent) for line in lines[start:end])
-        yield Block(m["info"].lower(), start + 1, body, previous == NO_TEST)
+        yield Block(m["info"].lower(), start + 1, body, previous.startswith(NO_TEST.removesuffix(" -->")))
         i = end + 1
 
 

@@ -229,7 +229,6 @@ from pathlib import Path
 
 from wsgate import Handler
 
-pytest_plugins = ["wsgate.testing"]
 LOG = Path(__file__).with_name("events.json")
 
 
@@ -255,12 +254,16 @@ async def test_user(wsgate_gateway):
 '''
 
 
-def _run_user_project(tmp_path: Path, mode: str) -> subprocess.CompletedProcess[str]:
-    """Run pytest on a one-file project that enables the kit as a user would."""
+def _run_user_project(tmp_path: Path, setup: str) -> subprocess.CompletedProcess[str]:
+    """Run pytest on a one-file project as a user would set it up."""
     test = USER_TEST
-    if mode == "strict":
+    if setup == "strict-marked":
         test = test.replace("async def test_user", "import pytest\n\n\n@pytest.mark.asyncio\nasync def test_user")
-    (tmp_path / "pytest.ini").write_text(f"[pytest]\nasyncio_mode = {mode}\n")
+        (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_mode = strict\n")
+    elif setup == "auto":
+        (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_mode = auto\n")
+    elif setup == "legacy":  # what the docs said before the plugin loaded by itself
+        test = test.replace("LOG =", 'pytest_plugins = ["wsgate.testing"]\nLOG =')
     (tmp_path / "test_user.py").write_text(test)
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_user.py"],
@@ -268,20 +271,49 @@ def _run_user_project(tmp_path: Path, mode: str) -> subprocess.CompletedProcess[
     )
 
 
-async def test_the_fixture_in_a_user_project_stops_its_gateway(tmp_path: Path) -> None:
-    """At teardown the fixture closes open connections with 1001 and shuts handlers down."""
-    proc = await asyncio.to_thread(_run_user_project, tmp_path, "auto")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "1 passed" in proc.stdout
-    assert json.loads((tmp_path / "events.json").read_text()) == [["disconnect", 1001], ["shutdown"]]
-
-
-async def test_the_fixture_works_in_pytest_asyncio_strict_mode(tmp_path: Path) -> None:
-    """Strict is pytest-asyncio's default mode. It runs only async fixtures declared with
-    ``pytest_asyncio.fixture``, so the kit's fixture must be declared that way."""
-    proc = await asyncio.to_thread(_run_user_project, tmp_path, "strict")
+@pytest.mark.parametrize("setup", ["nothing", "auto", "strict-marked", "legacy"])
+async def test_the_fixture_in_a_user_project_stops_its_gateway(tmp_path: Path, setup: str) -> None:
+    """Installed with [testing], the plugin needs no configuration: no ini file, no
+    ``pytest_plugins``, no asyncio marks. Projects that configured pytest-asyncio
+    themselves, or enabled the kit the old way, keep working. At teardown the fixture
+    closes open connections with 1001 and shuts handlers down."""
+    proc = await asyncio.to_thread(_run_user_project, tmp_path, setup)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    output = proc.stdout + proc.stderr
+    assert "1 passed" in proc.stdout, output
+    assert "warning" not in output.lower(), output
     assert json.loads((tmp_path / "events.json").read_text()) == [["disconnect", 1001], ["shutdown"]]
+
+
+MARKS_PROBE = """
+import pytest
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        print("MARKS", item.name, sorted({m.name for m in item.iter_markers()}))
+"""
+
+
+async def test_the_plugin_marks_only_unmarked_coroutine_tests(tmp_path: Path) -> None:
+    """A coroutine test marked for anyio is anyio's business; a plain function is nobody's."""
+    (tmp_path / "conftest.py").write_text(MARKS_PROBE)
+    (tmp_path / "test_marks.py").write_text(
+        "import pytest\n\n\n@pytest.mark.anyio\nasync def test_anyio():\n    pass\n\n\n"
+        "async def test_plain_async():\n    pass\n\n\ndef test_sync():\n    pass\n"
+    )
+    proc = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "--collect-only",
+                         "test_marks.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    marks = {name.split("[")[0]: found for _, name, found in
+             (line.split(" ", 2) for line in proc.stdout.splitlines() if line.startswith("MARKS "))}
+    assert set(marks) == {"test_anyio", "test_plain_async", "test_sync"}, proc.stdout + proc.stderr
+    assert "'anyio'" in marks["test_anyio"]
+    assert "'asyncio'" not in marks["test_anyio"]
+    assert marks["test_plain_async"] == "['asyncio']"
+    assert marks["test_sync"] == "[]"
 
 
 # --- what on_disconnect and Connection report, as documented ------------------------------

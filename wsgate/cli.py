@@ -29,6 +29,8 @@ from .config.describe import describe_routes
 from .config.schema import config_schema
 from .errors import BrokerError, ConfigError
 from .observe.logs import setup_logging
+from .reloader import run_with_reload
+from .scaffold import init_project
 
 __all__ = ["listen_error_message", "main"]
 
@@ -37,9 +39,11 @@ log = logging.getLogger("wsgate")
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wsgate", description="Config-driven WebSocket gateway.")
-    p.add_argument("command", nargs="?", default="serve", choices=["serve", "check", "routes", "schema"],
+    p.add_argument("command", nargs="?", default="serve", choices=["serve", "check", "routes", "schema", "init"],
                    help="serve (default); check or routes: validate and print the endpoint table; "
-                        "schema: print the JSON Schema of config.yaml")
+                        "schema: print the JSON Schema of config.yaml; "
+                        "init [DIR]: write a new project (config, example handler, its tests)")
+    p.add_argument("directory", nargs="?", help=argparse.SUPPRESS)
     p.add_argument("--config", default="config.yaml", help="config file (default: ./config.yaml)")
     p.add_argument("--host", help="override server.host")
     p.add_argument("--port", type=int, help="override server.port (0 picks a free port)")
@@ -47,7 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="same as the check command")
     p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
                    help="event loop; auto uses uvloop where installed")
+    p.add_argument("--reload", action="store_true",
+                   help="development: restart when a .py or .yaml file next to the config changes")
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--builtins-only", action="store_true",
+                   help="schema: leave out handlers installed as plugins (as the shipped wsgate.schema.json)")
     p.add_argument("--version", action="version", version=f"wsgate {__version__}")
     return p
 
@@ -61,11 +69,16 @@ def _override(settings: Settings, args: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    registry = Registry()
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.directory is not None and args.command != "init":
+        parser.error(f"unexpected argument {args.directory!r}; only init takes a directory")
+    registry = Registry(plugins=not args.builtins_only)
     if args.command == "schema":
         print(json.dumps(config_schema(registry), indent=2))
         return 0
+    if args.command == "init":
+        return _init(Path(args.directory or "."), registry)
     try:
         settings = _override(load_config(args.config, registry), args)
         settings.check_deployment()
@@ -79,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(describe_routes(settings))
         return 0
     setup_logging(settings.config.logging.level, settings.config.logging.format)
+    if args.reload:
+        return run_with_reload(_child_command(args), Path(settings.file).resolve().parent)
     if server.workers > 1 and not args.reuse_port:
         return _supervise(args, server.workers)
     try:
@@ -86,6 +101,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokerError as exc:
         log.error("not starting: %s", exc)
         return 1
+
+
+def _init(directory: Path, registry: Registry) -> int:
+    try:
+        written = init_project(directory, registry)
+    except FileExistsError as exc:
+        print(f"wsgate init: not overwriting {exc}; choose an empty directory: wsgate init DIR", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    where = "" if directory == Path(".") else f"cd {directory} && "
+    print(f"next: {where}wsgate serve --reload   (and pytest, for tests/test_example.py)")
+    return 0
 
 
 def _run(main: object, loop: str) -> int:
@@ -168,14 +196,18 @@ def listen_error_message(host: str, port: int, exc: OSError) -> str:
     return f"cannot listen on {where}: {reason} — check server.host and server.port (--host, --port)"
 
 
+def _child_command(args: argparse.Namespace, *extra: str) -> list[str]:
+    """``wsgate serve`` with this process's options, for a child process."""
+    cmd = [sys.executable, "-m", "wsgate", "serve", "--config", str(Path(args.config)), "--loop", args.loop, *extra]
+    for flag, value in (("--host", args.host), ("--port", args.port), ("--workers", args.workers)):
+        if value is not None and flag not in extra:
+            cmd += [flag, str(value)]
+    return cmd
+
+
 def _supervise(args: argparse.Namespace, workers: int) -> int:
     """Run ``workers`` processes on one port (SO_REUSEPORT) and pass signals on."""
-    cmd = [sys.executable, "-m", "wsgate", "serve", "--config", str(Path(args.config)), "--reuse-port",
-           "--workers", str(workers), "--loop", args.loop]
-    if args.host:
-        cmd += ["--host", args.host]
-    if args.port is not None:
-        cmd += ["--port", str(args.port)]
+    cmd = _child_command(args, "--reuse-port", "--workers", str(workers))
     # Own sessions: a terminal's Ctrl-C reaches only this process, which passes it on
     # once; the children would take a second copy as "exit now".
     children = [subprocess.Popen(cmd, start_new_session=True) for _ in range(workers)]

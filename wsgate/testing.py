@@ -9,8 +9,9 @@
             await ws.send_str("hi")
             assert await ws.receive_str() == "HI"
 
-Also usable as a pytest plugin (``pytest_plugins = ["wsgate.testing"]``), which
-provides the ``wsgate_gateway`` fixture: ``gw = await wsgate_gateway({...})``.
+With ``pip install 'wsgate[testing]'``, pytest loads wsgate's plugin by itself
+(``wsgate.pytest_plugin``): async tests run without configuration, and the
+``wsgate_gateway`` fixture is there: ``gw = await wsgate_gateway({...})``.
 """
 
 from __future__ import annotations
@@ -134,23 +135,3 @@ async def run_gateway(
         finally:
             await runner.cleanup()
 
-
-try:
-    import pytest
-except ImportError:  # pragma: no cover - the kit works without pytest
-    pass
-else:
-    try:  # pytest-asyncio's own decorator works in its strict mode too
-        from pytest_asyncio import fixture as _async_fixture
-    except ImportError:  # pragma: no cover
-        _async_fixture = pytest.fixture  # type: ignore[assignment]
-
-    @_async_fixture
-    async def wsgate_gateway() -> AsyncIterator[Callable[..., Awaitable[GatewayServer]]]:
-        """Factory fixture: ``gw = await wsgate_gateway({"/path": MyHandler})``."""
-        async with contextlib.AsyncExitStack() as stack:
-
-            async def start(endpoints: EndpointTable, **kwargs: Any) -> GatewayServer:
-                return await stack.enter_async_context(run_gateway(endpoints, **kwargs))
-
-            yield start

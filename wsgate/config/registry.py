@@ -43,11 +43,11 @@ def check_handler_class(cls: object, ref: str) -> type[Handler]:
 class Registry:
     """Handler names and how to load them. Entry points are read once, on first use."""
 
-    def __init__(self, builtins: dict[str, str] | None = None) -> None:
+    def __init__(self, builtins: dict[str, str] | None = None, *, plugins: bool = True) -> None:
         self._sources: dict[str, tuple[str, str]] = {
             name: (ref, "built-in") for name, ref in (BUILTINS if builtins is None else builtins).items()
         }
-        self._entry_points_loaded = False
+        self._entry_points_loaded = not plugins  # plugins=False: built-ins only
         self._cache: dict[str, type[Handler]] = {}
 
     def register(self, name: str, cls: type[Handler]) -> None:
