@@ -31,6 +31,7 @@ from .errors import BrokerError, ConfigError
 from .observe.logs import setup_logging
 from .reloader import run_with_reload
 from .scaffold import init_project
+from .tls import TlsError, server_ssl_context
 
 __all__ = ["listen_error_message", "main"]
 
@@ -98,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _supervise(args, server.workers)
     try:
         return _run(_serve(settings, registry, reuse_port=args.reuse_port), args.loop)
-    except BrokerError as exc:
+    except (BrokerError, TlsError) as exc:
         log.error("not starting: %s", exc)
         return 1
 
@@ -131,10 +132,12 @@ def _run(main: object, loop: str) -> int:
 
 async def _serve(settings: Settings, registry: Registry, *, reuse_port: bool) -> int:
     server = settings.config.server
+    ssl_context = server_ssl_context(server.tls, settings.folder) if server.tls else None
     app = build_app(settings, registry)
     runner = make_runner(app)
     await runner.setup()
-    site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port or None, backlog=4096)
+    site = web.TCPSite(runner, server.host, server.port, ssl_context=ssl_context, reuse_port=reuse_port or None,
+                       backlog=4096)
     try:
         await site.start()
     except OSError as exc:
@@ -173,7 +176,7 @@ async def _serve(settings: Settings, registry: Registry, *, reuse_port: bool) ->
     for address in runner.addresses:
         host, port = address[0], address[1]
         shown = f"[{host}]" if ":" in host else host
-        print(f"wsgate listening on http://{shown}:{port}/ "
+        print(f"wsgate listening on {'https' if ssl_context else 'http'}://{shown}:{port}/ "
               f"({', '.join(f'{p} {r.endpoint.handler_ref}' for p, r in gateway.routes.items())})", flush=True)
     await stop.wait()
     log.info("draining: closing %d connection(s) with %d", len(gateway.sessions), gateway.shutdown_code)

@@ -43,10 +43,20 @@ def _describe(endpoint: Endpoint) -> list[str]:
     ]
 
 
+def _listen(settings: Settings) -> str:
+    server = settings.config.server
+    if server.tls is None:
+        return f"{server.host}:{server.port}"
+    host = f"[{server.host}]" if ":" in server.host else server.host
+    # The resolved paths, since relative ones start from the config's folder, not the shell's.
+    return (f"https://{host}:{server.port} (certificate {settings.folder / server.tls.cert}, "
+            f"key {settings.folder / server.tls.key})")
+
+
 def describe_routes(settings: Settings) -> str:
     c = settings.config
     lines = [
-        f"config {settings.file}: would listen on {c.server.host}:{c.server.port}, "
+        f"config {settings.file}: would listen on {_listen(settings)}, "
         f"{c.server.workers} worker(s), broker {c.broker}, API {'on' if c.api.token else 'off'}, "
         f"handshake timeout {_seconds(c.server.handshake_timeout)}, "
         f"shutdown timeout {_seconds(c.server.shutdown_timeout)}, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import (
@@ -26,6 +27,7 @@ from ..errors import ConfigError
 from ..handler import Handler
 from ..policy.hosts import parse_host_pattern
 from ..policy.origin import parse_origin_pattern
+from ..tls import TlsError, server_ssl_context
 from .units import parse_duration, parse_size
 from .yamlsource import Located
 
@@ -41,6 +43,7 @@ __all__ = [
     "RateLimit",
     "ServerConfig",
     "Settings",
+    "TlsConfig",
 ]
 
 Duration = Annotated[float, BeforeValidator(parse_duration, json_schema_input_type=float | str)]
@@ -159,6 +162,16 @@ def _check_host(value: str) -> str:
     return value
 
 
+class TlsConfig(_Strict):
+    """A PEM certificate chain (leaf first) and its unencrypted private key.
+
+    Relative paths start from the config file's folder; the files are read at start.
+    """
+
+    cert: Path
+    key: Path
+
+
 class ServerConfig(_Strict):
     """Where to listen and how to stop."""
 
@@ -171,6 +184,7 @@ class ServerConfig(_Strict):
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     # None (unset) is not []: it means "loopback names on a loopback bind, else any".
     allowed_hosts: list[Annotated[str, AfterValidator(_check_host)]] | None = None
+    tls: TlsConfig | None = None
 
 
 class ApiConfig(_Strict):
@@ -244,8 +258,13 @@ class Settings(BaseModel):
     endpoints: tuple[Endpoint, ...]
     source: Located
 
+    @property
+    def folder(self) -> Path:
+        """The config file's folder: relative paths in the config start here."""
+        return Path(self.file).resolve().parent
+
     def check_deployment(self) -> None:
-        """Checks that command-line overrides can break too; raise ConfigError."""
+        """Checks that command-line overrides can break too, and those that read files; raise ConfigError."""
         server = self.config.server
         problems = []
         if server.workers > 1 and self.config.broker == "memory":
@@ -255,5 +274,10 @@ class Settings(BaseModel):
         if server.workers > 1 and server.port == 0:
             problems.append(self.source.problem(("server", "port"),
                 "several workers must share one fixed port; port 0 would give each its own"))
+        if server.tls is not None:
+            try:
+                server_ssl_context(server.tls, self.folder)
+            except TlsError as exc:
+                problems += [self.source.problem(("server", "tls", key), message) for key, message in exc.problems]
         if problems:
             raise ConfigError(problems)
