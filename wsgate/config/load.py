@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError, ConfigProblem, HandlerLoadError
 from ..handler import Handler
+from .envvars import expand_env
 from .models import Config, Endpoint, Policy, Settings, _LocatedValueError
 from .registry import Registry
 from .yamlsource import Located, load_yaml
@@ -149,6 +150,8 @@ def parse_config(text: str, file: str, registry: Registry) -> Settings:
     src = load_yaml(text, file)
     if not isinstance(src.data, dict):
         raise ConfigError([src.problem((), "the file must be a mapping with at least an 'endpoints:' list")])
+    if env_problems := expand_env(src, os.environ):
+        raise ConfigError(env_problems)
     data = dict(src.data)
     _apply_env(data)
     broker_problem = _broker_problem(data, src)
