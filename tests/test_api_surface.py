@@ -53,8 +53,11 @@ def _module_names() -> list[str]:
 MODULES = _module_names()
 
 
+TEMPLATES = PACKAGE_DIR / "project"  # files `wsgate init` copies into a new project, not modules
+
+
 def _sources() -> list[Path]:
-    return sorted(p for p in PACKAGE_DIR.rglob("*.py") if p.name != "__main__.py")
+    return sorted(p for p in PACKAGE_DIR.rglob("*.py") if p.name != "__main__.py" and TEMPLATES not in p.parents)
 
 
 def test_the_package_has_the_modules_we_expect() -> None:
