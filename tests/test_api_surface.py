@@ -37,8 +37,11 @@ PUBLIC = {
     "HandlerLoadError",
     "BrokerError",
     "ConnectionClosed",
+    "Handshake",
+    "Identity",
+    "Refuse",
 }
-ERRORS = {"WsgateError", "ConfigError", "HandlerLoadError", "BrokerError", "ConnectionClosed"}
+ERRORS = {"WsgateError", "ConfigError", "HandlerLoadError", "BrokerError", "ConnectionClosed", "Refuse"}
 SCRIPTS = {"wsgate.__main__"}  # runs the CLI when imported; not a library module
 
 

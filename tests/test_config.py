@@ -105,7 +105,7 @@ def test_empty_endpoints_list() -> None:
 def test_unknown_top_level_key_lists_allowed_keys() -> None:
     text = "endpoints:\n  - {path: /ws, handler: echo}\nlogging: {level: info}\nmetrics: true\n"
     assert_problem(one_problem(text), 4, 1, "metrics", "unknown key",
-                   "allowed keys: server, policy, endpoints, broker, api, logging")
+                   "allowed keys: server, auth, policy, endpoints, broker, api, logging")
 
 
 def test_unknown_server_key_lists_allowed_keys() -> None:

@@ -7,9 +7,18 @@ through ``Connection``, reach the endpoint's other clients and the broker throug
 
 from __future__ import annotations
 
+from .auth.identity import Handshake, Identity
 from .closecode import CloseCode
 from .connection import Connection
-from .errors import BrokerError, ConfigError, ConfigProblem, ConnectionClosed, HandlerLoadError, WsgateError
+from .errors import (
+    BrokerError,
+    ConfigError,
+    ConfigProblem,
+    ConnectionClosed,
+    HandlerLoadError,
+    Refuse,
+    WsgateError,
+)
 from .handler import Context, Handler, Message, NoOptions
 
 __all__ = [
@@ -22,8 +31,11 @@ __all__ = [
     "Context",
     "Handler",
     "HandlerLoadError",
+    "Handshake",
+    "Identity",
     "Message",
     "NoOptions",
+    "Refuse",
     "WsgateError",
 ]
 

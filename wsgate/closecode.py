@@ -24,3 +24,5 @@ class CloseCode(IntEnum):
     SERVICE_RESTART = 1012
     TRY_AGAIN_LATER = 1013
     BAD_GATEWAY = 1014
+    UNAUTHORIZED = 3000  # IANA-registered: the token expired; reconnect with a fresh one
+    FORBIDDEN = 3003  # IANA-registered: a config reload no longer allows this client

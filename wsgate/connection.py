@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from .closecode import CloseCode
@@ -11,6 +12,8 @@ from .errors import ConnectionClosed
 from .gateway.frames import encode
 
 __all__ = ["Connection"]
+
+_NO_CLAIMS: Mapping[str, Any] = MappingProxyType({})
 
 
 class _Link(Protocol):
@@ -28,17 +31,20 @@ class Connection:
     Attributes: ``id`` (unique in this process), ``path`` (the endpoint), ``remote``
     (client address, the forwarded one when the peer is a trusted proxy), ``headers``
     and ``query`` (read-only mappings of the handshake request), ``subprotocol`` (the
-    negotiated one or None) and ``state``, a dict the handler may use freely.
+    negotiated one or None), ``user`` and ``claims`` (who the endpoint's ``auth`` says
+    the client is: None and empty on an endpoint without ``auth``) and ``state``, a
+    dict the handler may use freely.
 
     Sends never block on a slow client: they queue, bounded by the endpoint's
     ``send_queue``, and the slow-client policy applies when the queue is full.
     """
 
-    __slots__ = ("__weakref__", "_deliver", "_link", "headers", "id", "path", "query", "remote", "state",
-                 "subprotocol")
+    __slots__ = ("__weakref__", "_deliver", "_link", "claims", "headers", "id", "path", "query", "remote", "state",
+                 "subprotocol", "user")
 
     def __init__(self, link: _Link, deliver: Callable[[bytes], bool], *, id: str, path: str, remote: str,
-                 headers: Mapping[str, str], query: Mapping[str, str], subprotocol: str | None) -> None:
+                 headers: Mapping[str, str], query: Mapping[str, str], subprotocol: str | None,
+                 user: str | None = None, claims: Mapping[str, Any] = _NO_CLAIMS) -> None:
         self._link = link
         # Queues an encoded frame; False if refused. Broadcasts frame a message once and
         # call this for every receiver, so it is the writer's own method, not a wrapper.
@@ -49,6 +55,8 @@ class Connection:
         self.headers = headers
         self.query = query
         self.subprotocol = subprotocol
+        self.user = user
+        self.claims = claims
         self.state: dict[str, Any] = {}
 
     @property

@@ -6,7 +6,8 @@
     ├── ConfigError          config.yaml is invalid (carries every problem found)
     ├── HandlerLoadError     a handler name or ``module:Class`` cannot be resolved
     ├── BrokerError          the broker could not be reached or refused an operation
-    └── ConnectionClosed     a send on a connection that is already closed
+    ├── ConnectionClosed     a send on a connection that is already closed
+    └── Refuse               raised by a handler's ``authorize`` or an auth hook: turn a handshake away
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = [
     "ConfigProblem",
     "ConnectionClosed",
     "HandlerLoadError",
+    "Refuse",
     "WsgateError",
 ]
 
@@ -60,3 +62,19 @@ class BrokerError(WsgateError):
 
 class ConnectionClosed(WsgateError):
     """Raised by ``Connection.send`` when the connection is already closed."""
+
+
+class Refuse(WsgateError):
+    """Raised by a handler's ``authorize`` or a python auth hook to turn a client away.
+
+    ``status`` is the HTTP status of the refusal (a 4xx); ``reason`` is a short text
+    that may reach the client, so it must not carry secrets.
+    """
+
+    def __init__(self, status: int = 403, reason: str = "forbidden") -> None:
+        # A 5xx would blame the gateway for a decision the application made.
+        if not 400 <= status <= 499:
+            raise ValueError(f"Refuse status must be a 4xx HTTP status, got {status!r}")
+        self.status = status
+        self.reason = reason
+        super().__init__(f"{status} {reason}")

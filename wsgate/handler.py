@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal
 from pydantic import BaseModel, ConfigDict
 from typing_extensions import TypeVar
 
+from .auth.identity import Handshake
+
 if TYPE_CHECKING:
     from .connection import Connection
 
@@ -143,6 +145,15 @@ class Handler(Generic[OptionsT]):
 
     async def startup(self) -> None:
         """Called once before the endpoint accepts connections."""
+
+    async def authorize(self, handshake: Handshake) -> None:
+        """Called before the upgrade, after the endpoint's ``auth`` and ``allow`` passed.
+
+        ``raise wsgate.Refuse(status, reason)`` to answer the handshake with that HTTP
+        status (403 by default); return to accept. ``handshake.user`` and
+        ``handshake.claims`` are set on an endpoint with ``auth``. The connection does
+        not exist yet, so nothing can be sent.
+        """
 
     async def shutdown(self) -> None:
         """Called once after the endpoint's last connection is gone."""

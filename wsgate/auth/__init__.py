@@ -10,6 +10,7 @@ or raises ``wsgate.auth.identity.AuthFailure`` (internal, hence not exported), a
 
 from __future__ import annotations
 
+from ..config.auth import Allow, Authenticator, AuthSection, HttpBackendConfig, JwtConfig, PythonHookConfig
 from .allow import allowed, room_allowed
 from .authenticator import (
     AuthenticatorImpl,
@@ -22,7 +23,6 @@ from .backend import HttpBackend
 from .hook import PythonHook
 from .identity import Handshake, Identity, Refuse
 from .jwt import JwtVerifier
-from .models import Allow, Authenticator, AuthSection, HttpBackendConfig, JwtConfig, PythonHookConfig
 from .tokens import AUTH_PROTOCOL, BEARER_PROTOCOL_PREFIX, extract_token, split_offer
 
 __all__ = [

@@ -7,22 +7,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["allowed", "claim_text", "room_allowed"]
+from ..config.auth import claim_text
 
-
-def claim_text(value: object) -> str:
-    """How a scalar claim or rule value compares: JSON spelling for booleans and null.
-
-    YAML ``admin: true`` and a JSON claim ``true`` must meet as ``"true"``, where
-    ``str()`` would say ``"True"``.
-    """
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if value is None:
-        return "null"
-    return str(value)
+__all__ = ["allowed", "room_allowed"]
 
 
 def _scalar(value: object) -> bool:

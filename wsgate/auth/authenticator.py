@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from ..config.auth import Authenticator
 from .backend import HttpBackend
 from .hook import PythonHook
 from .identity import AuthFailure, Handshake, Identity
 from .jwt import JwtVerifier
-from .models import Authenticator
 
 __all__ = ["AuthenticatorImpl", "HookAuthenticator", "HttpAuthenticator", "JwtAuthenticator", "build_authenticator"]
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import aiohttp
 
+from ..config.auth import HttpBackendConfig
 from .identity import AuthFailure, Handshake, Identity, display_url, redact
-from .models import HttpBackendConfig
 
 __all__ = ["FORWARDED_HEADERS", "HttpBackend", "forwarded_headers"]
 

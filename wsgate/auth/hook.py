@@ -83,7 +83,8 @@ class PythonHook:
         except Refuse as refusal:
             reason: FailureReason = "forbidden" if refusal.status == 403 else "invalid"
             raise AuthFailure(
-                refusal.status, reason, redact(f"refused by {self.ref}: {refusal.reason}", handshake.token)
+                refusal.status, reason, redact(f"refused by {self.ref}: {refusal.reason}", handshake.token),
+                body=redact(refusal.reason, handshake.token),
             ) from None
         except Exception as exc:
             # The message is the hook author's text and may quote the token; only a

@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import WsgateError
+from ..errors import Refuse
 
 # AuthFailure is left out on purpose: it is the authenticators' internal verdict, not a
 # public exception (every exported exception is a WsgateError). Import it by name.
@@ -34,22 +34,6 @@ class Identity:
     user: str
     claims: Mapping[str, Any] = field(default_factory=dict)
     expires_at: float | None = None
-
-
-class Refuse(WsgateError):
-    """Raised by a handler's ``authorize`` or a python auth hook to turn a client away.
-
-    ``status`` is the HTTP status of the refusal (a 4xx); ``reason`` is a short text
-    that may reach the client, so it must not carry secrets.
-    """
-
-    def __init__(self, status: int = 403, reason: str = "forbidden") -> None:
-        # A 5xx would blame the gateway for a decision the application made.
-        if not 400 <= status <= 499:
-            raise ValueError(f"Refuse status must be a 4xx HTTP status, got {status!r}")
-        self.status = status
-        self.reason = reason
-        super().__init__(f"{status} {reason}")
 
 
 @dataclass(frozen=True, repr=False)
@@ -84,13 +68,15 @@ class AuthFailure(Exception):
 
     ``status`` is 401, 403 or 503 (a hook's ``Refuse`` may carry another 4xx);
     ``reason`` is the short word the client and the metrics see; ``detail`` is for the
-    log line and never contains the token.
+    log line and never contains the token; ``body``, when set, is what the client
+    reads instead of the standard text (a ``Refuse`` reason).
     """
 
-    def __init__(self, status: int, reason: FailureReason, detail: str) -> None:
+    def __init__(self, status: int, reason: FailureReason, detail: str, body: str | None = None) -> None:
         self.status = status
         self.reason: FailureReason = reason
         self.detail = detail
+        self.body = body
         super().__init__(f"{status} {reason}: {detail}")
 
 

@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.algorithms import get_default_algorithms
 from jwt.types import Options
 
+from ..config.auth import HMAC_ALGORITHMS, JwtConfig
 from .identity import AuthFailure, Identity, display_url, redact
-from .models import HMAC_ALGORITHMS, JwtConfig
 
 __all__ = ["JwtVerifier"]
 

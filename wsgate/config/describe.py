@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from ..auth.identity import display_url
 from ..policy.hosts import HostPolicy
 from ..policy.origin import OriginPolicy
+from .auth import Authenticator
 from .models import Endpoint, Settings
+from .units import shown_url
 
 __all__ = ["describe_routes"]
 
@@ -40,7 +43,26 @@ def _describe(endpoint: Endpoint) -> list[str]:
         f"    rate_limit:     {rate}",
         f"    subprotocols:   {', '.join(p.subprotocols) or '(none)'}; compression: {'on' if p.compression else 'off'}",
         f"    close_timeout:  {_seconds(p.close_timeout)}",
+        f"    auth:           {p.auth or 'none (anonymous)'}"
+        + (f"; allow: {'; '.join(f'{k} in {v}' for k, v in p.allow.items())}" if p.allow else ""),
     ]
+
+
+def _authenticator(name: str, spec: Authenticator) -> str:
+    """One authenticator, without its secret or any credential in its URLs."""
+    if spec.jwt is not None:
+        j = spec.jwt
+        keys = "secret" if j.secret else f"public key {j.public_key}" if j.public_key else \
+            f"JWKS {display_url(j.jwks_url or '')} (cached {_seconds(j.jwks_cache)})"
+        checks = [f"{label} {value}" for label, value in (("audience", j.audience), ("issuer", j.issuer)) if value]
+        what = f"jwt {', '.join(j.algorithms)} with the {keys}; user claim {j.user_claim}; " \
+               f"leeway {_seconds(j.leeway)}" + "".join(f"; {c}" for c in checks)
+    elif spec.http is not None:
+        what = f"http POST {display_url(spec.http.url)} (timeout {_seconds(spec.http.timeout)})"
+    else:
+        what = f"python {spec.python}"
+    cookie = f"; also the cookie {spec.cookie}" if spec.cookie else ""
+    return f"  {name}: {what}{cookie}"
 
 
 def _listen(settings: Settings) -> str:
@@ -57,13 +79,17 @@ def describe_routes(settings: Settings) -> str:
     c = settings.config
     lines = [
         f"config {settings.file}: would listen on {_listen(settings)}, "
-        f"{c.server.workers} worker(s), broker {c.broker}, API {'on' if c.api.token else 'off'}, "
+        f"{c.server.workers} worker(s), broker {shown_url(c.broker)}, API {'on' if c.api.token else 'off'}, "
         f"handshake timeout {_seconds(c.server.handshake_timeout)}, "
         f"shutdown timeout {_seconds(c.server.shutdown_timeout)}, "
         f"connections {c.server.max_connections or 'unlimited'}",
         f"allowed hosts: {HostPolicy.from_config(c.server.allowed_hosts, c.server.host).describe()}; "
         "/healthz and /readyz answer any host",
     ]
+    if c.auth:
+        lines.append("authenticators (token from Authorization: Bearer, the wsgate.bearer.* subprotocol, "
+                     "access_token):")
+        lines += [_authenticator(name, spec) for name, spec in c.auth.items()]
     for endpoint in settings.endpoints:
         lines += _describe(endpoint)
     return "\n".join(lines)

@@ -10,15 +10,16 @@ import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Union
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ValidationError
 
+from ..auth.authenticator import AuthenticatorImpl, build_authenticator
 from ..errors import ConfigError, ConfigProblem, HandlerLoadError
 from ..handler import Handler
 from .envvars import expand_env
-from .models import Config, Endpoint, Policy, Settings, _LocatedValueError
+from .models import Config, Endpoint, EndpointSpec, Policy, Settings, _LocatedValueError
 from .registry import Registry
+from .units import shown_url
 from .yamlsource import Located, load_yaml
 
 __all__ = ["load_config", "parse_config"]
@@ -95,14 +96,6 @@ def _duplicate_paths(raw: object, src: Located) -> list[ConfigProblem]:
     return problems
 
 
-def _shown_url(url: str) -> str:
-    """``url`` with its password, if any, replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
-
-
 def _broker_problem(data: dict[str, Any], src: Located) -> ConfigProblem | None:
     """A problem if the broker is Redis but the ``redis`` package cannot be imported."""
     broker = data.get("broker")
@@ -114,7 +107,7 @@ def _broker_problem(data: dict[str, Any], src: Located) -> ConfigProblem | None:
         line, column = src.where(("broker",))
         origin = " (from WSGATE_BROKER)" if os.environ.get("WSGATE_BROKER") else ""
         return ConfigProblem(src.file, line, column, "",
-                             f"broker {_shown_url(broker)}{origin}: the redis package is not installed: "
+                             f"broker {shown_url(broker)}{origin}: the redis package is not installed: "
                              "pip install 'wsgate[redis]'")
     return None
 
@@ -143,6 +136,37 @@ def _resolve(registry: Registry, src: Located, index: int, handler: str, options
     except ValidationError as exc:
         problems.extend(_problems(exc, cls.Options, src, (*where, "options")))
         return None
+
+
+def _auth_problems(config: Config, spec: EndpointSpec, index: int, policy: Policy,
+                   src: Located) -> list[ConfigProblem]:
+    """An endpoint's ``auth`` must name an authenticator; ``allow`` needs one."""
+    def where(key: str) -> tuple[str | int, ...]:
+        return ("endpoints", index, key) if key in spec.model_fields_set else ("policy", key)
+
+    problems = []
+    if policy.auth is not None and policy.auth not in config.auth:
+        known = f"the auth: section defines {', '.join(config.auth)}" if config.auth else "the auth: section is empty"
+        close = difflib.get_close_matches(policy.auth, list(config.auth), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        problems.append(src.problem(where("auth"), f"no authenticator named {policy.auth!r}; {hint}{known}"))
+    if policy.allow is not None and policy.auth is None:
+        problems.append(src.problem(where("allow"), "allow checks claims, so it needs auth: NAME "
+                                                    "(an authenticator of the auth: section)"))
+    return problems
+
+
+def _authenticators(config: Config, folder: Path, src: Located,
+                    problems: list[ConfigProblem]) -> dict[str, AuthenticatorImpl]:
+    """Build every authenticator: key files are read and hooks imported before binding."""
+    built = {}
+    for name, spec in config.auth.items():
+        kind = "jwt" if spec.jwt else "http" if spec.http else "python"
+        try:
+            built[name] = build_authenticator(name, spec, folder)
+        except ValueError as exc:
+            problems.append(src.problem(("auth", name, kind), str(exc)))
+    return built
 
 
 def parse_config(text: str, file: str, registry: Registry) -> Settings:
@@ -186,11 +210,14 @@ def parse_config(text: str, file: str, registry: Registry) -> Settings:
         except ValidationError as exc:
             problems.extend(_problems(exc, Policy, src, where))
             continue
+        problems += _auth_problems(config, spec, index, policy, src)
         endpoints.append(Endpoint(path=spec.path, handler_ref=spec.handler, handler_cls=cls,
                                   options=options, policy=policy))
+    authenticators = _authenticators(config, Path(file).resolve().parent, src, problems)
     if problems:
         raise ConfigError(problems)
-    settings = Settings(file=file, config=config, endpoints=tuple(endpoints), source=src)
+    settings = Settings(file=file, config=config, endpoints=tuple(endpoints), source=src,
+                        authenticators=authenticators)
     settings.check_deployment()
     return settings
 

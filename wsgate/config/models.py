@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -23,12 +24,14 @@ from pydantic import (
     model_validator,
 )
 
+from ..auth.authenticator import AuthenticatorImpl
 from ..errors import ConfigError
 from ..handler import Handler
 from ..policy.hosts import parse_host_pattern
 from ..policy.origin import parse_origin_pattern
 from ..tls import TlsError, server_ssl_context
-from .units import parse_duration, parse_size
+from .auth import Allow, AuthSection
+from .base import Duration, Size, StrictModel
 from .yamlsource import Located
 
 __all__ = [
@@ -46,27 +49,20 @@ __all__ = [
     "TlsConfig",
 ]
 
-Duration = Annotated[float, BeforeValidator(parse_duration, json_schema_input_type=float | str)]
-Size = Annotated[int, BeforeValidator(parse_size, json_schema_input_type=int | str)]
-
 RESERVED_PATHS = ("/", "/healthz", "/readyz", "/metrics")
 MAX_MESSAGE_SIZE = 1 << 30
 RESERVED_PREFIXES = ("/static/", "/api/")
 _PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Heartbeat(_Strict):
+class Heartbeat(StrictModel):
     """Server pings every ``interval``; no pong within ``timeout`` closes. 0 disables."""
 
     interval: Duration = 20.0
     timeout: Duration = 10.0
 
 
-class RateLimit(_Strict):
+class RateLimit(StrictModel):
     """Token bucket: ``messages`` per ``per`` seconds, bursts up to ``burst``."""
 
     messages: int = Field(gt=0)
@@ -90,7 +86,7 @@ def _check_origins(value: object) -> object:
 Origins = Annotated[Literal["same-origin", "*"] | list[str], BeforeValidator(_check_origins)]
 
 
-class Policy(_Strict):
+class Policy(StrictModel):
     """Per-endpoint connection policy; see the README's config reference."""
 
     origins: Origins = "same-origin"
@@ -106,6 +102,8 @@ class Policy(_Strict):
     subprotocols: list[str] = []
     compression: bool = False
     close_timeout: Duration = 5.0
+    auth: str | None = None
+    allow: Allow | None = None
 
     @field_validator("max_message_size", "send_queue")
     @classmethod
@@ -127,7 +125,7 @@ POLICY_KEYS = tuple(Policy.model_fields)
 
 _EndpointBase = create_model(  # type: ignore[call-overload]
     "_EndpointBase",
-    __base__=_Strict,
+    __base__=StrictModel,
     **{name: (Optional[field.rebuild_annotation()], None)  # noqa: UP045
        for name, field in Policy.model_fields.items()},
 )
@@ -162,7 +160,7 @@ def _check_host(value: str) -> str:
     return value
 
 
-class TlsConfig(_Strict):
+class TlsConfig(StrictModel):
     """A PEM certificate chain (leaf first) and its unencrypted private key.
 
     Relative paths start from the config file's folder; the files are read at start.
@@ -172,7 +170,7 @@ class TlsConfig(_Strict):
     key: Path
 
 
-class ServerConfig(_Strict):
+class ServerConfig(StrictModel):
     """Where to listen and how to stop."""
 
     host: str = "127.0.0.1"
@@ -187,13 +185,13 @@ class ServerConfig(_Strict):
     tls: TlsConfig | None = None
 
 
-class ApiConfig(_Strict):
+class ApiConfig(StrictModel):
     """The HTTP API (publish, reload); off unless a token is set."""
 
     token: str | None = None
 
 
-class LoggingConfig(_Strict):
+class LoggingConfig(StrictModel):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
 
@@ -204,10 +202,11 @@ def _check_broker(value: object) -> object:
     raise ValueError("expected 'memory' or a Redis URL such as 'redis://127.0.0.1:6379/0'")
 
 
-class Config(_Strict):
+class Config(StrictModel):
     """The whole of config.yaml."""
 
     server: ServerConfig = ServerConfig()
+    auth: AuthSection = {}
     policy: Policy = Policy()
     endpoints: list[EndpointSpec] = Field(min_length=1)
     broker: Annotated[str, BeforeValidator(_check_broker)] = "memory"
@@ -257,6 +256,8 @@ class Settings(BaseModel):
     config: Config
     endpoints: tuple[Endpoint, ...]
     source: Located
+    # By name, built from ``config.auth`` (key files read, hooks imported) when loaded.
+    authenticators: Mapping[str, AuthenticatorImpl] = {}
 
     @property
     def folder(self) -> Path:

@@ -8,14 +8,19 @@ import contextlib
 import itertools
 import json
 import logging
+from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from ..auth.allow import allowed
+from ..auth.identity import AuthFailure
+from ..auth.tokens import AUTH_PROTOCOL
 from ..closecode import CloseCode
 from ..config import Endpoint, Settings
-from ..config.models import ServerConfig
+from ..config.models import Policy, ServerConfig
+from ..connection import Connection
 from ..observe.logs import redact_query
 from ..observe.stats import GatewayStats
 from ..policy.hosts import host_policy
@@ -23,13 +28,29 @@ from ..policy.limits import Admission
 from ..policy.proxies import client_address, client_scheme
 from .endpoint import LiveEndpoint
 from .hub import Hub
+from .identify import identify, refusal_response, strip_bearer
 from .session import Services, Session, access_log
 from .timers import TimerWheel
 from .writer import Flusher
 
-__all__ = ["Gateway", "host_refusal"]
+__all__ = ["Gateway", "host_refusal", "still_allowed"]
 
 log = logging.getLogger("wsgate.gateway")
+
+AUTHENTICATOR_GRACE = 30.0  # seconds a replaced authenticator keeps its sessions after a reload
+
+
+def still_allowed(auth: str | None, conn: Connection, policy: Policy) -> bool:
+    """Whether an open connection, admitted under authenticator ``auth``, passes ``policy`` now.
+
+    A connection admitted by another authenticator (or by none) cannot be re-verified
+    without its token, which is not kept, so it no longer passes.
+    """
+    if policy.auth is None:
+        return True
+    if policy.auth != auth:
+        return False
+    return policy.allow is None or allowed(conn.claims, policy.allow)
 
 
 def host_refusal(request: web.Request, server: ServerConfig) -> web.Response | None:
@@ -94,8 +115,21 @@ class Gateway:
             if new.get(path) is not live:
                 self._retire(live)
         self.routes = new
+        retired_authenticators = list(self.settings.authenticators.values())
         self.settings = settings
         self.admission.max_total = settings.config.server.max_connections
+        for session in list(self.sessions):
+            now = new.get(session.live.path)
+            if now is not None and not still_allowed(session.auth, session.conn, now.endpoint.policy):
+                session.close(CloseCode.FORBIDDEN, "forbidden")
+
+        async def close_later() -> None:
+            # Handshakes already inside an old authenticator finish with it first.
+            await asyncio.sleep(AUTHENTICATOR_GRACE)
+            for authenticator in retired_authenticators:
+                await authenticator.close()
+
+        self._spawn(close_later())
 
     def _retire(self, live: LiveEndpoint) -> None:
         async def stop_when_idle() -> None:
@@ -104,7 +138,10 @@ class Gateway:
             self._retired.discard(live)
 
         self._retired.add(live)
-        task = asyncio.get_running_loop().create_task(stop_when_idle())
+        self._spawn(stop_when_idle())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -116,8 +153,23 @@ class Gateway:
         live, remote, origin = checked
         try:
             policy = live.endpoint.policy
+            request, offered_token = strip_bearer(request, policy.subprotocols)
+            try:
+                identity = await identify(request, live, remote, offered_token, self.settings.authenticators)
+            except AuthFailure as failure:
+                live.stats.auth_refusals[failure.reason] += 1
+                log.warning("auth refused: %d %s on %s from %s: %s",
+                            failure.status, failure.reason, live.path, remote, failure.detail)
+                return refusal_response(failure)
+            except Exception:
+                live.stats.handler_errors += 1
+                log.exception("%s.authorize raised on %s; answering 500", type(live.handler).__name__, live.path)
+                return web.Response(status=500, text="the endpoint's handler failed\n")
+            if self.draining:  # authentication may have taken a while
+                return web.Response(status=503, text="the server is shutting down\n")
             ws = web.WebSocketResponse(
-                autoping=False, autoclose=False, protocols=policy.subprotocols, compress=policy.compression,
+                autoping=False, autoclose=False, protocols=(*policy.subprotocols, AUTH_PROTOCOL),
+                compress=policy.compression,
                 # aiohttp refuses a message of exactly max_msg_size; ours is the largest allowed.
                 max_msg_size=policy.max_message_size + 1,
             )
@@ -128,7 +180,7 @@ class Gateway:
                 return web.Response(status=400, text="malformed WebSocket handshake headers\n")
             except ConnectionError:
                 return web.Response(status=400)  # the client left during the handshake; nobody reads this
-            session = Session(self._services, live, ws, request, remote, f"c{next(self._ids)}")
+            session = Session(self._services, live, ws, request, remote, f"c{next(self._ids)}", identity)
             live.stats.open += 1
             live.stats.connections += 1
             self.sessions.add(session)
@@ -226,6 +278,8 @@ class Gateway:
         endpoints = set(self.routes.values()) | self._retired
         stops = {loop.create_task(live.stop()): f"shutdown() of {live.path}" for live in endpoints}
         stops[loop.create_task(self.hub.broker.close())] = "the broker's close"
+        for name, authenticator in self.settings.authenticators.items():
+            stops[loop.create_task(authenticator.close())] = f"authenticator {name}'s close"
         _, pending = await asyncio.wait(stops, timeout=max(0.0, deadline - loop.time()))
         for task in pending:
             task.cancel()

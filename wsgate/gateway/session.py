@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from aiohttp import EofStream, WebSocketError, WSMsgType, web
 
+from ..auth.identity import Identity
 from ..closecode import CloseCode
 from ..connection import Connection
 from ..errors import ConnectionClosed
@@ -51,11 +52,11 @@ def _deflate(ws: web.WebSocketResponse) -> Deflate | None:
 class Session:
     """One accepted WebSocket: its Connection, writer, timers and close handshake."""
 
-    __slots__ = ("_close_timer", "_slot", "bucket", "conn", "handshake", "incoming", "keepalive", "live", "loop",
-                 "messages_in", "services", "started", "task", "writer", "ws")
+    __slots__ = ("_close_timer", "_expiry", "_slot", "auth", "bucket", "conn", "handshake", "incoming",
+                 "keepalive", "live", "loop", "messages_in", "services", "started", "task", "writer", "ws")
 
     def __init__(self, services: Services, live: LiveEndpoint, ws: web.WebSocketResponse,
-                 request: web.Request, remote: str, conn_id: str) -> None:
+                 request: web.Request, remote: str, conn_id: str, identity: Identity | None = None) -> None:
         policy = live.endpoint.policy
         self.loop = asyncio.get_running_loop()
         self.services = services
@@ -77,6 +78,14 @@ class Session:
         self.writer = Writer(transport, services.flusher, queue, live.stats, self._overflow, _deflate(ws))
         self.conn = Connection(self, self.writer.send, id=conn_id, path=live.path, remote=remote,
                                headers=request.headers, query=request.query, subprotocol=ws.ws_protocol)
+        if identity is not None:
+            self.conn.user, self.conn.claims = identity.user, identity.claims
+        self.auth = policy.auth  # the authenticator that admitted the client, by name
+        self._expiry: asyncio.TimerHandle | None = None
+        if identity is not None and identity.expires_at is not None:
+            # The wall clock, as exp is; 3000 is IANA's "Unauthorized": reconnect with a new token.
+            self._expiry = self.loop.call_later(max(0.0, identity.expires_at - time.time()),
+                                                self.close, CloseCode.UNAUTHORIZED, "token expired")
         now = self.loop.time()
         hb = policy.heartbeat
         self.keepalive = KeepAlive(hb.interval, hb.timeout, policy.idle_timeout, now)
@@ -243,6 +252,8 @@ class Session:
             self._slot = None
         if self._close_timer is not None:
             self._close_timer.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
         self.handshake.lost()
         if not self.writer.closed:
             self.writer.abort()

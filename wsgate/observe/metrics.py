@@ -59,7 +59,11 @@ class _Collector(Collector):
         closes = CounterMetricFamily("wsgate_closes", "Connections closed, by close code", labels=["endpoint", "code"])
         limits = CounterMetricFamily("wsgate_limit_rejections", "Refusals and closes by a limit",
                                      labels=["endpoint", "limit"])
+        auth = CounterMetricFamily("wsgate_auth_refusals", "Handshakes refused by auth, allow or authorize",
+                                   labels=["endpoint", "reason"])
         for path, s in endpoints:
+            for reason, n in sorted(s.auth_refusals.items()):
+                auth.add_metric([path, reason], n)
             by_label: Counter[str] = Counter()
             for code, n in s.close_codes.items():
                 by_label[_code_label(code)] += n
@@ -69,6 +73,7 @@ class _Collector(Collector):
                 limits.add_metric([path, limit], n)
         yield closes
         yield limits
+        yield auth
         yield CounterMetricFamily("wsgate_broker_publish_failures", "Publishes the broker did not take",
                                   value=self._stats.broker_publish_failures)
 

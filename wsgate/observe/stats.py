@@ -21,6 +21,7 @@ class EndpointStats:
     close_codes: Counter[int] = field(default_factory=Counter)
     origin_rejections: int = 0
     limit_rejections: Counter[str] = field(default_factory=Counter)
+    auth_refusals: Counter[str] = field(default_factory=Counter)  # by reason: missing, invalid, ...
     slow_client_closes: int = 0
     handler_errors: int = 0
     heartbeat_timeouts: int = 0

@@ -22,8 +22,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, model_validator
 
-from ..config.models import Duration, _Strict
-from .allow import claim_text
+from .base import Duration, StrictModel
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
@@ -35,6 +34,7 @@ __all__ = [
     "HttpBackendConfig",
     "JwtConfig",
     "PythonHookConfig",
+    "claim_text",
 ]
 
 Algorithm = Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"]
@@ -72,7 +72,7 @@ def _algorithm_list(value: object) -> object:
     return value
 
 
-class JwtConfig(_Strict):
+class JwtConfig(StrictModel):
     """Verify a JWT locally: with a shared ``secret`` (HS*), a PEM ``public_key`` or a ``jwks_url``."""
 
     algorithms: Annotated[list[Algorithm], BeforeValidator(_algorithm_list), Field(min_length=1)]
@@ -112,7 +112,7 @@ class JwtConfig(_Strict):
         return self
 
 
-class HttpBackendConfig(_Strict):
+class HttpBackendConfig(StrictModel):
     """Ask an HTTP service: wsgate POSTs the handshake, the service answers with the user."""
 
     url: HttpUrl
@@ -134,7 +134,7 @@ def _check_cookie_name(value: str) -> str:
     return value
 
 
-class Authenticator(_Strict):
+class Authenticator(StrictModel):
     """One named authenticator: exactly one of ``jwt``, ``http``, ``python``."""
 
     jwt: JwtConfig | None = None
@@ -156,6 +156,21 @@ def _check_name(value: str) -> str:
 
 
 AuthSection = dict[Annotated[str, AfterValidator(_check_name)], Authenticator]
+
+
+def claim_text(value: object) -> str:
+    """How a scalar claim or rule value compares: JSON spelling for booleans and null.
+
+    YAML ``admin: true`` and a JSON claim ``true`` must meet as ``"true"``, where
+    ``str()`` would say ``"True"``.
+    """
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if value is None:
+        return "null"
+    return str(value)
 
 
 def _allow_lists(value: object) -> object:

@@ -1,0 +1,93 @@
+"""Who is connecting, decided before the upgrade.
+
+In order: the token is found (Authorization, the ``wsgate.bearer.*`` subprotocol
+entry, ``access_token``, a cookie), the endpoint's authenticator turns it into an
+Identity (401), ``allow`` checks the claims (403), and the handler's ``authorize``
+may still refuse. The handler is never constructed anew or called for a refusal
+other than by ``authorize`` itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+from aiohttp import hdrs, web
+from multidict import CIMultiDict
+
+from ..auth.allow import allowed
+from ..auth.authenticator import AuthenticatorImpl
+from ..auth.identity import AuthFailure, Handshake, Identity
+from ..auth.tokens import AUTH_PROTOCOL, BEARER_PROTOCOL_PREFIX, extract_token, split_offer
+from ..errors import Refuse
+from ..handler import Handler
+from .endpoint import LiveEndpoint
+
+__all__ = ["identify", "refusal_response", "strip_bearer"]
+
+_BODIES = {
+    "missing": "authentication required: send a token (Authorization: Bearer, the wsgate.bearer.* "
+               "subprotocol, or access_token)",
+    "invalid": "invalid token",
+    "expired": "token expired",
+    "forbidden": "forbidden",
+    "backend_error": "authentication is unavailable right now; retry shortly",
+}
+
+
+def strip_bearer(request: web.Request, endpoint_protocols: Sequence[str]) -> tuple[web.Request, str | None]:
+    """The request without any ``wsgate.bearer.*`` offer, and the token that entry carried.
+
+    Done on every endpoint: aiohttp logs the whole offer when nothing matches, and the
+    handler sees the headers. If an endpoint subprotocol is offered it wins over
+    ``wsgate.auth``, whatever the client's order.
+    """
+    values = request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ())
+    if not any(BEARER_PROTOCOL_PREFIX in value.lower() for value in values):
+        return request, None
+    offered, token = split_offer(values)
+    if any(protocol in endpoint_protocols for protocol in offered):
+        offered = [protocol for protocol in offered if protocol != AUTH_PROTOCOL]
+    headers = CIMultiDict(request.headers)
+    del headers[hdrs.SEC_WEBSOCKET_PROTOCOL]
+    if offered:
+        headers[hdrs.SEC_WEBSOCKET_PROTOCOL] = ", ".join(offered)
+    return request.clone(headers=headers), token
+
+
+async def identify(request: web.Request, live: LiveEndpoint, remote: str, offered_token: str | None,
+                   authenticators: Mapping[str, AuthenticatorImpl]) -> Identity | None:
+    """The client's identity (None on an endpoint without ``auth``); AuthFailure to refuse."""
+    policy = live.endpoint.policy
+    authenticator = authenticators[policy.auth] if policy.auth is not None else None
+    asks = type(live.handler).authorize is not Handler.authorize
+    if authenticator is None and not asks:
+        return None
+    cookie = authenticator.cookie if authenticator is not None else None
+    handshake = Handshake(path=live.path, query=request.query, headers=request.headers, remote=remote,
+                          token=extract_token(request.headers, request.query, offered_token, cookie))
+    identity = None
+    if authenticator is not None:
+        identity = await authenticator.authenticate(handshake)
+        if policy.allow is not None and not allowed(identity.claims, policy.allow):
+            raise AuthFailure(403, "forbidden", f"user {identity.user!r}: claims do not satisfy allow")
+        handshake = dataclasses.replace(handshake, user=identity.user, claims=identity.claims)
+    if asks:
+        try:
+            await live.handler.authorize(handshake)
+        except Refuse as refused:
+            raise AuthFailure(refused.status, "invalid" if refused.status == 401 else "forbidden",
+                              f"refused by the handler: {refused.reason}", body=refused.reason) from None
+    return identity
+
+
+def refusal_response(failure: AuthFailure) -> web.Response:
+    """The HTTP answer to a refused handshake: never the token, never the detail."""
+    headers = {}
+    if failure.status == 401:
+        error = "" if failure.reason == "missing" else ', error="invalid_token"'
+        headers[hdrs.WWW_AUTHENTICATE] = f'Bearer realm="wsgate"{error}'
+    if failure.status == 503:
+        headers[hdrs.RETRY_AFTER] = "1"
+    body = failure.body or _BODIES[failure.reason]
+    return web.Response(status=failure.status, text=body + "\n", headers=headers)
