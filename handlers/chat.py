@@ -5,10 +5,15 @@ Connect to ``/chat?room=lobby&name=alice``. Plain text, or ``{"type": "message",
 ``history`` on connect; ``join``, ``leave`` and ``message`` to the room; ``error``
 to one client. Message ids count up per room, across instances when the broker is
 Redis. A taken name gets a numeric suffix (``alice-2``); the welcome says which.
+
+On an endpoint with ``auth``, the name comes from the identity (the ``name`` claim, else
+the user id) and ``?name=`` is ignored; a user's several connections to a room (tabs)
+are one member; a ``rooms`` claim limits the rooms the user may join.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import secrets
@@ -19,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from wsgate import BrokerError, CloseCode, Connection, Context, Handler, Message
+from wsgate import BrokerError, CloseCode, Connection, Context, Handler, Handshake, Message, Refuse
 
 _ROOM = re.compile(r"[\w.-]{1,64}")
 _MAX_NAME = 32
@@ -40,6 +45,10 @@ class ChatOptions(BaseModel):
     max_rooms: int = Field(default=10_000, gt=0, description="rooms open at once on this instance; a join that "
                                                              "would open one more is refused")
     default_room: str = Field(default="lobby", pattern=f"^{_ROOM.pattern}$")
+    name_claim: str = Field(default="name", description="on an endpoint with auth: the claim that holds the display "
+                                                        "name; the user id when absent")
+    rooms_claim: str = Field(default="rooms", description="on an endpoint with auth: the claim listing the rooms a "
+                                                          "user may join ('*' is a wildcard); no claim, any room")
 
 
 class ChatInputError(ValueError):
@@ -91,6 +100,26 @@ def clean_room(requested: str) -> str | None:
     return room if _ROOM.fullmatch(room) else None
 
 
+@functools.lru_cache(maxsize=1024)
+def _room_pattern(pattern: str) -> re.Pattern[str]:
+    # fnmatch would also treat '?' and '[...]' as wildcards; room names may contain
+    # them, so only '*' is special here.
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
+
+
+def room_allowed(rooms_claim: object, room: str) -> bool:
+    """True if the ``rooms`` claim (a list of names, ``*`` matching any run) admits ``room``.
+
+    A claim that is not a list of strings admits nothing; a lone string is taken as a
+    one-element list.
+    """
+    if isinstance(rooms_claim, str):
+        rooms_claim = [rooms_claim]
+    if not isinstance(rooms_claim, list):
+        return False
+    return any(isinstance(p, str) and _room_pattern(p).fullmatch(room) is not None for p in rooms_claim)
+
+
 def history_message(events: list[dict[str, Any]], max_bytes: int) -> str:
     """``{"type": "history", "messages": [...]}`` with the newest events that fit in ``max_bytes``."""
     head, tail = '{"type":"history","messages":[', "]}"
@@ -110,6 +139,16 @@ def candidate_names(name: str) -> list[str]:
     return [name] + [f"{name}-{n}" for n in range(2, 21)]
 
 
+# Presence sets beside a room's own, for authenticated members. '#' cannot occur in a
+# room name, so these never collide with a room.
+def _owner_key(room: str, name: str) -> str:
+    return f"{room}#owner:{name}"  # holds the user id that owns the name
+
+
+def _tabs_key(room: str, user: str) -> str:
+    return f"{room}#tabs:{user}"  # holds one token per open connection of the user
+
+
 class Chat(Handler[ChatOptions]):
     """Multi-room chat; rooms are broker topics, so instances sharing Redis share rooms."""
 
@@ -123,6 +162,15 @@ class Chat(Handler[ChatOptions]):
         # Per room: the history list the context returned last, and its message. The
         # context returns the same list until the room changes, so joins reuse the text.
         self._history: dict[str, tuple[list[dict[str, Any]], str]] = {}
+        # Tells this instance's connections apart from another's in the shared tab sets.
+        self._instance = secrets.token_hex(4)
+
+    async def authorize(self, handshake: Handshake) -> None:
+        if handshake.user is None or self.options.rooms_claim not in handshake.claims:
+            return
+        room = clean_room(handshake.query.get("room") or self.options.default_room)
+        if room is not None and not room_allowed(handshake.claims[self.options.rooms_claim], room):
+            raise Refuse(403, f"you may not join the room {room!r}")
 
     async def on_connect(self, conn: Connection) -> None:
         try:
@@ -145,19 +193,42 @@ class Chat(Handler[ChatOptions]):
             return
         self._rooms[room] += 1
         conn.state["chat_room"] = room
-        for name in candidate_names(clean_name(conn.query.get("name"))):
-            if await ctx.claim(room, name):
-                break
-        else:
+        claimed = await (self._claim_anonymous(conn, room) if conn.user is None else self._claim_user(conn, room))
+        if claimed is None:
             await conn.send_json({"type": "error", "error": "that name is taken in this room"})
             await conn.close(CloseCode.POLICY_VIOLATION, "name taken")
             return
+        name, first = claimed
         conn.state["chat"] = (room, name)
         await ctx.subscribe(conn, room)
         users = await ctx.members(room)
         await conn.send_json({"type": "welcome", "name": name, "room": room, "users": users})
         await conn.send(await self._history_message(room))
-        await self._announce("join", room, name, users)
+        if first:
+            await self._announce("join", room, name, users)
+
+    async def _claim_anonymous(self, conn: Connection, room: str) -> tuple[str, bool] | None:
+        for name in candidate_names(clean_name(conn.query.get("name"))):
+            if await self.context.claim(room, name):
+                return name, True
+        return None
+
+    async def _claim_user(self, conn: Connection, room: str) -> tuple[str, bool] | None:
+        """The name of ``conn.user`` in ``room``, and whether this is its first connection there."""
+        ctx, user = self.context, str(conn.user)
+        shown = conn.claims.get(self.options.name_claim)
+        for name in candidate_names(clean_name(shown if isinstance(shown, str) and shown.strip() else user)):
+            if await ctx.claim(room, name):
+                await ctx.claim(_owner_key(room, name), user)
+                first = True
+            elif await ctx.members(_owner_key(room, name)) == [user]:
+                first = False  # another tab of the same user holds it
+            else:
+                continue
+            conn.state["chat_tab"] = f"{self._instance}:{conn.id}"
+            await ctx.claim(_tabs_key(room, user), conn.state["chat_tab"])
+            return name, first
+        return None
 
     async def _history_message(self, room: str) -> str:
         events = await self.context.history(room, self.options.history)
@@ -187,9 +258,15 @@ class Chat(Handler[ChatOptions]):
         if "chat" not in conn.state:
             return
         room, name = conn.state["chat"]
+        ctx = self.context
         try:
-            await self.context.release(room, name)
-            users = await self.context.members(room)
+            if conn.user is not None:
+                await ctx.release(_tabs_key(room, conn.user), conn.state["chat_tab"])
+                if await ctx.members(_tabs_key(room, conn.user)):
+                    return  # the user is still here in another tab
+                await ctx.release(_owner_key(room, name), conn.user)
+            await ctx.release(room, name)
+            users = await ctx.members(room)
         except BrokerError as exc:
             self.context.logger.warning("could not release %r in room %r: %s", name, room, exc)
             return

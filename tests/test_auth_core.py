@@ -51,7 +51,6 @@ from wsgate.auth import (
     allowed,
     build_authenticator,
     extract_token,
-    room_allowed,
     split_offer,
 )
 from wsgate.auth.identity import AuthFailure
@@ -300,34 +299,6 @@ def test_allow_rules_from_yaml_values_meet_json_claims() -> None:
 def test_allow_refuses_rules_that_name_nothing(bad: object) -> None:
     with pytest.raises(ValidationError):
         TypeAdapter(Allow).validate_python(bad)
-
-
-@pytest.mark.parametrize(
-    ("rooms", "room", "expected"),
-    [
-        (["lobby"], "lobby", True),
-        (["lobby"], "lobby2", False),
-        (["team-*"], "team-red", True),
-        (["team-*"], "team-", True),
-        (["team-*"], "teams", False),
-        (["*"], "anything/at all", True),
-        (["a*c"], "abbbc", True),
-        (["a*c"], "abbbd", False),
-        (["room?"], "room?", True),
-        (["room?"], "room1", False),
-        (["[ab]"], "[ab]", True),
-        (["[ab]"], "a", False),
-        (["Lobby"], "lobby", False),
-        ("lobby", "lobby", True),
-        ("lobby", "lobbyist", False),
-        (None, "lobby", False),
-        ({"lobby": True}, "lobby", False),
-        ([1, "x"], "1", False),
-        ([], "lobby", False),
-    ],
-)
-def test_room_allowed(rooms: object, room: str, expected: bool) -> None:
-    assert room_allowed(rooms, room) is expected
 
 
 # --- identity.py -----------------------------------------------------------------------

@@ -363,3 +363,49 @@ async def test_raw_json_toggle_on_the_echo_endpoint(
         await send(page, "after")
         await expect(logged(page, "received")).to_have_text(["plain", looks_like_chat, "after"])
         await expect(logged(page, "sent")).to_have_text(["plain", looks_like_chat, "after"])
+
+
+AUTH_SECRET = "browser-auth-secret-0123456789abcdef"
+
+
+def auth_config() -> dict[str, Any]:
+    config = gateway_config()
+    config["auth"] = {"users": {"jwt": {"algorithms": ["HS256"], "secret": AUTH_SECRET}}}
+    config["endpoints"][1].update({"auth": "users"})
+    config["logging"] = {"level": "debug"}
+    return config
+
+
+async def test_the_page_sends_a_token_in_the_subprotocol_pair_and_shows_refusals(
+    browser: Browser, wsgate_process: Start, write_config: WriteConfig, artifacts: Path
+) -> None:
+    """A chat endpoint with JWT auth: the token field appears only for it; a good token
+    connects (the name comes from its claim, the token stays out of the URL); a bad one
+    is reported as 401, a room outside the ``rooms`` claim as 403."""
+    jwt = pytest.importorskip("jwt")
+    good = jwt.encode({"sub": "u1", "name": "Ann", "rooms": ["garden"]}, AUTH_SECRET, algorithm="HS256")
+    gw = wsgate_process(write_config(auth_config()))
+    async with open_page(browser, gw.url + "/") as page:
+        await expect(page.locator("#token")).to_be_hidden()  # /ws has no auth
+        await page.select_option("#endpointPicker", "/chat")
+        await expect(page.locator("#token")).to_be_visible()
+
+        await page.fill("#room", "garden")
+        await page.fill("#name", "mallory")  # ignored: the name is the token's
+        await connect(page, token=good)
+        await expect(logged(page, "received", "welcome")).to_have_text(["welcome Ann to garden (users: Ann)"])
+        await expect(logged(page, "open")).to_have_text([re.compile(r"subprotocol: wsgate\.auth\)")])
+        assert good not in await page.input_value("#connectionUrl")
+        await page.click("#closeButton")
+        await expect(page.locator("body")).to_have_attribute("data-socket-state", "closed")
+
+        for token, room, expected in [(good[:-4] + "AAAA", "garden", "401 Unauthorized: invalid token"),
+                                      (good, "kitchen", "403 Forbidden: you may not join the room 'kitchen'")]:
+            await page.fill("#token", token)
+            await page.fill("#room", room)
+            await page.click("#connectButton")
+            await expect(page.locator("body")).to_have_attribute("data-socket-state", "failed")
+            await expect(logged(page, "error").last).to_contain_text(expected)
+        await page.screenshot(path=artifacts / "browser-auth.png", full_page=True)
+    assert good not in gw.output
+    assert AUTH_SECRET not in gw.output

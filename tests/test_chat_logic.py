@@ -5,7 +5,14 @@ from __future__ import annotations
 import re
 
 import pytest
-from wsgate.builtins.chat import ChatInputError, ChatOptions, candidate_names, clean_name, parse_client_message
+from wsgate.builtins.chat import (
+    ChatInputError,
+    ChatOptions,
+    candidate_names,
+    clean_name,
+    parse_client_message,
+    room_allowed,
+)
 
 
 @pytest.mark.parametrize(
@@ -154,3 +161,31 @@ def test_chat_options_defaults() -> None:
 def test_chat_options_refuse(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
         ChatOptions.model_validate(bad)
+
+
+@pytest.mark.parametrize(
+    ("rooms", "room", "expected"),
+    [
+        (["lobby"], "lobby", True),
+        (["lobby"], "lobby2", False),
+        (["team-*"], "team-red", True),
+        (["team-*"], "team-", True),
+        (["team-*"], "teams", False),
+        (["*"], "anything/at all", True),
+        (["a*c"], "abbbc", True),
+        (["a*c"], "abbbd", False),
+        (["room?"], "room?", True),
+        (["room?"], "room1", False),
+        (["[ab]"], "[ab]", True),
+        (["[ab]"], "a", False),
+        (["Lobby"], "lobby", False),
+        ("lobby", "lobby", True),
+        ("lobby", "lobbyist", False),
+        (None, "lobby", False),
+        ({"lobby": True}, "lobby", False),
+        ([1, "x"], "1", False),
+        ([], "lobby", False),
+    ],
+)
+def test_room_allowed(rooms: object, room: str, expected: bool) -> None:
+    assert room_allowed(rooms, room) is expected

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .broker import Broker, create_broker
 from .config import Registry, Settings, load_config
@@ -48,6 +48,13 @@ class PublishRequest(BaseModel):
     data: Any = None
 
 
+class IdentityProbe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(max_length=8192)
+    token: str | None = Field(default=None, max_length=16384)
+
+
 def _authorized(request: web.Request) -> bool:
     """The API exists only with a token (404 otherwise) and wants it as a bearer."""
     token = request.app[GATEWAY].settings.config.api.token
@@ -68,7 +75,8 @@ async def page(request: web.Request) -> dict[str, Any]:
     return {
         "title": "wsgate",
         "endpoints": [
-            {"path": r.path, "handler": r.endpoint.handler_ref, "subprotocols": r.endpoint.policy.subprotocols}
+            {"path": r.path, "handler": r.endpoint.handler_ref, "subprotocols": r.endpoint.policy.subprotocols,
+             "auth": r.endpoint.policy.auth}
             for r in routes
         ],
     }
@@ -93,16 +101,35 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
-async def publish(request: web.Request) -> web.Response:
-    if not _authorized(request):
-        return _unauthorized()
+async def _read_body(request: web.Request) -> bytes | web.Response:
     timeout = request.app[GATEWAY].settings.config.server.handshake_timeout
     try:
         # A body that never finishes would hold the connection (and a task) forever.
         async with asyncio.timeout(timeout):
-            raw = await request.read()
+            return await request.read()
     except TimeoutError:
         return web.json_response({"error": f"the request body did not arrive within {timeout:g}s"}, status=408)
+
+
+async def probe_identity(request: web.Request) -> web.Response:
+    """``POST /api/handshake-check``: how the endpoint's auth would answer a handshake."""
+    raw = await _read_body(request)
+    if isinstance(raw, web.Response):
+        return raw
+    try:
+        body = IdentityProbe.model_validate_json(raw)
+    except ValidationError:
+        return web.json_response({"error": 'send {"path": "/endpoint?query", "token": "..." or null}'}, status=400)
+    status, text = await request.app[GATEWAY].probe_identity(request, body.path, body.token)
+    return web.json_response({"status": status, "text": text})
+
+
+async def publish(request: web.Request) -> web.Response:
+    if not _authorized(request):
+        return _unauthorized()
+    raw = await _read_body(request)
+    if isinstance(raw, web.Response):
+        return raw
     try:
         body = PublishRequest.model_validate_json(raw)
     except ValidationError as exc:
@@ -205,6 +232,7 @@ def build_app(settings: Settings, registry: Registry | None = None) -> web.Appli
         app.router.add_get(path, handler, expect_handler=expect_continue)
     app.router.add_post("/api/publish", publish, expect_handler=expect_continue)
     app.router.add_post("/api/reload", reload, expect_handler=expect_continue)
+    app.router.add_post("/api/handshake-check", probe_identity, expect_handler=expect_continue)
     websocket_paths = app.router.add_get("/{tail:.*}", app[GATEWAY].handle, expect_handler=expect_continue).resource
 
     @web.middleware

@@ -6,7 +6,7 @@
       "endpointPicker", "connectionUrl", "chatOptions", "room", "name", "subprotocolOptions",
       "subprotocol", "connectForm", "connectButton", "stateLabel", "sendForm", "sendMessage",
       "sendButton", "closeForm", "closeCode", "closeReason", "closeButton", "commsLogBody",
-      "commsLogEmpty", "clearLogButton", "rawLogToggle"
+      "commsLogEmpty", "clearLogButton", "rawLogToggle", "tokenOptions", "token"
     ].map((id) => [id, document.getElementById(id)]),
   );
 
@@ -18,9 +18,29 @@
     "Could not connect: the server does not answer (is wsgate running, on this host and port?).";
 
   // A browser reports every failed handshake the same way (1006), whether the server
-  // refused it or is not there at all. Any answer from the same server's /healthz (an
-  // opaque one, when it is another origin) means it is there and refused.
-  async function whyNotConnected(socketUrl) {
+  // refused it or is not there at all. On an endpoint with auth, the server says how its
+  // auth would answer (401, 403, 503). Otherwise any answer from the same server's
+  // /healthz (an opaque one, when it is another origin) means it is there and refused.
+  async function whyNotConnected(socketUrl, token) {
+    const target = new URL(socketUrl);
+    if (!ui.tokenOptions.hidden && target.host === location.host) {
+      try {
+        const answer = await fetch("/api/handshake-check", {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ path: target.pathname + target.search, token: token || null }),
+          cache: "no-store",
+        });
+        const { status, text } = await answer.json();
+        if (status >= 400) {
+          const what = { 401: "Unauthorized", 403: "Forbidden", 503: "Service Unavailable" }[status] || "";
+          return `Could not connect: the server answered ${status} ${what}: ${text}` +
+            (status === 401 ? " (check the token)" : "");
+        }
+      } catch {
+        // fall through to the general diagnosis
+      }
+    }
     try {
       const health = new URL("/healthz", socketUrl.replace(/^ws/, "http"));
       await fetch(health, { mode: "no-cors", cache: "no-store" });
@@ -43,6 +63,7 @@
       path: option.value,
       handler: option.dataset.handler || "",
       subprotocols: (option.dataset.subprotocols || "").split(" ").filter(Boolean),
+      auth: option.dataset.auth || "",
     };
   }
 
@@ -79,6 +100,7 @@
   function onEndpointChange() {
     const endpoint = selectedEndpoint();
     ui.chatOptions.hidden = !isChatSelected();
+    ui.tokenOptions.hidden = !endpoint?.auth;
     fillSubprotocols(endpoint ? endpoint.subprotocols : []);
     if (endpoint) ui.connectionUrl.value = withChatParams(socketUrlFor(endpoint.path));
   }
@@ -88,7 +110,7 @@
   const isOpen = () => socket !== null && socket.readyState === WebSocket.OPEN;
   const isIdle = () => socket === null || socket.readyState === WebSocket.CLOSED;
   const lockedWhileConnected = () =>
-    [ui.connectionUrl, ui.endpointPicker, ui.room, ui.name, ui.subprotocol];
+    [ui.connectionUrl, ui.endpointPicker, ui.room, ui.name, ui.subprotocol, ui.token];
 
   function updateControls() {
     const idle = isIdle();
@@ -260,7 +282,8 @@
     if (wasOpened) {
       setState(`Closed. Code: ${code}, Reason: ${reason}${note}`, "closed");
     } else {
-      whyNotConnected(event.target.url).then((message) => addRow("error", "Client", "Server", message));
+      whyNotConnected(event.target.url, ui.token.value.trim())
+        .then((message) => addRow("error", "Client", "Server", message));
       setState(`Closed. Code: ${event.code}, Reason: could not connect`, "failed");
     }
     const [from, to] = closeRequest ? ["Client", "Server"] : ["Server", "Client"];
@@ -275,12 +298,17 @@
   function connect() {
     if (!isIdle()) return;
     const url = ui.connectionUrl.value.trim();
-    const protocol = ui.subprotocolOptions.hidden ? "" : ui.subprotocol.value;
+    const protocols = ui.subprotocolOptions.hidden || !ui.subprotocol.value ? [] : [ui.subprotocol.value];
+    const token = ui.tokenOptions.hidden ? "" : ui.token.value.trim();
+    // Browsers cannot set an Authorization header on a WebSocket; the token travels as a
+    // subprotocol entry, which wsgate removes from the offer and never echoes.
+    if (token) protocols.push("wsgate.auth", `wsgate.bearer.${token}`);
     let ws;
     try {
-      ws = protocol ? new WebSocket(url, protocol) : new WebSocket(url);
+      ws = new WebSocket(url, protocols);
     } catch (err) {
-      addRow("error", "Client", "Server", `Invalid connection URL: ${err.message}`);
+      const hint = token ? " (a token may hold only letters, digits and !#$%&'*+-.^_`|~)" : "";
+      addRow("error", "Client", "Server", `Cannot connect: ${err.message}${hint}`);
       return;
     }
     ws.binaryType = "arraybuffer";

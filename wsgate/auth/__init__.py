@@ -5,13 +5,13 @@ The pieces, from the outside in: :mod:`.models` is the ``auth:`` config section,
 :func:`split_offer` and :func:`extract_token` find the token in a request, the
 authenticator's ``authenticate`` turns a :class:`Handshake` into an :class:`Identity`
 or raises ``wsgate.auth.identity.AuthFailure`` (internal, hence not exported), and
-:func:`allowed` / :func:`room_allowed` check claims.
+:func:`allowed` checks claims against ``allow:``.
 """
 
 from __future__ import annotations
 
 from ..config.auth import Allow, Authenticator, AuthSection, HttpBackendConfig, JwtConfig, PythonHookConfig
-from .allow import allowed, room_allowed
+from .allow import allowed
 from .authenticator import (
     AuthenticatorImpl,
     HookAuthenticator,
@@ -47,6 +47,5 @@ __all__ = [
     "allowed",
     "build_authenticator",
     "extract_token",
-    "room_allowed",
     "split_offer",
 ]

@@ -23,7 +23,7 @@ from ..errors import Refuse
 from ..handler import Handler
 from .endpoint import LiveEndpoint
 
-__all__ = ["identify", "refusal_response", "strip_bearer"]
+__all__ = ["identify", "refusal_response", "refusal_text", "strip_bearer"]
 
 _BODIES = {
     "missing": "authentication required: send a token (Authorization: Bearer, the wsgate.bearer.* "
@@ -55,17 +55,18 @@ def strip_bearer(request: web.Request, endpoint_protocols: Sequence[str]) -> tup
     return request.clone(headers=headers), token
 
 
-async def identify(request: web.Request, live: LiveEndpoint, remote: str, offered_token: str | None,
-                   authenticators: Mapping[str, AuthenticatorImpl]) -> Identity | None:
-    """The client's identity (None on an endpoint without ``auth``); AuthFailure to refuse."""
+async def identify(headers: Mapping[str, str], query: Mapping[str, str], live: LiveEndpoint, remote: str,
+                   offered_token: str | None, authenticators: Mapping[str, AuthenticatorImpl]) -> Identity | None:
+    """The identity of a handshake with ``headers`` and ``query`` (None on an endpoint
+    without ``auth``); AuthFailure to refuse."""
     policy = live.endpoint.policy
     authenticator = authenticators[policy.auth] if policy.auth is not None else None
     asks = type(live.handler).authorize is not Handler.authorize
     if authenticator is None and not asks:
         return None
     cookie = authenticator.cookie if authenticator is not None else None
-    handshake = Handshake(path=live.path, query=request.query, headers=request.headers, remote=remote,
-                          token=extract_token(request.headers, request.query, offered_token, cookie))
+    handshake = Handshake(path=live.path, query=query, headers=headers, remote=remote,
+                          token=extract_token(headers, query, offered_token, cookie))
     identity = None
     if authenticator is not None:
         identity = await authenticator.authenticate(handshake)
@@ -81,13 +82,17 @@ async def identify(request: web.Request, live: LiveEndpoint, remote: str, offere
     return identity
 
 
+def refusal_text(failure: AuthFailure) -> str:
+    """What the client reads about a refusal: never the token, never the log's detail."""
+    return failure.body or _BODIES[failure.reason]
+
+
 def refusal_response(failure: AuthFailure) -> web.Response:
-    """The HTTP answer to a refused handshake: never the token, never the detail."""
+    """The HTTP answer to a refused handshake."""
     headers = {}
     if failure.status == 401:
         error = "" if failure.reason == "missing" else ', error="invalid_token"'
         headers[hdrs.WWW_AUTHENTICATE] = f'Bearer realm="wsgate"{error}'
     if failure.status == 503:
         headers[hdrs.RETRY_AFTER] = "1"
-    body = failure.body or _BODIES[failure.reason]
-    return web.Response(status=failure.status, text=body + "\n", headers=headers)
+    return web.Response(status=failure.status, text=refusal_text(failure) + "\n", headers=headers)

@@ -12,7 +12,9 @@ from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import urlsplit
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from ..auth.allow import allowed
 from ..auth.identity import AuthFailure
@@ -28,7 +30,7 @@ from ..policy.limits import Admission
 from ..policy.proxies import client_address, client_scheme
 from .endpoint import LiveEndpoint
 from .hub import Hub
-from .identify import identify, refusal_response, strip_bearer
+from .identify import identify, refusal_response, refusal_text, strip_bearer
 from .session import Services, Session, access_log
 from .timers import TimerWheel
 from .writer import Flusher
@@ -155,7 +157,8 @@ class Gateway:
             policy = live.endpoint.policy
             request, offered_token = strip_bearer(request, policy.subprotocols)
             try:
-                identity = await identify(request, live, remote, offered_token, self.settings.authenticators)
+                identity = await identify(request.headers, request.query, live, remote, offered_token,
+                                          self.settings.authenticators)
             except AuthFailure as failure:
                 live.stats.auth_refusals[failure.reason] += 1
                 log.warning("auth refused: %d %s on %s from %s: %s",
@@ -240,6 +243,31 @@ class Gateway:
             stats.limit_rejections[str(refusal.status)] += 1
             return web.Response(status=refusal.status, text=refusal.reason + "\n")
         return live, remote, origin
+
+    async def probe_identity(self, request: web.Request, target: str, token: str | None) -> tuple[int, str]:
+        """What the auth step would answer a handshake to ``target`` (a path with its
+        query) carrying ``request``'s headers and ``token``: (status, text); 101 admits.
+
+        Browsers report every refused handshake as 1006, so the page asks this to tell
+        the user 401 from 403. Nothing is counted or logged: it is a question, not a
+        connection attempt.
+        """
+        url = URL(target)
+        live = self.routes.get(url.path)
+        if live is None or url.is_absolute():
+            return 404, f"no endpoint at {url.path}"
+        headers = CIMultiDict(request.headers)
+        headers.popall(hdrs.AUTHORIZATION, None)
+        if token:
+            headers[hdrs.AUTHORIZATION] = f"Bearer {token}"
+        try:
+            await identify(CIMultiDictProxy(headers), url.query, live, request.remote or "?", None,
+                           self.settings.authenticators)
+        except AuthFailure as failure:
+            return failure.status, refusal_text(failure)
+        except Exception:
+            return 500, "the endpoint's handler failed"
+        return 101, "the endpoint's auth admits this handshake"
 
     async def publish(self, path: str, room: str, data: Any) -> None:
         """Send ``{"type": "publish", "room", "data"}`` to ``room`` subscribers on every instance.
