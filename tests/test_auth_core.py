@@ -1262,3 +1262,44 @@ def test_build_authenticator_reports_bad_files(tmp_path: Path) -> None:
     config = Authenticator.model_validate({"jwt": {"algorithms": ["RS256"], "public_key": "nope.pem"}})
     with pytest.raises(ValueError, match="cannot read"):
         build_authenticator("users", config, tmp_path)
+
+
+# --- the verified-token cache ------------------------------------------------------------
+
+async def test_a_token_seen_before_skips_the_signature_check_but_not_its_expiry(
+    monkeypatch: pytest.MonkeyPatch, keys: Keys, key_files: Path
+) -> None:
+    verifier = JwtVerifier(jwt_config(algorithms=["RS256"], public_key="rsa.pem"), key_files)
+    decodes = 0
+    real_decode = jwt.decode
+
+    def counting_decode(*args: Any, **kwargs: Any) -> Any:
+        nonlocal decodes
+        decodes += 1
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting_decode)
+    token = rs256(keys, None, exp=int(NOW) + 60)
+    for _ in range(3):
+        assert (await verifier.verify(token, now=NOW)).user == "alice"
+    assert decodes == 1
+    failure = await refusal(verifier.verify(token, now=NOW + 61))
+    assert (failure.status, failure.reason) == (401, "expired")
+    assert (await verifier.verify(rs256(keys, None, exp=int(NOW) + 61), now=NOW)).user == "alice"
+    assert decodes == 2
+
+
+async def test_a_jwks_refetch_forgets_verified_tokens(
+    keys: Keys, jwks_server: JwksServer, jwks_verifier: Callable[..., JwtVerifier]
+) -> None:
+    """The issuer dropped the key: once the key set is refetched, its tokens stop working."""
+    clock = FakeClock()
+    verifier = jwks_verifier(clock)
+    token = rs256(keys, "k1")
+    await verifier.verify(token, now=NOW)
+    jwks_server.document = {"keys": [jwk(keys.rsa_other, "k2", "RS256")]}
+    await verifier.verify(token, now=NOW)  # cached, and the key set is still fresh
+    clock.now += 600
+    failure = await refusal(verifier.verify(token, now=NOW))
+    assert (failure.status, failure.reason) == (401, "invalid")
+    assert jwks_server.fetches == 3  # the first, the one at expiry, one more for the now unknown kid

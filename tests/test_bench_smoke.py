@@ -44,3 +44,19 @@ def test_bench_smoke(tmp_path: Path) -> None:
         for row in rows:
             assert (row["median"] or 0) > 0, f"{server} {row['case']}: {row}\n{log}"
     assert done.returncode == 0, log
+
+
+def test_handshake_bench_smoke(tmp_path: Path) -> None:
+    """JWT on vs off: both endpoints admit the bench's handshakes, and both are measured."""
+    out = tmp_path / "handshake.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.handshake", "--rounds", "1", "--window", "0.3", "--concurrency", "2",
+         "--json", str(out)],
+        cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    data = json.loads(out.read_text())
+    for mode in ("anonymous", "jwt", "jwt-reused"):
+        assert data[mode]["handshakes_per_s"] > 0, data
+        assert data[mode]["server_cpu_us"] > 0, data
+    assert data["jwt"]["cpu_ratio"] > 0

@@ -7,6 +7,12 @@ an HS256 token signed with the public key can pass.
 Time claims (``exp``, ``nbf``, ``iat``) are checked here rather than by PyJWT, against
 ``now`` when given: PyJWT always reads the wall clock, which makes expiry untestable
 and a handshake's verdict depend on when it happened to be decoded.
+
+Verified tokens are remembered (the last ``VERIFIED_CACHE`` of them, as Envoy's
+``jwt_cache_config`` does): a client that reconnects, or opens several sockets, with
+the same token skips the signature check. The time claims are still checked on every
+use, and a JWKS refetch forgets them all, so a key removed by the issuer stops
+admitting its tokens.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import asyncio
 import json
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -34,6 +41,7 @@ __all__ = ["JwtVerifier"]
 MIN_REFETCH_INTERVAL = 30.0
 FETCH_TIMEOUT = 5.0
 MAX_JWKS_BYTES = 1 << 20
+VERIFIED_CACHE = 4096  # tokens; a few MiB at most
 
 _KeyId = str | None
 
@@ -94,6 +102,7 @@ class JwtVerifier:
         self._fetched_at: float | None = None
         self._last_unknown_kid_refetch: float | None = None
         self._lock = asyncio.Lock()
+        self._verified: OrderedDict[str, dict[str, Any]] = OrderedDict()  # token -> its claims
         self._completed = 0
         self._last_error: AuthFailure | None = None
 
@@ -136,17 +145,16 @@ class JwtVerifier:
         ``now`` is unix seconds (default: the wall clock). A JWKS that cannot be
         fetched gives AuthFailure(503, "backend_error").
         """
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as exc:
-            raise AuthFailure(401, "invalid", f"malformed token: {redact(str(exc), token)}") from None
-        alg = header.get("alg")
-        if alg not in self._algorithms:
-            raise AuthFailure(
-                401, "invalid",
-                f"token algorithm {_show(alg, token)} is not one of {', '.join(self._algorithms)}",
-            )
-        key = self._key if self._jwks_url is None else await self._jwks_key(header.get("kid"), alg, token)
+        remembered = self._verified.get(token)
+        if remembered is not None and (self._jwks_url is None or not self._jwks_expired()):
+            self._verified.move_to_end(token)
+            return self._identity(remembered, time.time() if now is None else now)
+        if self._jwks_url is None:
+            key = self._key  # the header is read only to explain a failure: it costs a decode
+        else:
+            header = self._header(token)
+            key = await self._jwks_key(header.get("kid"), str(header["alg"]), token)
+        failure: AuthFailure | None = None
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -157,9 +165,35 @@ class JwtVerifier:
                 issuer=self._config.issuer,
             )
         except jwt.PyJWTError as exc:
-            raise AuthFailure(401, "invalid", redact(f"{type(exc).__name__}: {exc}", token)) from None
-        self._check_times(claims, time.time() if now is None else now)
+            failure = AuthFailure(401, "invalid", redact(f"{type(exc).__name__}: {exc}", token))
+        if failure is not None:
+            # Outside the except block: PyJWT's exception, which may quote the token,
+            # must not ride along as the context.
+            self._header(token)  # a malformed token or a foreign algorithm, said plainly
+            raise failure
+        identity = self._identity(claims, time.time() if now is None else now)
+        self._verified[token] = claims
+        if len(self._verified) > VERIFIED_CACHE:
+            self._verified.popitem(last=False)
+        return identity
+
+    def _identity(self, claims: dict[str, Any], now: float) -> Identity:
+        self._check_times(claims, now)
         return Identity(user=self._user(claims), claims=MappingProxyType(claims), expires_at=self._expires_at(claims))
+
+    def _header(self, token: str) -> dict[str, Any]:
+        """The token's header, if it is well formed and names one of our algorithms; else AuthFailure."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise AuthFailure(401, "invalid", f"malformed token: {redact(str(exc), token)}") from None
+        alg = header.get("alg")
+        if alg not in self._algorithms:
+            raise AuthFailure(
+                401, "invalid",
+                f"token algorithm {_show(alg, token)} is not one of {', '.join(self._algorithms)}",
+            )
+        return header
 
     def _check_times(self, claims: Mapping[str, Any], now: float) -> None:
         leeway = self._config.leeway
@@ -193,7 +227,7 @@ class JwtVerifier:
         # PyJWT has already checked that a kid header, when present, is a string.
         kid = kid if isinstance(kid, str) else None
         seen = self._completed
-        if self._fetched_at is None or self._clock() - self._fetched_at >= self._config.jwks_cache:
+        if self._jwks_expired():
             await self._refresh(seen)
             seen = self._completed
         key = self._lookup(kid, alg)
@@ -212,6 +246,9 @@ class JwtVerifier:
         if kid in self._kids:
             raise AuthFailure(401, "invalid", f"key {_show(kid, token)} of the key set cannot verify {alg}")
         raise AuthFailure(401, "invalid", f"no key {_show(kid, token)} in the key set")
+
+    def _jwks_expired(self) -> bool:
+        return self._fetched_at is None or self._clock() - self._fetched_at >= self._config.jwks_cache
 
     def _may_refetch_for_unknown_kid(self) -> bool:
         now = self._clock()
@@ -248,6 +285,7 @@ class JwtVerifier:
                 self._completed += 1
             self._last_error = None
             self._jwks = keys
+            self._verified.clear()
             self._kids = {kid for kid, _ in keys}
             self._fetched_at = self._clock()
 

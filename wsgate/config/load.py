@@ -151,8 +151,12 @@ def _auth_problems(config: Config, spec: EndpointSpec, index: int, policy: Polic
         hint = f"did you mean {close[0]!r}? " if close else ""
         problems.append(src.problem(where("auth"), f"no authenticator named {policy.auth!r}; {hint}{known}"))
     if policy.allow is not None and policy.auth is None:
-        problems.append(src.problem(where("allow"), "allow checks claims, so it needs auth: NAME "
-                                                    "(an authenticator of the auth: section)"))
+        if "auth" in spec.model_fields_set and "allow" not in spec.model_fields_set:
+            problems.append(src.problem(where("auth"), "this endpoint is anonymous, but policy.allow applies "
+                                                       "to it too; add allow: null here"))
+        else:
+            problems.append(src.problem(where("allow"), "allow checks claims, so it needs auth: NAME "
+                                                        "(an authenticator of the auth: section)"))
     return problems
 
 

@@ -10,6 +10,7 @@ other than by ``authorize`` itself.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 
 from aiohttp import hdrs, web
@@ -17,8 +18,9 @@ from multidict import CIMultiDict
 
 from ..auth.allow import allowed
 from ..auth.authenticator import AuthenticatorImpl
-from ..auth.identity import AuthFailure, Handshake, Identity
-from ..auth.tokens import AUTH_PROTOCOL, BEARER_PROTOCOL_PREFIX, extract_token, split_offer
+from ..auth.identity import AuthFailure, Handshake, Identity, redact
+from ..auth.tokens import AUTH_PROTOCOL, extract_token, split_offer
+from ..config.models import Policy
 from ..errors import Refuse
 from ..handler import Handler
 from .endpoint import LiveEndpoint
@@ -43,11 +45,13 @@ def strip_bearer(request: web.Request, endpoint_protocols: Sequence[str]) -> tup
     ``wsgate.auth``, whatever the client's order.
     """
     values = request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ())
-    if not any(BEARER_PROTOCOL_PREFIX in value.lower() for value in values):
+    if not any("wsgate." in value.lower() for value in values):
         return request, None
     offered, token = split_offer(values)
     if any(protocol in endpoint_protocols for protocol in offered):
         offered = [protocol for protocol in offered if protocol != AUTH_PROTOCOL]
+    if token is None and len(offered) == sum(len(value.split(",")) for value in values):
+        return request, None  # nothing to take out
     headers = CIMultiDict(request.headers)
     del headers[hdrs.SEC_WEBSOCKET_PROTOCOL]
     if offered:
@@ -55,11 +59,11 @@ def strip_bearer(request: web.Request, endpoint_protocols: Sequence[str]) -> tup
     return request.clone(headers=headers), token
 
 
-async def identify(headers: Mapping[str, str], query: Mapping[str, str], live: LiveEndpoint, remote: str,
-                   offered_token: str | None, authenticators: Mapping[str, AuthenticatorImpl]) -> Identity | None:
-    """The identity of a handshake with ``headers`` and ``query`` (None on an endpoint
-    without ``auth``); AuthFailure to refuse."""
-    policy = live.endpoint.policy
+async def identify(headers: Mapping[str, str], query: Mapping[str, str], live: LiveEndpoint, policy: Policy,
+                   remote: str, offered_token: str | None,
+                   authenticators: Mapping[str, AuthenticatorImpl]) -> Identity | None:
+    """The identity of a handshake with ``headers`` and ``query`` under ``policy`` (None
+    on an endpoint without ``auth``); AuthFailure to refuse."""
     authenticator = authenticators[policy.auth] if policy.auth is not None else None
     asks = type(live.handler).authorize is not Handler.authorize
     if authenticator is None and not asks:
@@ -70,15 +74,19 @@ async def identify(headers: Mapping[str, str], query: Mapping[str, str], live: L
     identity = None
     if authenticator is not None:
         identity = await authenticator.authenticate(handshake)
+        if identity.expires_at is not None and identity.expires_at <= time.time():
+            raise AuthFailure(401, "expired", f"user {identity.user!r}: the identity has already expired")
         if policy.allow is not None and not allowed(identity.claims, policy.allow):
             raise AuthFailure(403, "forbidden", f"user {identity.user!r}: claims do not satisfy allow")
-        handshake = dataclasses.replace(handshake, user=identity.user, claims=identity.claims)
     if asks:
+        if identity is not None:
+            handshake = dataclasses.replace(handshake, user=identity.user, claims=identity.claims)
         try:
             await live.handler.authorize(handshake)
         except Refuse as refused:
+            reason = redact(refused.reason, handshake.token)  # the handler's words, checked like a hook's
             raise AuthFailure(refused.status, "invalid" if refused.status == 401 else "forbidden",
-                              f"refused by the handler: {refused.reason}", body=refused.reason) from None
+                              f"refused by the handler: {reason}", body=reason) from None
     return identity
 
 

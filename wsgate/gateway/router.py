@@ -17,6 +17,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ..auth.allow import allowed
+from ..auth.authenticator import AuthenticatorImpl
 from ..auth.identity import AuthFailure
 from ..auth.tokens import AUTH_PROTOCOL
 from ..closecode import CloseCode
@@ -90,6 +91,8 @@ class Gateway:
         self._ids = itertools.count(1)
         self._retired: set[LiveEndpoint] = set()
         self._background: set[asyncio.Task[None]] = set()
+        self._retired_authenticators: set[AuthenticatorImpl] = set()  # replaced by a reload, not closed yet
+        self._closers: set[asyncio.Task[None]] = set()
         self._all_closed = asyncio.Event()
 
     async def start(self) -> None:
@@ -117,7 +120,8 @@ class Gateway:
             if new.get(path) is not live:
                 self._retire(live)
         self.routes = new
-        retired_authenticators = list(self.settings.authenticators.values())
+        retired = list(self.settings.authenticators.values())
+        self._retired_authenticators.update(retired)
         self.settings = settings
         self.admission.max_total = settings.config.server.max_connections
         for session in list(self.sessions):
@@ -128,10 +132,13 @@ class Gateway:
         async def close_later() -> None:
             # Handshakes already inside an old authenticator finish with it first.
             await asyncio.sleep(AUTHENTICATOR_GRACE)
-            for authenticator in retired_authenticators:
+            for authenticator in retired:
+                self._retired_authenticators.discard(authenticator)
                 await authenticator.close()
 
-        self._spawn(close_later())
+        closer = self._spawn(close_later())
+        self._closers.add(closer)
+        closer.add_done_callback(self._closers.discard)
 
     def _retire(self, live: LiveEndpoint) -> None:
         async def stop_when_idle() -> None:
@@ -142,10 +149,11 @@ class Gateway:
         self._retired.add(live)
         self._spawn(stop_when_idle())
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The route of every WebSocket path: refuse, or accept and serve until closed."""
@@ -157,8 +165,16 @@ class Gateway:
             policy = live.endpoint.policy
             request, offered_token = strip_bearer(request, policy.subprotocols)
             try:
-                identity = await identify(request.headers, request.query, live, remote, offered_token,
-                                          self.settings.authenticators)
+                for _ in range(3):
+                    identity = await identify(request.headers, request.query, live, policy, remote, offered_token,
+                                              self.settings.authenticators)
+                    if live.endpoint.policy is policy:
+                        break
+                    # A reload changed the endpoint while we waited for the verdict: ask
+                    # again under the policy the connection will live under.
+                    policy = live.endpoint.policy
+                else:
+                    raise AuthFailure(503, "backend_error", "the endpoint's policy kept changing during the handshake")
             except AuthFailure as failure:
                 live.stats.auth_refusals[failure.reason] += 1
                 log.warning("auth refused: %d %s on %s from %s: %s",
@@ -183,10 +199,13 @@ class Gateway:
                 return web.Response(status=400, text="malformed WebSocket handshake headers\n")
             except ConnectionError:
                 return web.Response(status=400)  # the client left during the handshake; nobody reads this
-            session = Session(self._services, live, ws, request, remote, f"c{next(self._ids)}", identity)
+            session = Session(self._services, live, ws, request, remote, f"c{next(self._ids)}", identity, policy.auth)
             live.stats.open += 1
             live.stats.connections += 1
             self.sessions.add(session)
+            now = live.endpoint.policy
+            if now is not policy and not still_allowed(policy.auth, session.conn, now):
+                session.close(CloseCode.FORBIDDEN, "forbidden")  # a reload came during the upgrade
             self._all_closed.clear()
             access_log.info(
                 "connection open",
@@ -261,8 +280,8 @@ class Gateway:
         if token:
             headers[hdrs.AUTHORIZATION] = f"Bearer {token}"
         try:
-            await identify(CIMultiDictProxy(headers), url.query, live, request.remote or "?", None,
-                           self.settings.authenticators)
+            await identify(CIMultiDictProxy(headers), url.query, live, live.endpoint.policy, request.remote or "?",
+                           None, self.settings.authenticators)
         except AuthFailure as failure:
             return failure.status, refusal_text(failure)
         except Exception:
@@ -306,8 +325,12 @@ class Gateway:
         endpoints = set(self.routes.values()) | self._retired
         stops = {loop.create_task(live.stop()): f"shutdown() of {live.path}" for live in endpoints}
         stops[loop.create_task(self.hub.broker.close())] = "the broker's close"
+        for task in self._closers:
+            task.cancel()  # their authenticators are closed right here
         for name, authenticator in self.settings.authenticators.items():
             stops[loop.create_task(authenticator.close())] = f"authenticator {name}'s close"
+        for authenticator in self._retired_authenticators:
+            stops[loop.create_task(authenticator.close())] = f"replaced authenticator {authenticator.name}'s close"
         _, pending = await asyncio.wait(stops, timeout=max(0.0, deadline - loop.time()))
         for task in pending:
             task.cancel()

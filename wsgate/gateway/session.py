@@ -56,7 +56,8 @@ class Session:
                  "keepalive", "live", "loop", "messages_in", "services", "started", "task", "writer", "ws")
 
     def __init__(self, services: Services, live: LiveEndpoint, ws: web.WebSocketResponse,
-                 request: web.Request, remote: str, conn_id: str, identity: Identity | None = None) -> None:
+                 request: web.Request, remote: str, conn_id: str, identity: Identity | None = None,
+                 auth: str | None = None) -> None:
         policy = live.endpoint.policy
         self.loop = asyncio.get_running_loop()
         self.services = services
@@ -80,7 +81,7 @@ class Session:
                                headers=request.headers, query=request.query, subprotocol=ws.ws_protocol)
         if identity is not None:
             self.conn.user, self.conn.claims = identity.user, identity.claims
-        self.auth = policy.auth  # the authenticator that admitted the client, by name
+        self.auth = auth  # the authenticator that admitted the client, by name
         self._expiry: asyncio.TimerHandle | None = None
         if identity is not None and identity.expires_at is not None:
             # The wall clock, as exp is; 3000 is IANA's "Unauthorized": reconnect with a new token.
