@@ -20,9 +20,10 @@ import secrets
 import time
 import unicodedata
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from wsgate import BrokerError, CloseCode, Connection, Context, Handler, Handshake, Message, Refuse
 
@@ -35,16 +36,26 @@ class ChatOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    history: int = Field(default=50, ge=0, le=10_000, description="messages kept per room and sent on join")
+    history: int = Field(default=50, ge=0, le=10_000, description="messages sent on a fresh join")
+    keep: int = Field(default=1000, ge=0, le=100_000, description="messages a room stores, for history and for "
+                                                                  "clients that resume with since and epoch")
     history_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024,
                                description="the largest history message sent on join, in bytes; the oldest "
-                                           "messages are left out to fit. Keep it below send_queue")
+                                           "messages are left out to fit, and a resume that would need more "
+                                           "is not recovered. Keep it below send_queue")
     keep_for: float = Field(default=600.0, ge=0, description="seconds a room's history and ids outlive its last "
                                                               "message; 0 keeps them forever")
     max_text: int = Field(default=2000, gt=0, description="longest message text accepted, in characters")
     max_rooms: int = Field(default=10_000, gt=0, description="rooms open at once on this instance; a join that "
                                                              "would open one more is refused")
     default_room: str = Field(default="lobby", pattern=f"^{_ROOM.pattern}$")
+
+    @model_validator(mode="after")
+    def _history_is_kept(self) -> ChatOptions:
+        if self.history > self.keep:
+            raise ValueError(f"history ({self.history}) cannot exceed keep ({self.keep}): "
+                             "the room sends on join only what it stores")
+        return self
     name_claim: str = Field(default="name", description="on an endpoint with auth: the claim that holds the display "
                                                         "name; the user id when absent")
     rooms_claim: str = Field(default="rooms", description="on an endpoint with auth: the claim listing the rooms a "
@@ -120,9 +131,10 @@ def room_allowed(rooms_claim: object, room: str) -> bool:
     return any(isinstance(p, str) and _room_pattern(p).fullmatch(room) is not None for p in rooms_claim)
 
 
-def history_message(events: list[dict[str, Any]], max_bytes: int) -> str:
-    """``{"type": "history", "messages": [...]}`` with the newest events that fit in ``max_bytes``."""
-    head, tail = '{"type":"history","messages":[', "]}"
+def history_message(events: list[dict[str, Any]], max_bytes: int, recovered: bool = False) -> tuple[str, bool]:
+    """``{"type": "history", "messages": [...], "recovered": ...}`` with the newest events
+    that fit in ``max_bytes``, and whether all of them did."""
+    head, tail = '{"type":"history","messages":[', f'],"recovered":{"true" if recovered else "false"}}}'
     parts: list[str] = []
     size = len(head) + len(tail)
     for event in reversed(events):
@@ -131,7 +143,13 @@ def history_message(events: list[dict[str, Any]], max_bytes: int) -> str:
         if size > max_bytes:
             break
         parts.append(part)
-    return head + ",".join(reversed(parts)) + tail
+    return head + ",".join(reversed(parts)) + tail, len(parts) == len(events)
+
+
+def resume_point(query: Mapping[str, str]) -> tuple[int | None, str | None]:
+    """``since`` and ``epoch`` from a reconnecting client's query; ``since`` None unless a plain count."""
+    since = query.get("since", "")
+    return (int(since) if since.isascii() and since.isdigit() and len(since) <= 18 else None), query.get("epoch")
 
 
 def candidate_names(name: str) -> list[str]:
@@ -159,9 +177,7 @@ class Chat(Handler[ChatOptions]):
     def __init__(self, options: ChatOptions, context: Context) -> None:
         super().__init__(options, context)
         self._rooms: Counter[str] = Counter()  # local connections per room
-        # Per room: the history list the context returned last, and its message. The
-        # context returns the same list until the room changes, so joins reuse the text.
-        self._history: dict[str, tuple[list[dict[str, Any]], str]] = {}
+        self._last_history: tuple[list[dict[str, Any]] | None, str] = (None, "")
         # Tells this instance's connections apart from another's in the shared tab sets.
         self._instance = secrets.token_hex(4)
 
@@ -200,10 +216,18 @@ class Chat(Handler[ChatOptions]):
             return
         name, first = claimed
         conn.state["chat"] = (room, name)
-        await ctx.subscribe(conn, room)
+        since, epoch = resume_point(conn.query)
+        options = self.options
+        found = await ctx.subscribe(conn, room, since, epoch, history=options.history, keep_for=options.keep_for)
+        recovered = found.recovered
+        if recovered:
+            history, recovered = history_message(found.messages, options.history_bytes, recovered=True)
+        if not recovered:  # a fresh join, or a resume that cannot be exact: the last messages
+            history = self._history_text(found.messages)
         users = await ctx.members(room)
-        await conn.send_json({"type": "welcome", "name": name, "room": room, "users": users})
-        await conn.send(await self._history_message(room))
+        await conn.send_json({"type": "welcome", "name": name, "room": room, "users": users,
+                              "epoch": found.epoch, "recovered": recovered})
+        await conn.send(history)
         if first:
             await self._announce("join", room, name, users)
 
@@ -230,14 +254,13 @@ class Chat(Handler[ChatOptions]):
             return name, first
         return None
 
-    async def _history_message(self, room: str) -> str:
-        events = await self.context.history(room, self.options.history)
-        cached = self._history.get(room)
-        if cached is not None and cached[0] is events:
-            return cached[1]
-        text = history_message(events, self.options.history_bytes)
-        self._history[room] = (events, text)
-        return text
+    def _history_text(self, events: list[dict[str, Any]]) -> str:
+        # The context returns the same list to every fresh join until the room changes,
+        # so the text is made once per change, not once per join.
+        if self._last_history[0] is not events:
+            recent = events[-self.options.history:] if self.options.history else []
+            self._last_history = (events, history_message(recent, self.options.history_bytes)[0])
+        return self._last_history[1]
 
     async def on_message(self, conn: Connection, message: Message) -> None:
         room, name = conn.state["chat"]
@@ -247,14 +270,13 @@ class Chat(Handler[ChatOptions]):
             await conn.send_json({"type": "error", "error": str(exc)})
             return
         event = {"type": "message", "room": room, "from": name, "text": text, "ts": round(time.time(), 3)}
-        await self.context.publish_numbered(room, event, keep=self.options.history, keep_for=self.options.keep_for)
+        await self.context.publish_numbered(room, event, keep=self.options.keep, keep_for=self.options.keep_for)
 
     async def on_disconnect(self, conn: Connection, code: int) -> None:
         if (room := conn.state.get("chat_room")) is not None:
             self._rooms[room] -= 1
             if not self._rooms[room]:
                 del self._rooms[room]
-                self._history.pop(room, None)
         if "chat" not in conn.state:
             return
         room, name = conn.state["chat"]

@@ -141,14 +141,14 @@ async def test_joins_reuse_the_history_until_the_room_changes(wsgate_gateway: St
     gw = await wsgate_gateway({"/chat": "chat"})
     broker = gw.gateway.hub.broker
     calls = 0
-    original = broker.history
+    original = broker.replay
 
-    async def counting(channel: str, limit: int) -> list[bytes]:
+    async def counting(*args: Any, **kwargs: Any) -> Any:
         nonlocal calls
         calls += 1
-        return await original(channel, limit)
+        return await original(*args, **kwargs)
 
-    broker.history = counting  # type: ignore[method-assign]
+    broker.replay = counting  # type: ignore[method-assign]
     async with gw.connect("/chat?room=r&name=host") as host:
         for _ in range(3):
             await host.receive_str(timeout=5)

@@ -39,6 +39,7 @@ PUBLIC = {
     "ConnectionClosed",
     "Handshake",
     "Identity",
+    "Recovery",
     "Refuse",
 }
 ERRORS = {"WsgateError", "ConfigError", "HandlerLoadError", "BrokerError", "ConnectionClosed", "Refuse"}

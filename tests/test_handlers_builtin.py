@@ -49,12 +49,18 @@ async def close_reason(ws: WS) -> tuple[int, str]:
 async def test_welcome_history_join_shapes(wsgate_gateway: Start) -> None:
     gw = await wsgate_gateway({"/chat": "chat"})
     async with gw.connect("/chat?room=r1&name=alice") as alice:
-        assert await recv(alice) == {"type": "welcome", "name": "alice", "room": "r1", "users": ["alice"]}
-        assert await recv(alice) == {"type": "history", "messages": []}
+        welcome = await recv(alice)
+        epoch = welcome.pop("epoch")
+        assert isinstance(epoch, str)
+        assert welcome == {"type": "welcome", "name": "alice", "room": "r1", "users": ["alice"], "recovered": False}
+        assert await recv(alice) == {"type": "history", "messages": [], "recovered": False}
         assert await recv(alice) == {"type": "join", "name": "alice", "users": ["alice"]}
         async with gw.connect("/chat?room=r1&name=bob") as bob:
-            assert await recv(bob) == {"type": "welcome", "name": "bob", "room": "r1", "users": ["alice", "bob"]}
-            assert await recv(bob) == {"type": "history", "messages": []}
+            bob_welcome = await recv(bob)
+            assert bob_welcome.pop("epoch") == epoch  # one room, one epoch
+            assert bob_welcome == {"type": "welcome", "name": "bob", "room": "r1", "users": ["alice", "bob"],
+                                   "recovered": False}
+            assert await recv(bob) == {"type": "history", "messages": [], "recovered": False}
             assert await recv(bob) == {"type": "join", "name": "bob", "users": ["alice", "bob"]}
             assert await recv(alice) == {"type": "join", "name": "bob", "users": ["alice", "bob"]}
         assert await recv(alice) == {"type": "leave", "name": "bob", "users": ["alice"]}
@@ -154,7 +160,8 @@ async def test_default_room_and_generated_name(wsgate_gateway: Start) -> None:
         assert re.fullmatch(r"guest-[0-9a-f]{4}", welcome["name"])
         assert welcome["users"] == [welcome["name"]]
     async with gw.connect("/other?name=zed") as ws:
-        assert await recv(ws) == {"type": "welcome", "name": "zed", "room": "hall", "users": ["zed"]}
+        welcome = await recv(ws)
+        assert (welcome["name"], welcome["room"], welcome["users"]) == ("zed", "hall", ["zed"])
 
 
 async def test_bad_room_name_is_error_and_1008(wsgate_gateway: Start) -> None:

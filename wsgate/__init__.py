@@ -19,7 +19,7 @@ from .errors import (
     Refuse,
     WsgateError,
 )
-from .handler import Context, Handler, Message, NoOptions
+from .handler import Context, Handler, Message, NoOptions, Recovery
 
 __all__ = [
     "BrokerError",
@@ -35,6 +35,7 @@ __all__ = [
     "Identity",
     "Message",
     "NoOptions",
+    "Recovery",
     "Refuse",
     "WsgateError",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -21,7 +22,7 @@ from .auth.identity import Handshake
 if TYPE_CHECKING:
     from .connection import Connection
 
-__all__ = ["ACCEPTS", "Context", "Handler", "Message", "NoOptions"]
+__all__ = ["ACCEPTS", "Context", "Handler", "Message", "NoOptions", "Recovery"]
 
 Message = str | bytes
 ACCEPTS = ("text", "binary", "any")
@@ -31,6 +32,15 @@ class NoOptions(BaseModel):
     """Options model of a handler that takes none: any key under ``options:`` is an error."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What ``Context.subscribe`` found: see there."""
+
+    recovered: bool
+    epoch: str
+    messages: list[dict[str, Any]]
 
 
 class Context:
@@ -60,8 +70,20 @@ class Context:
         """``broadcast`` of ``obj`` as compact JSON, encoded as ``Connection.send_json`` does."""
         return self.broadcast(json.dumps(obj, separators=(",", ":"), ensure_ascii=False), connections)
 
-    async def subscribe(self, conn: Connection, topic: str) -> None:
-        """Deliver what is published on ``topic`` to ``conn`` until it leaves or closes."""
+    async def subscribe(self, conn: Connection, topic: str, since: int | None = None, epoch: str | None = None,
+                        *, history: int = 0, keep_for: float = 600.0) -> Recovery:
+        """Deliver what is published on ``topic`` to ``conn`` until it leaves or closes.
+
+        For topics published with ``publish_numbered``, this is also how a client
+        resumes: pass the last id it saw (``since``) and the ``epoch`` it was given,
+        and ``Recovery.messages`` holds every event after ``since`` (``recovered``
+        True); if that is impossible, or without ``since``, it holds the last
+        ``history`` events (``recovered`` False). ``Recovery.epoch`` is what the client
+        keeps for next time. Called from ``on_connect``, no live message of the topic
+        reaches ``conn`` before ``on_connect`` returns, and none that ``messages``
+        already covers, so the handler can send its own preamble first. ``keep_for``
+        bounds how long an epoch made for a topic nobody publishes to is kept.
+        """
         raise NotImplementedError
 
     async def unsubscribe(self, conn: Connection, topic: str) -> None:

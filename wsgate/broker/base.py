@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 
-__all__ = ["Broker", "Delivery"]
+__all__ = ["Broker", "Delivery", "Replay", "new_epoch"]
 
 Delivery = Callable[[bytes], None]
+
+
+def new_epoch() -> str:
+    """A fresh epoch: unguessable, so that two lives of a channel never share one."""
+    return secrets.token_urlsafe(9)
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """A channel's stored numbered payloads as a (re)joining subscriber needs them.
+
+    ``epoch`` names the life of the channel's id sequence: it changes whenever the
+    sequence is lost (a restart of the memory broker, a Redis flushed or restarted
+    without its data, a channel forgotten after ``keep_for``). ``latest`` is the last
+    id given (0: none yet). With ``recovered``, ``payloads`` are exactly the ids after
+    the asked ``since``; otherwise they are the last ``limit`` kept.
+    """
+
+    epoch: str
+    latest: int
+    recovered: bool
+    payloads: list[bytes]
 
 
 class Broker(ABC):
@@ -53,6 +77,14 @@ class Broker(ABC):
     @abstractmethod
     async def history(self, channel: str, limit: int) -> list[bytes]:
         """The last ``limit`` numbered payloads, oldest first."""
+
+    @abstractmethod
+    async def replay(self, channel: str, since: int | None, epoch: str | None, limit: int,
+                     keep_for: float = 0.0) -> Replay:
+        """The channel's epoch (created if it has none, living ``keep_for`` like its
+        history), and either every payload after ``since`` (when ``epoch`` is the
+        channel's and all of them are kept) or the last ``limit``. One atomic read.
+        """
 
     @abstractmethod
     async def claim(self, key: str, member: str) -> bool: ...

@@ -6,7 +6,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 
-from .base import Broker, Delivery
+from .base import Broker, Delivery, Replay, new_epoch
 
 __all__ = ["MemoryBroker"]
 
@@ -20,6 +20,7 @@ class MemoryBroker(Broker):
         self._subscribers: dict[str, Delivery] = {}
         self._counters: defaultdict[str, int] = defaultdict(int)
         self._history: dict[str, deque[bytes]] = {}
+        self._epochs: dict[str, str] = {}  # a new broker (a restarted gateway) has new ones
         self._presence: defaultdict[str, set[str]] = defaultdict(set)
         self._clock = clock
         self._expiry: dict[str, float] = {}  # channel -> when its history and counter go
@@ -40,10 +41,8 @@ class MemoryBroker(Broker):
                                keep_for: float = 0.0) -> int:
         now = self._clock()
         self._expire(now)
-        if keep_for > 0:
-            self._expiry[channel] = now + keep_for
-        else:
-            self._expiry.pop(channel, None)
+        self._keep_alive(channel, now, keep_for)
+        self._epochs.setdefault(channel, new_epoch())
         self._counters[channel] += 1
         number = self._counters[channel]
         payload = head + str(number).encode() + tail
@@ -61,6 +60,27 @@ class MemoryBroker(Broker):
         if not kept or limit <= 0:
             return []
         return list(kept)[-limit:]
+
+    async def replay(self, channel: str, since: int | None, epoch: str | None, limit: int,
+                     keep_for: float = 0.0) -> Replay:
+        now = self._clock()
+        self._expire(now)
+        current = self._epochs.get(channel)
+        if current is None:
+            current = self._epochs[channel] = new_epoch()
+            self._keep_alive(channel, now, keep_for)
+        latest = self._counters.get(channel, 0)
+        kept = list(self._history.get(channel, ()))
+        oldest = latest - len(kept) + 1
+        if since is not None and epoch == current and 0 <= since <= latest and since + 1 >= oldest:
+            return Replay(current, latest, True, kept[len(kept) - (latest - since):] if since < latest else [])
+        return Replay(current, latest, False, kept[-limit:] if limit > 0 else [])
+
+    def _keep_alive(self, channel: str, now: float, keep_for: float) -> None:
+        if keep_for > 0:
+            self._expiry[channel] = now + keep_for
+        else:
+            self._expiry.pop(channel, None)
 
     async def claim(self, key: str, member: str) -> bool:
         members = self._presence[key]
@@ -88,3 +108,4 @@ class MemoryBroker(Broker):
             del self._expiry[channel]
             self._counters.pop(channel, None)
             self._history.pop(channel, None)
+            self._epochs.pop(channel, None)

@@ -25,7 +25,8 @@ is False while either connection is known to be down, and True again once both a
 back and every subscription is restored.
 
 Keys, next to the channel name ``C``: ``C:seq`` (the counter), ``C:history`` (a list
-capped at ``keep``), both expiring ``keep_for`` after the last numbered publish; presence
+capped at ``keep``) and ``C:epoch`` (the life of the id sequence), all expiring
+``keep_for`` after the last numbered publish; presence
 sets use the keys the caller passes. Connections are
 named ``wsgate-cmd-PID`` and ``wsgate-sub-PID`` in ``CLIENT LIST``.
 """
@@ -46,7 +47,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ..errors import BrokerError
-from .base import Broker, Delivery
+from .base import Broker, Delivery, Replay, new_epoch
 from .redis_pubsub import _ERRORS, RedisSubscriber, _text
 
 __all__ = ["RedisBroker", "redact_url"]
@@ -56,6 +57,9 @@ T = TypeVar("T")
 
 # INCR, append to the capped history, PUBLISH: one atomic step, so every subscriber
 # sees the numbers of a channel in increasing order, whichever instance published.
+# The epoch (KEYS[3]) is set only if absent: a subscriber that joined the channel before
+# its first message was given the epoch its ids will belong to. All three keys live and
+# die together, so a lost counter always comes with a new epoch.
 _NUMBERED = """
 local n = redis.call('INCR', KEYS[1])
 local payload = ARGV[1] .. string.format('%d', n) .. ARGV[2]
@@ -64,16 +68,48 @@ if keep > 0 then
   redis.call('RPUSH', KEYS[2], payload)
   redis.call('LTRIM', KEYS[2], -keep, -1)
 end
+redis.call('SET', KEYS[3], ARGV[6], 'NX')
 local keep_for = tonumber(ARGV[5])
 if keep_for > 0 then
   redis.call('PEXPIRE', KEYS[1], keep_for)
   redis.call('PEXPIRE', KEYS[2], keep_for)
+  redis.call('PEXPIRE', KEYS[3], keep_for)
 else
   redis.call('PERSIST', KEYS[1])
   redis.call('PERSIST', KEYS[2])
+  redis.call('PERSIST', KEYS[3])
 end
 redis.call('PUBLISH', ARGV[4], payload)
 return n
+"""
+
+# Epoch (created if absent), latest id, and the payloads after ARGV[1] when the client's
+# epoch (ARGV[2]) matches and all of them are kept, else the last ARGV[3]: one atomic read.
+_REPLAY = """
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  epoch = ARGV[4]
+  local keep_for = tonumber(ARGV[5])
+  if keep_for > 0 then
+    redis.call('SET', KEYS[3], epoch, 'PX', keep_for)
+  else
+    redis.call('SET', KEYS[3], epoch)
+  end
+end
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+local len = redis.call('LLEN', KEYS[2])
+local since = tonumber(ARGV[1])
+if since >= 0 and ARGV[2] == epoch and since <= n and since + 1 >= n - len + 1 then
+  if since == n then
+    return {epoch, n, 1, {}}
+  end
+  return {epoch, n, 1, redis.call('LRANGE', KEYS[2], len - (n - since), -1)}
+end
+local limit = tonumber(ARGV[3])
+if limit <= 0 then
+  return {epoch, n, 0, {}}
+end
+return {epoch, n, 0, redis.call('LRANGE', KEYS[2], -limit, -1)}
 """
 
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#@]*)@")
@@ -88,6 +124,11 @@ def redact_url(url: str) -> str:
 def _hide_password(match: re.Match[str]) -> str:
     user, colon, _ = match.group(2).partition(":")
     return f"{match.group(1)}{user}:***@" if colon else f"{match.group(1)}***@"
+
+
+def _keys(channel: str) -> list[str]:
+    """The counter, history and epoch of a numbered channel."""
+    return [f"{channel}:seq", f"{channel}:history", f"{channel}:epoch"]
 
 
 class RedisBroker(Broker):
@@ -109,6 +150,7 @@ class RedisBroker(Broker):
         self._client: Redis | None = None
         self._ping_client: Redis | None = None
         self._numbered: AsyncScript | None = None
+        self._replay: AsyncScript | None = None
         self._subscriber = RedisSubscriber(self.shown_url, timeout)
         self._commands_up = False
         self._closed = False
@@ -138,6 +180,7 @@ class RedisBroker(Broker):
             raise BrokerError(f"cannot reach Redis at {self.shown_url}: {exc or 'timed out'}") from exc
         self._commands_up = True
         self._numbered = self._client.register_script(_NUMBERED)
+        self._replay = self._client.register_script(_REPLAY)
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._subscriber.listen(pubsub), name="wsgate redis listener"),
@@ -238,8 +281,9 @@ class RedisBroker(Broker):
 
         async def run(r: Redis) -> int:
             assert script is not None
-            number = await script(keys=[f"{channel}:seq", f"{channel}:history"],
-                                  args=[head, tail, max(keep, 0), channel, round(keep_for * 1000)], client=r)
+            number = await script(keys=_keys(channel),
+                                  args=[head, tail, max(keep, 0), channel, round(keep_for * 1000), new_epoch()],
+                                  client=r)
             return int(number)
 
         return await self._run("numbered PUBLISH", run)
@@ -253,6 +297,22 @@ class RedisBroker(Broker):
             return [item if isinstance(item, bytes) else item.encode() for item in items]
 
         return await self._run("LRANGE", run)
+
+    async def replay(self, channel: str, since: int | None, epoch: str | None, limit: int,
+                     keep_for: float = 0.0) -> Replay:
+        script = self._replay
+
+        async def run(r: Redis) -> Replay:
+            assert script is not None
+            current, latest, recovered, items = await script(
+                keys=_keys(channel),
+                args=[-1 if since is None else since, epoch or "", max(limit, 0), new_epoch(), round(keep_for * 1000)],
+                client=r,
+            )
+            payloads = [item if isinstance(item, bytes) else item.encode() for item in items]
+            return Replay(_text(current), int(latest), bool(recovered), payloads)
+
+        return await self._run("history replay", run)
 
     async def claim(self, key: str, member: str) -> bool:
         async def run(r: Redis) -> bool:

@@ -9,7 +9,8 @@ from typing import Any
 
 from ..config import Endpoint
 from ..connection import Connection
-from ..handler import Context, Handler, Message
+from ..errors import BrokerError
+from ..handler import Context, Handler, Message, Recovery
 from ..observe.stats import EndpointStats
 from ..policy.origin import OriginPolicy
 from .frames import encode
@@ -33,6 +34,7 @@ class LiveEndpoint(Context):
         self.stats = stats
         self._hub = hub
         self._connections: set[Connection] = set()
+        self._connecting: set[Connection] = set()  # whose on_connect is still running
         self._tasks: set[asyncio.Task[None]] = set()
         cls: type[Handler[Any]] = endpoint.handler_cls
         self.handler = cls(endpoint.options, self)
@@ -47,10 +49,17 @@ class LiveEndpoint(Context):
 
     def attach(self, conn: Connection) -> None:
         self._connections.add(conn)
+        self._connecting.add(conn)
         self._idle.clear()
+
+    def connected(self, conn: Connection) -> None:
+        """``on_connect`` has returned: what its subscriptions held goes out now."""
+        self._connecting.discard(conn)
+        self._hub.release(conn)
 
     async def detach(self, conn: Connection) -> None:
         self._connections.discard(conn)
+        self._connecting.discard(conn)
         await self._hub.leave_all(conn, self.path)
         if not self._connections:
             self._idle.set()
@@ -79,8 +88,19 @@ class LiveEndpoint(Context):
         targets = self._connections if connections is None else connections
         return sum(1 for conn in targets if conn._deliver(frame))
 
-    async def subscribe(self, conn: Connection, topic: str) -> None:
-        await self._hub.subscribe(conn, self.path, topic)
+    async def subscribe(self, conn: Connection, topic: str, since: int | None = None, epoch: str | None = None,
+                        *, history: int = 0, keep_for: float = 600.0) -> Recovery:
+        connecting = conn in self._connecting
+        await self._hub.subscribe(conn, self.path, topic, hold=True)
+        try:
+            replay, events = await self._hub.replay(conn, self.path, topic, since, epoch, history, keep_for)
+        except BrokerError as exc:
+            self.logger.warning("history of %r unavailable: %s", topic, exc)
+            return Recovery(False, "", [])
+        finally:
+            if not connecting:
+                self._hub.release(conn)
+        return Recovery(replay.recovered, replay.epoch, events)
 
     async def unsubscribe(self, conn: Connection, topic: str) -> None:
         await self._hub.unsubscribe(conn, self.path, topic)

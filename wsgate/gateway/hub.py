@@ -6,9 +6,11 @@ import asyncio
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..broker import Broker
+from ..broker.base import Replay
 from ..connection import Connection
 from ..errors import BrokerError
 from ..observe.stats import GatewayStats
@@ -20,6 +22,21 @@ log = logging.getLogger("wsgate.hub")
 
 
 _NUMBERED = b't{"id":'  # how a numbered event's payload starts
+
+
+def _number(payload: bytes) -> int | None:
+    """The id of a numbered event's payload; None for others (and for ``"id":null``)."""
+    if not payload.startswith(_NUMBERED):
+        return None
+    end = payload.find(b",", len(_NUMBERED))
+    digits = payload[len(_NUMBERED):end if end >= 0 else len(payload) - 1]
+    return int(digits) if digits.isdigit() else None
+
+
+@dataclass(slots=True)
+class _Held:
+    seen: int = 0
+    frames: list[tuple[int | None, bytes]] = field(default_factory=list)
 
 
 def channel_name(path: str, topic: str) -> str:
@@ -41,11 +58,20 @@ class Hub:
         # History of the channels subscribed here, kept until a numbered event arrives:
         # a join then costs no broker round trip and no JSON parsing.
         self._history: dict[str, tuple[int, list[dict[str, Any]]]] = {}
+        self._replays: dict[str, tuple[int, Replay, list[dict[str, Any]]]] = {}  # the same, for fresh joins
         self._changes: dict[str, int] = {}  # numbered events seen per subscribed channel
         self._subscribing: dict[str, asyncio.Future[None]] = {}
+        # Subscribers whose live messages wait until their handler's hook has sent what
+        # comes first (welcome, history): per channel, per connection, the highest id
+        # that preamble holds (numbered events up to it are not sent again) and the
+        # payloads that arrived meanwhile.
+        self._holding: dict[str, dict[Connection, _Held]] = {}
 
-    async def subscribe(self, conn: Connection, path: str, topic: str) -> None:
+    async def subscribe(self, conn: Connection, path: str, topic: str, *, hold: bool = False) -> None:
+        """Deliver ``topic`` to ``conn``; with ``hold``, keep its messages until ``release``."""
         channel = channel_name(path, topic)
+        if hold:
+            self._holding.setdefault(channel, {})[conn] = _Held()
         members = self._local.get(channel)
         if members is None:
             members = self._local[channel] = set()
@@ -69,16 +95,24 @@ class Hub:
             topics.discard(topic)
             if not topics:
                 del self._topics[conn]
+        holding = self._holding.get(channel)
+        if holding is not None and holding.pop(conn, None) is not None and not holding:
+            del self._holding[channel]
         if members is None:
             return
         members.discard(conn)
         if not members:
             del self._local[channel]
             self._history.pop(channel, None)
+            self._replays.pop(channel, None)
             self._changes.pop(channel, None)
             await self.broker.unsubscribe(channel)
 
     async def leave_all(self, conn: Connection, path: str) -> None:
+        for channel in [c for c, held in self._holding.items() if conn in held]:
+            del self._holding[channel][conn]
+            if not self._holding[channel]:
+                del self._holding[channel]
         for topic in list(self._topics.get(conn, ())):
             await self.unsubscribe(conn, path, topic)
 
@@ -88,10 +122,54 @@ class Hub:
             return
         if payload.startswith(_NUMBERED):
             self._history.pop(channel, None)
+            self._replays.pop(channel, None)
             self._changes[channel] = self._changes.get(channel, 0) + 1
         frame = encode_frame(payload[1:], TEXT if payload[:1] == b"t" else BINARY)
+        holding = self._holding.get(channel)
+        if holding is None:
+            for conn in members:
+                conn._deliver(frame)
+            return
         for conn in members:
-            conn._deliver(frame)
+            held = holding.get(conn)
+            if held is None:
+                conn._deliver(frame)
+            else:
+                held.frames.append((_number(payload), frame))
+
+    async def replay(self, conn: Connection, path: str, topic: str, since: int | None, epoch: str | None,
+                     limit: int, keep_for: float) -> tuple[Replay, list[dict[str, Any]]]:
+        """The broker's replay of ``topic`` for ``conn`` (subscribed, held), and its events.
+
+        The held live messages that the replay already holds are dropped on release.
+        """
+        channel = channel_name(path, topic)
+        cached = self._replays.get(channel) if since is None else None
+        if cached is not None and cached[0] == limit:
+            replay, events = cached[1], cached[2]
+        else:
+            changes = self._changes.get(channel, 0)
+            replay = await self.broker.replay(channel, since, epoch, limit, keep_for)
+            events = [json.loads(p[1:]) for p in replay.payloads]
+            # A fresh join's answer is the same for everyone until the next numbered
+            # event: a join flood costs no broker round trip (see history()).
+            if since is None and self._cacheable(channel, changes):
+                self._replays[channel] = (limit, replay, events)
+        held = self._holding.get(channel, {}).get(conn)
+        if held is not None:
+            held.seen = max(held.seen, replay.latest)
+        return replay, events
+
+    def release(self, conn: Connection) -> None:
+        """Send ``conn`` what arrived while it was held, without what its replay held."""
+        for channel in [c for c, held in self._holding.items() if conn in held]:
+            holding = self._holding[channel]
+            held = holding.pop(conn)
+            if not holding:
+                del self._holding[channel]
+            for number, frame in held.frames:
+                if number is None or number > held.seen:
+                    conn._deliver(frame)
 
     # Publishing goes through the broker even for local subscribers, so that every
     # instance sees one order. When the broker fails, local subscribers still get the
@@ -139,11 +217,14 @@ class Hub:
             log.warning("history of %s unavailable: %s", channel, exc)
             return []
         events = [json.loads(p[1:]) for p in payloads]
-        # Cache only what no numbered event overtook while the broker answered; without
-        # a local subscriber nothing would tell this instance that the channel changed.
-        if channel in self._local and channel not in self._subscribing and self._changes.get(channel, 0) == changes:
+        if self._cacheable(channel, changes):
             self._history[channel] = (limit, events)
         return events
+
+    def _cacheable(self, channel: str, changes: int) -> bool:
+        # Only what no numbered event overtook while the broker answered; without a
+        # local subscriber nothing would tell this instance that the channel changed.
+        return channel in self._local and channel not in self._subscribing and self._changes.get(channel, 0) == changes
 
     def _failed(self, channel: str, exc: BrokerError) -> None:
         self._stats.broker_publish_failures += 1

@@ -144,6 +144,7 @@ class Session:
                 pass  # the handler sent to a connection that is closing: not its fault
             except Exception:
                 self._crashed("on_connect")
+            live.connected(conn)
             await self._receive()
         finally:
             await self._finish()
