@@ -131,10 +131,10 @@ def room_allowed(rooms_claim: object, room: str) -> bool:
     return any(isinstance(p, str) and _room_pattern(p).fullmatch(room) is not None for p in rooms_claim)
 
 
-def history_message(events: list[dict[str, Any]], max_bytes: int, recovered: bool = False) -> tuple[str, bool]:
-    """``{"type": "history", "messages": [...], "recovered": ...}`` with the newest events
-    that fit in ``max_bytes``, and whether all of them did."""
-    head, tail = '{"type":"history","messages":[', f'],"recovered":{"true" if recovered else "false"}}}'
+def history_message(events: list[dict[str, Any]], max_bytes: int) -> str:
+    """``{"type": "history", "messages": [...], "recovered": false}`` with the newest
+    events that fit in ``max_bytes``."""
+    head, tail = '{"type":"history","messages":[', '],"recovered":false}'
     parts: list[str] = []
     size = len(head) + len(tail)
     for event in reversed(events):
@@ -143,7 +143,7 @@ def history_message(events: list[dict[str, Any]], max_bytes: int, recovered: boo
         if size > max_bytes:
             break
         parts.append(part)
-    return head + ",".join(reversed(parts)) + tail, len(parts) == len(events)
+    return head + ",".join(reversed(parts)) + tail
 
 
 def resume_point(query: Mapping[str, str]) -> tuple[int | None, str | None]:
@@ -220,8 +220,10 @@ class Chat(Handler[ChatOptions]):
         options = self.options
         found = await ctx.subscribe(conn, room, since, epoch, history=options.history, keep_for=options.keep_for)
         recovered = found.recovered
-        if recovered:
-            history, recovered = history_message(found.messages, options.history_bytes, recovered=True)
+        if recovered:  # all of the missed messages, or none: one encoding, then its size
+            history = json.dumps({"type": "history", "messages": found.messages, "recovered": True},
+                                 separators=(",", ":"), ensure_ascii=False)
+            recovered = len(history) <= options.history_bytes and len(history.encode()) <= options.history_bytes
         if not recovered:  # a fresh join, or a resume that cannot be exact: the last messages
             history = self._history_text(found.messages)
         users = await ctx.members(room)
@@ -259,7 +261,7 @@ class Chat(Handler[ChatOptions]):
         # so the text is made once per change, not once per join.
         if self._last_history[0] is not events:
             recent = events[-self.options.history:] if self.options.history else []
-            self._last_history = (events, history_message(recent, self.options.history_bytes)[0])
+            self._last_history = (events, history_message(recent, self.options.history_bytes))
         return self._last_history[1]
 
     async def on_message(self, conn: Connection, message: Message) -> None:

@@ -60,3 +60,17 @@ def test_handshake_bench_smoke(tmp_path: Path) -> None:
         assert data[mode]["handshakes_per_s"] > 0, data
         assert data[mode]["server_cpu_us"] > 0, data
     assert data["jwt"]["cpu_ratio"] > 0
+
+
+def test_resume_bench_smoke(tmp_path: Path) -> None:
+    """The reconnect storm: every client resumes exactly (the bench raises otherwise)."""
+    out = tmp_path / "resume.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.resume", "--clients", "40", "--rooms", "4", "--behind", "20",
+         "--json", str(out)],
+        cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    data = json.loads(out.read_text())
+    assert data["clients"] == 40
+    assert 0 < data["all_recovered_s"] < 30

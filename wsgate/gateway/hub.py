@@ -150,7 +150,8 @@ class Hub:
         else:
             changes = self._changes.get(channel, 0)
             replay = await self.broker.replay(channel, since, epoch, limit, keep_for)
-            events = [json.loads(p[1:]) for p in replay.payloads]
+            # One parse for them all: a resume may carry hundreds.
+            events = json.loads(b"[" + b",".join(p[1:] for p in replay.payloads) + b"]")
             # A fresh join's answer is the same for everyone until the next numbered
             # event: a join flood costs no broker round trip (see history()).
             if since is None and self._cacheable(channel, changes):
