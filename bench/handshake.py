@@ -139,6 +139,18 @@ def measure(rounds: int, window: float, concurrency: int, server_cpu: int | None
     return result
 
 
+def report(result: dict[str, Any]) -> str:
+    anon = result["anonymous"]
+    lines = [f"anonymous: {anon['handshakes_per_s']:,.0f} handshakes/s, "
+             f"{anon['server_cpu_us']:,.0f} µs server CPU each"]
+    for mode in ("jwt", "jwt-reused"):
+        r = result[mode]
+        lines.append(f"{mode}: {r['handshakes_per_s']:,.0f} handshakes/s ({r['rate_ratio']:.2f}x), "
+                     f"{r['server_cpu_us']:,.0f} µs server CPU each -> {r['cpu_ratio']:.2f}x of anonymous "
+                     "(goal: >= 0.8x)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.handshake", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -151,12 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.server_cpu is not None and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)) - {args.server_cpu})
     result = measure(args.rounds, args.window, args.concurrency, args.server_cpu)
-    anon = result["anonymous"]
-    print(f"anonymous: {anon['handshakes_per_s']:,.0f} handshakes/s, {anon['server_cpu_us']:,.0f} µs server CPU each")
-    for mode in ("jwt", "jwt-reused"):
-        r = result[mode]
-        print(f"{mode}: {r['handshakes_per_s']:,.0f} handshakes/s ({r['rate_ratio']:.2f}x), "
-              f"{r['server_cpu_us']:,.0f} µs server CPU each -> {r['cpu_ratio']:.2f}x of anonymous (goal: >= 0.8x)")
+    print(report(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -89,25 +89,16 @@ async def storm(port: int, pid: int, clients: int, rooms: int, behind: int) -> d
             "p50_s": quantiles[49], "p99_s": quantiles[98], "server_cpu_s": cpu}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.resume", description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=1000)
-    parser.add_argument("--rooms", type=int, default=10)
-    parser.add_argument("--behind", type=int, default=100)
-    parser.add_argument("--server-cpu", type=int, default=0 if (os.cpu_count() or 1) > 1 else None)
-    parser.add_argument("--json", type=Path, help="also write the result here")
-    args = parser.parse_args(argv)
+def measure(clients: int, rooms: int, behind: int, server_cpu: int | None) -> dict[str, Any]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * args.clients + 256)), hard))
-    if args.server_cpu is not None and (os.cpu_count() or 1) > 1:
-        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)) - {args.server_cpu})
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * clients + 256)), hard))
     with tempfile.TemporaryDirectory(prefix="wsgate-bench-resume-") as tmp:
         config = Path(tmp) / "config.yaml"
         config.write_text(CONFIG)
         port = free_port()
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         command, preexec = pinned([sys.executable, "-m", "wsgate", "--config", str(config), "--port", str(port)],
-                                  args.server_cpu)
+                                  server_cpu)
         with open(LOG_DIR / "wsgate-resume.log", "w") as log:
             server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec)
         try:
@@ -116,13 +107,30 @@ def main(argv: list[str] | None = None) -> int:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise RuntimeError("wsgate did not start; see bench/build/logs/wsgate-resume.log")
                 time.sleep(0.1)
-            result = asyncio.run(storm(port, server.pid, args.clients, args.rooms, args.behind))
+            return asyncio.run(storm(port, server.pid, clients, rooms, behind))
         finally:
             server.terminate()
             server.wait(10)
-    print(f"{result['clients']:,} clients in {result['rooms']} rooms, {result['behind']} messages behind: all "
-          f"recovered in {result['all_recovered_s']:.2f} s (p50 {result['p50_s']:.2f} s, p99 {result['p99_s']:.2f} s; "
-          f"goal: under 2 s); server CPU {result['server_cpu_s']:.2f} s")
+
+
+def report(result: dict[str, Any]) -> str:
+    return (f"{result['clients']:,} clients in {result['rooms']} rooms, {result['behind']} messages behind: all "
+            f"recovered in {result['all_recovered_s']:.2f} s (p50 {result['p50_s']:.2f} s, p99 {result['p99_s']:.2f} "
+            f"s; goal: under 2 s); server CPU {result['server_cpu_s']:.2f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.resume", description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--rooms", type=int, default=10)
+    parser.add_argument("--behind", type=int, default=100)
+    parser.add_argument("--server-cpu", type=int, default=0 if (os.cpu_count() or 1) > 1 else None)
+    parser.add_argument("--json", type=Path, help="also write the result here")
+    args = parser.parse_args(argv)
+    if args.server_cpu is not None and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)) - {args.server_cpu})
+    result = measure(args.clients, args.rooms, args.behind, args.server_cpu)
+    print(report(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -49,7 +49,8 @@ from bench.report import (
     summarize,
 )
 
-SCENARIOS = ("echo", "latency", "broadcast", "idle", "startup", "scaleout")
+SCENARIOS = ("echo", "latency", "broadcast", "idle", "startup", "scaleout", "handshake", "resume")
+WSGATE_ONLY = ("handshake", "resume")  # wsgate features the other servers do not have
 DEFAULT_JSON = BENCH_DIR / "results" / "latest.json"
 
 
@@ -483,6 +484,20 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def run_wsgate_only(scenarios: Sequence[str], s: Settings, smoke: bool, server_cpu: int | None) -> dict[str, Any]:
+    """The handshake (JWT on vs off) and resume (reconnect storm) scenarios: wsgate alone."""
+    from bench import handshake, resume
+
+    done: dict[str, Any] = {}
+    if "handshake" in scenarios:
+        data = handshake.measure(s.repeat, s.window, 2 if smoke else 16, server_cpu)
+        done["handshake"] = {"data": data, "text": handshake.report(data)}
+    if "resume" in scenarios:
+        data = resume.measure(40 if smoke else 1000, 4 if smoke else 10, 20 if smoke else 100, server_cpu)
+        done["resume"] = {"data": data, "text": resume.report(data)}
+    return done
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
@@ -551,7 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the smoke test must not need redis-server
         scenarios.remove("scaleout")
         print("smoke mode: scaleout (needs redis-server) is not run", file=sys.stderr)
-    cases = plan(scenarios, settings)
+    cases = plan([s for s in scenarios if s not in WSGATE_ONLY], settings)
     print(
         f"servers: {', '.join(args.servers)}; scenarios: {', '.join(scenarios)}; "
         f"{len(cases)} cases x {settings.repeat} repeats; servers (and redis) on CPU {server_cpu}, "
@@ -566,6 +581,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: reporting the samples taken so far", file=sys.stderr)
+    extra: dict[str, Any] = {}
+    if not interrupted and "wsgate" in args.servers:
+        extra = run_wsgate_only(scenarios, settings, args.smoke, server_cpu)
     elapsed = time.monotonic() - started
 
     case_keys = list(dict.fromkeys((c.scenario, c.label) for c in cases))
@@ -578,6 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n{name} not benchmarked: {error}")
     for note in bench.notes:
         print(f"\n{note}")
+    for name, result in extra.items():
+        print(f"\n{name}:\n{result['text']}")
 
     document = {
         "meta": {
@@ -595,6 +615,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": asdict(settings),
         "servers": {n: bench.unavailable.get(n, "ok") for n in args.servers},
         "rows": [asdict(r) for r in rows],
+        **{name: result["data"] for name, result in extra.items()},
         "samples": [
             {"scenario": sc, "case": ca, "server": sv, "results": res} for (sc, ca, sv), res in bench.samples.items()
         ],
