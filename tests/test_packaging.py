@@ -50,8 +50,12 @@ def test_the_wheel_holds_the_page_and_no_generic_top_level_name(wheel: Path) -> 
     tops = {n.split("/")[0] for n in names if not n.startswith("wsgate-")}
     assert tops == {"wsgate"}
     for required in ("wsgate/web/templates/index.html", "wsgate/web/static/app.js", "wsgate/web/static/style.css",
-                     "wsgate/builtins/echo.py", "wsgate/builtins/chat.py", "wsgate/py.typed"):
+                     "wsgate/builtins/echo.py", "wsgate/builtins/chat.py", "wsgate/py.typed",
+                     "wsgate/project/config.yaml", "wsgate/project/handlers/example.py",
+                     "wsgate/project/tests/test_example.py", "wsgate/auth/jwt.py"):
         assert required in names
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "[pytest11]\nwsgate = wsgate.pytest_plugin" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def _base_python() -> str:
