@@ -371,7 +371,7 @@ def test_unknown_handler_option_lists_the_options() -> None:
         "      histroy: 3\n"
     )
     assert_problem(one_problem(text), 7, 7, "endpoints[1].options.histroy", "unknown key",
-                   "did you mean 'history'?", "allowed keys: history, history_bytes, keep_for, max_text, max_rooms")
+                   "did you mean 'history'?", "allowed keys: history, keep, history_bytes, keep_for")
 
 
 def test_handler_without_options_refuses_any_option() -> None:

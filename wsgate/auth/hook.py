@@ -10,7 +10,6 @@ The module is imported from the folder that holds config.yaml, as handlers are.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import sys
 import traceback
@@ -18,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
+from ..config.registry import import_object
+from ..errors import HandlerLoadError
 from .identity import AuthFailure, FailureReason, Handshake, Identity, Refuse, redact
 
 __all__ = ["HookFunction", "PythonHook"]
@@ -26,28 +27,13 @@ HookFunction = Callable[[Handshake], Awaitable[Identity | None]]
 
 
 def _import(ref: str, base: Path) -> object:
-    module_name, _, attr = ref.partition(":")
-    if not module_name or not attr or module_name.startswith("."):
-        raise ValueError(f"{ref!r} is not a function reference: write 'module.path:function', e.g. 'auth:check'")
-    # As in wsgate.config.registry: importable from the config's folder, and a module
-    # written since the last import (a reload) must be found.
     entry = str(base)
-    if entry not in sys.path:
+    if entry not in sys.path:  # importable from the config's folder, as handlers are
         sys.path.insert(0, entry)
-    importlib.invalidate_caches()
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(
-            f"cannot import module {module_name!r}: {exc}; the module must be importable "
-            "from the directory that holds the config file"
-        ) from None
-    except Exception as exc:
-        raise ValueError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
-    function = getattr(module, attr, None)
-    if function is None:
-        raise ValueError(f"module {module_name!r} has no attribute {attr!r}")
-    return function
+        return import_object(ref, "function", "auth:check")
+    except HandlerLoadError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _is_async_callable(obj: object) -> bool:

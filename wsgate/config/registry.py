@@ -40,6 +40,35 @@ def check_handler_class(cls: object, ref: str) -> type[Handler]:
     return cls
 
 
+def import_object(ref: str, kind: str, example: str) -> object:
+    """What ``module.path:name`` names, imported from ``sys.path`` (where the config's folder is).
+
+    ``kind`` and ``example`` word the errors (HandlerLoadError) for what is expected.
+    """
+    module_name, _, attr = ref.partition(":")
+    if not module_name or not attr or module_name.startswith("."):
+        raise HandlerLoadError(
+            f"{ref!r} is not a {kind} reference: write 'module.path:{example.partition(':')[2]}' "
+            f"with an absolute module path, e.g. {example!r}"
+        )
+    # A folder or file created since the last import (a reload after adding
+    # handlers/shout.py) is invisible to the import system's directory caches.
+    importlib.invalidate_caches()
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise HandlerLoadError(
+            f"cannot import module {module_name!r}: {exc}; the module must be importable "
+            "from the directory that holds the config file"
+        ) from None
+    except Exception as exc:
+        raise HandlerLoadError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
+    found = getattr(module, attr, None)
+    if found is None:
+        raise HandlerLoadError(f"module {module_name!r} has no attribute {attr!r}")
+    return found
+
+
 class Registry:
     """Handler names and how to load them. Entry points are read once, on first use."""
 
@@ -114,25 +143,4 @@ class Registry:
 
     @staticmethod
     def _import(ref: str) -> type[Handler]:
-        module_name, _, attr = ref.partition(":")
-        if not module_name or not attr or module_name.startswith("."):
-            raise HandlerLoadError(
-                f"{ref!r} is not a handler reference: write 'module.path:ClassName' "
-                "with an absolute module path, e.g. 'handlers.shout:Shout'"
-            )
-        # A folder or file created since the last import (a reload after adding
-        # handlers/shout.py) is invisible to the import system's directory caches.
-        importlib.invalidate_caches()
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise HandlerLoadError(
-                f"cannot import module {module_name!r}: {exc}; the module must be importable "
-                "from the directory that holds the config file"
-            ) from None
-        except Exception as exc:
-            raise HandlerLoadError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
-        cls = getattr(module, attr, None)
-        if cls is None:
-            raise HandlerLoadError(f"module {module_name!r} has no attribute {attr!r}")
-        return check_handler_class(cls, ref)
+        return check_handler_class(import_object(ref, "handler", "handlers.shout:Shout"), ref)
