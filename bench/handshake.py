@@ -23,12 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +34,7 @@ if __package__ in (None, ""):
 
 import jwt
 
-from bench.harness import HOST, LOG_DIR, free_port, pinned, proc_cpu_seconds, ws_handshake_ok
+from bench.harness import HOST, proc_cpu_seconds, standalone, wsgate_with
 from wsgate.auth.jwt import VERIFIED_CACHE
 
 SECRET = "bench-handshake-secret-0123456789abcdef"
@@ -94,40 +90,23 @@ def mint(count: int) -> list[str]:
 def measure(rounds: int, window: float, concurrency: int, server_cpu: int | None) -> dict[str, Any]:
     # More distinct tokens than the server remembers, so that a cycle never hits its cache.
     fresh = mint(VERIFIED_CACHE * 5)
-    with tempfile.TemporaryDirectory(prefix="wsgate-bench-hs-") as tmp:
-        config = Path(tmp) / "config.yaml"
-        config.write_text(CONFIG)
-        port = free_port()
-        LOG_DIR.mkdir(parents=True, exist_ok=True)
-        command, preexec = pinned([sys.executable, "-m", "wsgate", "--config", str(config), "--port", str(port)],
-                                  server_cpu)
-        with open(LOG_DIR / "wsgate-handshake.log", "w") as log:
-            server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec)
-        try:
-            deadline = time.monotonic() + 30
-            while not ws_handshake_ok(port, "/ws"):
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("wsgate did not start; see bench/build/logs/wsgate-handshake.log")
-                time.sleep(0.1)
-            payloads = {
-                "anonymous": itertools.cycle([request(port, "/ws", None)]),
-                "jwt": itertools.cycle([request(port, "/ws-jwt", token) for token in fresh]),
-                "jwt-reused": itertools.cycle([request(port, "/ws-jwt", fresh[0])]),
-            }
-            samples: dict[str, list[tuple[float, float]]] = {mode: [] for mode in payloads}
-            asyncio.run(handshakes(port, payloads["jwt"], concurrency, 0.3))  # warm-up
-            modes = list(payloads)
-            for rnd in range(rounds):
-                for mode in modes[rnd % len(modes):] + modes[:rnd % len(modes)]:
-                    cpu0, t0 = proc_cpu_seconds(server.pid), time.monotonic()
-                    count = asyncio.run(handshakes(port, payloads[mode], concurrency, window))
-                    elapsed, cpu = time.monotonic() - t0, proc_cpu_seconds(server.pid) - cpu0
-                    samples[mode].append((count / elapsed, cpu * 1e6 / max(count, 1)))
-                    print(f"  round {rnd + 1} {mode:<10} {count / elapsed:8,.0f} handshakes/s, "
-                          f"server {cpu * 1e6 / max(count, 1):6,.0f} µs CPU each", file=sys.stderr)
-        finally:
-            server.terminate()
-            server.wait(10)
+    with wsgate_with(CONFIG, "handshake", server_cpu, "/ws") as (port, pid):
+        payloads = {
+            "anonymous": itertools.cycle([request(port, "/ws", None)]),
+            "jwt": itertools.cycle([request(port, "/ws-jwt", token) for token in fresh]),
+            "jwt-reused": itertools.cycle([request(port, "/ws-jwt", fresh[0])]),
+        }
+        samples: dict[str, list[tuple[float, float]]] = {mode: [] for mode in payloads}
+        asyncio.run(handshakes(port, payloads["jwt"], concurrency, 0.3))  # warm-up
+        modes = list(payloads)
+        for rnd in range(rounds):
+            for mode in modes[rnd % len(modes):] + modes[:rnd % len(modes)]:
+                cpu0, t0 = proc_cpu_seconds(pid), time.monotonic()
+                count = asyncio.run(handshakes(port, payloads[mode], concurrency, window))
+                elapsed, cpu = time.monotonic() - t0, proc_cpu_seconds(pid) - cpu0
+                samples[mode].append((count / elapsed, cpu * 1e6 / max(count, 1)))
+                print(f"  round {rnd + 1} {mode:<10} {count / elapsed:8,.0f} handshakes/s, "
+                      f"server {cpu * 1e6 / max(count, 1):6,.0f} µs CPU each", file=sys.stderr)
     result: dict[str, Any] = {"rounds": rounds, "window_s": window, "concurrency": concurrency}
     for mode, values in samples.items():
         result[mode] = {"handshakes_per_s": statistics.median(v[0] for v in values),
@@ -156,17 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--window", type=float, default=2.0, help="seconds per measurement")
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--server-cpu", type=int, default=0 if (os.cpu_count() or 1) > 1 else None,
-                        help="pin the server to this CPU (the clients run on the others)")
-    parser.add_argument("--json", type=Path, help="also write the result here")
-    args = parser.parse_args(argv)
-    if args.server_cpu is not None and (os.cpu_count() or 1) > 1:
-        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)) - {args.server_cpu})
-    result = measure(args.rounds, args.window, args.concurrency, args.server_cpu)
-    print(report(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return standalone(parser, argv, lambda a: measure(a.rounds, a.window, a.concurrency, a.server_cpu), report)
 
 
 if __name__ == "__main__":

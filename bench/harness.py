@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -11,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -385,3 +387,48 @@ def run_loadgen(binary: Path, args: Sequence[str], cpu: int | None, timeout: flo
     if "error" in result:
         raise BenchError(f"load generator: {result['error']}")
     return result
+
+
+@contextlib.contextmanager
+def wsgate_with(config: str, name: str, cpu: int | None, probe: str) -> Iterator[tuple[int, int]]:
+    """A ``python -m wsgate`` on ``config`` (YAML text) and a free port, pinned to ``cpu``;
+    yields (port, pid) once ``probe`` answers a WebSocket handshake. Its log is
+    ``bench/build/logs/wsgate-NAME.log``."""
+    with tempfile.TemporaryDirectory(prefix=f"wsgate-bench-{name}-") as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(config)
+        port = free_port()
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        log_path = LOG_DIR / f"wsgate-{name}.log"
+        command, preexec = pinned([sys.executable, "-m", "wsgate", "--config", str(path), "--port", str(port)], cpu)
+        with open(log_path, "w") as log:
+            server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec)
+        try:
+            deadline = time.monotonic() + 30
+            while not ws_handshake_ok(port, probe):
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise BenchError(f"wsgate did not start; see {log_path}")
+                time.sleep(0.1)
+            yield port, server.pid
+        finally:
+            server.terminate()
+            server.wait(10)
+
+
+def standalone(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+               measure: Callable[[argparse.Namespace], dict[str, Any]],
+               report: Callable[[dict[str, Any]], str]) -> int:
+    """The command line of a wsgate-only scenario: the server on one CPU, this process
+    (the clients) on the others; the report printed, and written as JSON with --json."""
+    cpus = os.cpu_count() or 1
+    parser.add_argument("--server-cpu", type=int, default=0 if cpus > 1 else None,
+                        help="pin the server to this CPU (the clients run on the others)")
+    parser.add_argument("--json", type=Path, help="also write the result here")
+    args = parser.parse_args(argv)
+    if args.server_cpu is not None and cpus > 1:
+        os.sched_setaffinity(0, set(range(cpus)) - {args.server_cpu})
+    result = measure(args)
+    print(report(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0

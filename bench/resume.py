@@ -16,12 +16,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import resource
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +28,7 @@ if __package__ in (None, ""):
 
 import aiohttp
 
-from bench.harness import HOST, LOG_DIR, free_port, pinned, proc_cpu_seconds, ws_handshake_ok
+from bench.harness import HOST, proc_cpu_seconds, standalone, wsgate_with
 
 CONFIG = f"""\
 server: {{host: {HOST}}}
@@ -92,25 +89,8 @@ async def storm(port: int, pid: int, clients: int, rooms: int, behind: int) -> d
 def measure(clients: int, rooms: int, behind: int, server_cpu: int | None) -> dict[str, Any]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * clients + 256)), hard))
-    with tempfile.TemporaryDirectory(prefix="wsgate-bench-resume-") as tmp:
-        config = Path(tmp) / "config.yaml"
-        config.write_text(CONFIG)
-        port = free_port()
-        LOG_DIR.mkdir(parents=True, exist_ok=True)
-        command, preexec = pinned([sys.executable, "-m", "wsgate", "--config", str(config), "--port", str(port)],
-                                  server_cpu)
-        with open(LOG_DIR / "wsgate-resume.log", "w") as log:
-            server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec)
-        try:
-            deadline = time.monotonic() + 30
-            while not ws_handshake_ok(port, "/chat"):
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("wsgate did not start; see bench/build/logs/wsgate-resume.log")
-                time.sleep(0.1)
-            return asyncio.run(storm(port, server.pid, clients, rooms, behind))
-        finally:
-            server.terminate()
-            server.wait(10)
+    with wsgate_with(CONFIG, "resume", server_cpu, "/chat") as (port, pid):
+        return asyncio.run(storm(port, pid, clients, rooms, behind))
 
 
 def report(result: dict[str, Any]) -> str:
@@ -124,16 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--rooms", type=int, default=10)
     parser.add_argument("--behind", type=int, default=100)
-    parser.add_argument("--server-cpu", type=int, default=0 if (os.cpu_count() or 1) > 1 else None)
-    parser.add_argument("--json", type=Path, help="also write the result here")
-    args = parser.parse_args(argv)
-    if args.server_cpu is not None and (os.cpu_count() or 1) > 1:
-        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)) - {args.server_cpu})
-    result = measure(args.clients, args.rooms, args.behind, args.server_cpu)
-    print(report(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return standalone(parser, argv, lambda a: measure(a.clients, a.rooms, a.behind, a.server_cpu), report)
 
 
 if __name__ == "__main__":
