@@ -1,12 +1,18 @@
 "use strict";
 
+// Connections go through wsgate.js, which reconnects and resumes chat rooms when the
+// "Auto-reconnect" switch is on. It is an ES module; this page script stays a classic one
+// (the page's <script> tag is unchanged) and loads it with import().
 (() => {
+  const WSGATE_JS = new URL("wsgate.js", document.currentScript?.src ?? location.href).href;
+  let openConnection = null; // wsgate.js's connect(), once loaded
+
   const ui = Object.fromEntries(
     [
       "endpointPicker", "connectionUrl", "chatOptions", "room", "name", "subprotocolOptions",
       "subprotocol", "connectForm", "connectButton", "stateLabel", "sendForm", "sendMessage",
       "sendButton", "closeForm", "closeCode", "closeReason", "closeButton", "commsLogBody",
-      "commsLogEmpty", "clearLogButton", "rawLogToggle", "tokenOptions", "token"
+      "commsLogEmpty", "clearLogButton", "rawLogToggle", "tokenOptions", "token", "autoReconnectToggle"
     ].map((id) => [id, document.getElementById(id)]),
   );
 
@@ -50,8 +56,10 @@
     }
   }
 
-  let socket = null;
-  let wasOpened = false;
+  let conn = null; // the wsgate.js connection (it may hold several sockets in turn)
+  let wasOpened = false; // some socket of conn has opened
+  let socketOpened = false; // the current socket has opened
+  let cannotConnect = false; // no socket could be made at all (bad URL or token)
   let closeRequest = null; // { code, reason } when the user pressed "Close Socket"
 
   /* ---------- endpoint selection and URL building ---------- */
@@ -107,17 +115,21 @@
 
   /* ---------- state and controls ---------- */
 
-  const isOpen = () => socket !== null && socket.readyState === WebSocket.OPEN;
-  const isIdle = () => socket === null || socket.readyState === WebSocket.CLOSED;
+  const isOpen = () => conn !== null && conn.state === "open";
+  const isIdle = () => conn === null || conn.state === "closed";
+  // Between two sockets of one connection: "Close Socket" stops the retries.
+  const isRetrying = () => conn !== null && wasOpened && ["reconnecting", "connecting"].includes(conn.state);
   const lockedWhileConnected = () =>
-    [ui.connectionUrl, ui.endpointPicker, ui.room, ui.name, ui.subprotocol, ui.token];
+    [ui.connectionUrl, ui.endpointPicker, ui.room, ui.name, ui.subprotocol];
 
   function updateControls() {
     const idle = isIdle();
-    ui.connectButton.disabled = !idle;
+    ui.connectButton.disabled = !idle || openConnection === null;
     for (const el of lockedWhileConnected()) el.disabled = !idle;
+    // the token is read again before every reconnect: a fresh one may be pasted meanwhile
+    ui.token.disabled = !idle && conn.state !== "reconnecting";
     ui.sendButton.disabled = !isOpen();
-    ui.closeButton.disabled = !isOpen();
+    ui.closeButton.disabled = !(isOpen() || isRetrying());
   }
 
   function setState(text, state) {
@@ -150,10 +162,29 @@
     }
   }
 
+  const AUTO_RECONNECT_KEY = "wsgate.autoReconnect";
+
+  function loadAutoReconnect() {
+    try {
+      return localStorage.getItem(AUTO_RECONNECT_KEY) !== "0"; // on unless switched off
+    } catch {
+      return true;
+    }
+  }
+
+  function saveAutoReconnect(on) {
+    try {
+      localStorage.setItem(AUTO_RECONNECT_KEY, on ? "1" : "0");
+    } catch {
+      // storage blocked or full
+    }
+  }
+
   function insertRow(kind, from, to, text, extra = {}) {
     const row = ui.commsLogBody.insertRow();
     row.dataset.kind = kind;
     if (extra.type) row.dataset.type = extra.type;
+    if (Number.isInteger(extra.id)) row.dataset.id = String(extra.id);
     for (const value of [from, to, text]) row.insertCell().textContent = value;
     if (extra.title) row.cells[2].title = extra.title;
   }
@@ -234,7 +265,7 @@
     for (const m of list) {
       const isObject = m !== null && typeof m === "object";
       const text = isObject ? chatLine(m) : JSON.stringify(m);
-      lines.push([text, { type: "history-message", title: isObject ? timeOf(m.ts) : "" }]);
+      lines.push([text, { type: "history-message", title: isObject ? timeOf(m.ts) : "", id: isObject ? m.id : null }]);
     }
     return lines;
   }
@@ -244,7 +275,7 @@
   function receivedLines(frame) {
     if (frame.binary) return [[frame.text, {}]];
     const msg = parseTyped(frame.text);
-    const extra = msg ? { type: msg.type, title: timeOf(msg.ts) } : {};
+    const extra = msg ? { type: msg.type, title: timeOf(msg.ts), id: msg.id } : {};
     if (rawLog) return [[frame.text, extra]];
     if (msg && msg.type === "history") return historyLines(msg);
     const format = msg && FORMATTERS[msg.type];
@@ -259,10 +290,16 @@
 
   /* ---------- socket lifecycle ---------- */
 
+  function onConnecting(event) {
+    socketOpened = false;
+    if (event.attempt > 0) setState(`Reconnecting… (attempt ${event.attempt})`, "reconnecting");
+  }
+
   function onOpen() {
     wasOpened = true;
+    socketOpened = true;
     setState("Open", "open");
-    const proto = socket.protocol ? ` (subprotocol: ${socket.protocol})` : "";
+    const proto = conn.protocol ? ` (subprotocol: ${conn.protocol})` : "";
     addRow("open", "Server", "Client", `Connection opened${proto}`);
     ui.sendMessage.focus();
   }
@@ -278,73 +315,118 @@
   }
 
   function onClose(event) {
+    if (cannotConnect) {
+      setState("Ready to connect…", "idle"); // nothing was sent: as if Connect was never pressed
+      return;
+    }
     const { code, reason, note } = closeSummary(event);
-    if (wasOpened) {
+    const retryFailed = wasOpened && !socketOpened && !closeRequest; // a reconnect that did not open
+    socketOpened = false;
+    if (event.willReconnect) {
+      setState(`Connection lost (code ${event.code}); reconnecting…`, "reconnecting");
+    } else if (wasOpened) {
       setState(`Closed. Code: ${code}, Reason: ${reason}${note}`, "closed");
     } else {
-      whyNotConnected(event.target.url, ui.token.value.trim())
+      whyNotConnected(conn.url, ui.token.value.trim())
         .then((message) => addRow("error", "Client", "Server", message));
       setState(`Closed. Code: ${event.code}, Reason: could not connect`, "failed");
     }
     const [from, to] = closeRequest ? ["Client", "Server"] : ["Server", "Client"];
+    if (retryFailed) {
+      addRow("close", from, to, `Could not reconnect. Code: ${event.code}.`);
+      return;
+    }
     addRow("close", from, to, `Connection closed. Code: ${code}. Reason: ${reason}${note}`);
   }
 
-  function onError() {
+  function onError(event) {
+    if (event.error) {
+      const token = ui.tokenOptions.hidden ? "" : ui.token.value.trim();
+      const hint = token ? " (a token may hold only letters, digits and !#$%&'*+-.^_`|~)" : "";
+      addRow("error", "Client", "Server", `Cannot connect: ${event.error.message ?? event.error}${hint}`);
+      if (!wasOpened) cannotConnect = true;
+      return;
+    }
     // Before "open" the close handler explains the failure; avoid a duplicate row.
-    if (wasOpened) addRow("error", "Server", "Client", "WebSocket error (the connection failed).");
+    if (socketOpened) addRow("error", "Server", "Client", "WebSocket error (the connection failed).");
+  }
+
+  const status = (text, type) => addRow("status", "Client", "Client", text, { type });
+
+  function onReconnecting(event) {
+    const seconds = (event.delay / 1000).toFixed(1);
+    status(`reconnecting in ${seconds} s…`, "reconnecting");
+    setState(`Reconnecting in ${seconds} s…`, "reconnecting");
+  }
+
+  function onRecovered(event) {
+    status(`reconnected, recovered ${event.count} message${event.count === 1 ? "" : "s"}`, "recovered");
+  }
+
+  function onNotRecovered() {
+    status("history lost, reloaded", "notrecovered");
   }
 
   function connect() {
-    if (!isIdle()) return;
+    if (!isIdle() || openConnection === null) return;
     const url = ui.connectionUrl.value.trim();
     const protocols = ui.subprotocolOptions.hidden || !ui.subprotocol.value ? [] : [ui.subprotocol.value];
-    const token = ui.tokenOptions.hidden ? "" : ui.token.value.trim();
     // Browsers cannot set an Authorization header on a WebSocket; the token travels as a
-    // subprotocol entry, which wsgate removes from the offer and never echoes.
-    if (token) protocols.push("wsgate.auth", `wsgate.bearer.${token}`);
-    let ws;
-    try {
-      ws = new WebSocket(url, protocols);
-    } catch (err) {
-      const hint = token ? " (a token may hold only letters, digits and !#$%&'*+-.^_`|~)" : "";
-      addRow("error", "Client", "Server", `Cannot connect: ${err.message}${hint}`);
-      return;
-    }
-    ws.binaryType = "arraybuffer";
-    socket = ws;
+    // subprotocol entry, which wsgate removes from the offer and never echoes. It is read
+    // before every (re)connect.
+    const token = () => (ui.tokenOptions.hidden ? "" : ui.token.value.trim());
+    const current = openConnection(url, {
+      protocols, token, reconnect: ui.autoReconnectToggle.checked, binaryType: "arraybuffer",
+    });
+    conn = current;
     wasOpened = false;
+    socketOpened = false;
+    cannotConnect = false;
     closeRequest = null;
-    const current = (handler) => (event) => ws === socket && handler(event);
-    ws.addEventListener("open", current(onOpen));
-    ws.addEventListener("message", current(onMessage));
-    ws.addEventListener("error", current(onError));
-    ws.addEventListener("close", current(onClose));
+    const handlers = {
+      connecting: onConnecting, open: onOpen, message: onMessage, error: onError, close: onClose,
+      reconnecting: onReconnecting, recovered: onRecovered, notrecovered: onNotRecovered,
+    };
+    for (const [type, handler] of Object.entries(handlers)) {
+      current.addEventListener(type, (event) => current === conn && handler(event));
+    }
     setState("Connecting…", "connecting");
   }
 
   function send() {
     if (!isOpen()) return;
     const text = ui.sendMessage.value;
-    socket.send(text);
+    conn.send(text);
     addRow("sent", "Client", "Server", text);
     ui.sendMessage.value = "";
     ui.sendMessage.focus();
   }
 
   function closeSocket() {
-    if (!isOpen()) return;
+    if (!isOpen() && !isRetrying()) return;
     const raw = ui.closeCode.value.trim();
     const code = raw === "" ? 1000 : Number(raw);
+    closeRequest = { code, reason: ui.closeReason.value };
     try {
       if (!Number.isInteger(code)) throw new Error(`"${raw}" is not a whole number.`);
-      socket.close(code, ui.closeReason.value);
+      conn.close(code, ui.closeReason.value); // while waiting to retry, "close" comes at once
     } catch (err) {
+      closeRequest = null;
       addRow("error", "Client", "Server", `Cannot close with code ${raw}: ${err.message}`);
       return;
     }
-    closeRequest = { code, reason: ui.closeReason.value };
-    setState("Closing…", "closing");
+    if (conn.state === "closing") setState("Closing…", "closing");
+  }
+
+  function setAutoReconnect(on) {
+    ui.autoReconnectToggle.checked = on;
+    if (conn === null) return;
+    conn.reconnect = on;
+    if (!on && conn.state === "reconnecting") {
+      // switched off while waiting to retry: stop here, as a page without the switch would
+      closeRequest = { code: 1000, reason: "auto-reconnect switched off" };
+      conn.close(closeRequest.code, closeRequest.reason);
+    }
   }
 
   /* ---------- wiring ---------- */
@@ -373,9 +455,21 @@
       saveRawLog(rawLog);
       rerenderLog();
     });
+    setAutoReconnect(loadAutoReconnect());
+    ui.autoReconnectToggle.addEventListener("change", () => {
+      setAutoReconnect(ui.autoReconnectToggle.checked);
+      saveAutoReconnect(ui.autoReconnectToggle.checked);
+    });
     onEndpointChange();
     setState("Ready to connect…", "idle");
   }
 
   init();
+  import(WSGATE_JS).then(
+    (wsgate) => {
+      openConnection = wsgate.connect;
+      updateControls();
+    },
+    (err) => addRow("error", "Client", "Client", `Cannot load ${WSGATE_JS}: ${err.message}`),
+  );
 })();

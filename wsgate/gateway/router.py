@@ -18,7 +18,7 @@ from yarl import URL
 
 from ..auth.allow import allowed
 from ..auth.authenticator import AuthenticatorImpl
-from ..auth.identity import AuthFailure
+from ..auth.identity import AuthFailure, Identity
 from ..auth.tokens import AUTH_PROTOCOL
 from ..closecode import CloseCode
 from ..config import Endpoint, Settings
@@ -162,28 +162,11 @@ class Gateway:
             return checked
         live, remote, origin = checked
         try:
-            policy = live.endpoint.policy
-            request, offered_token = strip_bearer(request, policy.subprotocols)
-            try:
-                for _ in range(3):
-                    identity = await identify(request.headers, request.query, live, policy, remote, offered_token,
-                                              self.settings.authenticators)
-                    if live.endpoint.policy is policy:
-                        break
-                    # A reload changed the endpoint while we waited for the verdict: ask
-                    # again under the policy the connection will live under.
-                    policy = live.endpoint.policy
-                else:
-                    raise AuthFailure(503, "backend_error", "the endpoint's policy kept changing during the handshake")
-            except AuthFailure as failure:
-                live.stats.auth_refusals[failure.reason] += 1
-                log.warning("auth refused: %d %s on %s from %s: %s",
-                            failure.status, failure.reason, live.path, remote, failure.detail)
-                return refusal_response(failure)
-            except Exception:
-                live.stats.handler_errors += 1
-                log.exception("%s.authorize raised on %s; answering 500", type(live.handler).__name__, live.path)
-                return web.Response(status=500, text="the endpoint's handler failed\n")
+            request, offered_token = strip_bearer(request, live.endpoint.policy.subprotocols)
+            verdict = await self._identify(request, live, remote, offered_token)
+            if isinstance(verdict, web.Response):
+                return verdict
+            policy, identity = verdict
             if self.draining:  # authentication may have taken a while
                 return web.Response(status=503, text="the server is shutting down\n")
             ws = web.WebSocketResponse(
@@ -222,6 +205,30 @@ class Gateway:
             return ws
         finally:
             self.admission.release(request.path, remote)
+
+    async def _identify(self, request: web.Request, live: LiveEndpoint, remote: str, offered_token: str | None
+                        ) -> web.Response | tuple[Policy, Identity | None]:
+        """The auth step (see identify.py): a refusal, or the policy it passed and the identity."""
+        policy = live.endpoint.policy
+        try:
+            for _ in range(3):
+                identity = await identify(request.headers, request.query, live, policy, remote, offered_token,
+                                          self.settings.authenticators)
+                if live.endpoint.policy is policy:
+                    return policy, identity
+                # A reload changed the endpoint while we waited for the verdict: ask again
+                # under the policy the connection will live under.
+                policy = live.endpoint.policy
+            raise AuthFailure(503, "backend_error", "the endpoint's policy kept changing during the handshake")
+        except AuthFailure as failure:
+            live.stats.auth_refusals[failure.reason] += 1
+            log.warning("auth refused: %d %s on %s from %s: %s",
+                        failure.status, failure.reason, live.path, remote, failure.detail)
+            return refusal_response(failure)
+        except Exception:
+            live.stats.handler_errors += 1
+            log.exception("%s.authorize raised on %s; answering 500", type(live.handler).__name__, live.path)
+            return web.Response(status=500, text="the endpoint's handler failed\n")
 
     def _admit(self, request: web.Request) -> web.Response | tuple[LiveEndpoint, str, str | None]:
         """Handshake policy: a refusal, or the endpoint, client address and origin (a slot booked)."""
