@@ -9,23 +9,31 @@ Redis. A taken name gets a numeric suffix (``alice-2``); the welcome says which.
 On an endpoint with ``auth``, the name comes from the identity (the ``name`` claim, else
 the user id) and ``?name=`` is ignored; a user's several connections to a room (tabs)
 are one member; a ``rooms`` claim limits the rooms the user may join.
+
+Names are presence members that every instance holding one refreshes. The names of an
+instance that died without cleanup expire, and another instance with clients in the
+room announces their ``leave`` within ``presence_ttl``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import json
+import random
 import re
 import secrets
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from wsgate import BrokerError, CloseCode, Connection, Context, Handler, Handshake, Message, Refuse
+from wsgate.config.base import Duration
 
 _ROOM = re.compile(r"[\w.-]{1,64}")
 _MAX_NAME = 32
@@ -45,6 +53,9 @@ class ChatOptions(BaseModel):
                                            "is not recovered. Keep it below send_queue")
     keep_for: float = Field(default=600.0, ge=0, description="seconds a room's history and ids outlive its last "
                                                               "message; 0 keeps them forever")
+    presence_ttl: Duration = Field(default=30.0, gt=0, description="how soon the names held by an instance that "
+                                                                    "died without cleanup (kill -9, a lost host) "
+                                                                    "leave their rooms, with a leave event")
     max_text: int = Field(default=2000, gt=0, description="longest message text accepted, in characters")
     max_rooms: int = Field(default=10_000, gt=0, description="rooms open at once on this instance; a join that "
                                                              "would open one more is refused")
@@ -167,6 +178,9 @@ def _tabs_key(room: str, user: str) -> str:
     return f"{room}#tabs:{user}"  # holds one token per open connection of the user
 
 
+_RETRY_FIRST, _RETRY_MAX = 0.25, 2.0  # seconds between retries of a leave the broker refused
+
+
 class Chat(Handler[ChatOptions]):
     """Multi-room chat; rooms are broker topics, so instances sharing Redis share rooms."""
 
@@ -180,6 +194,15 @@ class Chat(Handler[ChatOptions]):
         self._last_history: tuple[list[dict[str, Any]] | None, str] = (None, "")
         # Tells this instance's connections apart from another's in the shared tab sets.
         self._instance = secrets.token_hex(4)
+
+    async def startup(self) -> None:
+        self.context.spawn(self._reap_forever, "presence reaper")
+
+    @property
+    def _ttl(self) -> float:
+        # A member nobody refreshes expires this long after its last refresh, and the
+        # reaper runs every presence_ttl/4: a dead instance's names leave within presence_ttl.
+        return self.options.presence_ttl * 0.75
 
     async def authorize(self, handshake: Handshake) -> None:
         if handshake.user is None or self.options.rooms_claim not in handshake.claims:
@@ -235,26 +258,55 @@ class Chat(Handler[ChatOptions]):
 
     async def _claim_anonymous(self, conn: Connection, room: str) -> tuple[str, bool] | None:
         for name in candidate_names(clean_name(conn.query.get("name"))):
-            if await self.context.claim(room, name):
+            if await self.context.claim(room, name, ttl=self._ttl):
                 return name, True
         return None
 
     async def _claim_user(self, conn: Connection, room: str) -> tuple[str, bool] | None:
-        """The name of ``conn.user`` in ``room``, and whether this is its first connection there."""
-        ctx, user = self.context, str(conn.user)
+        """The name of ``conn.user`` in ``room``, and whether this is its first connection there.
+
+        The tab goes into the user's tab set first, so that the user's last other tab,
+        closing meanwhile on any instance, sees it and leaves the name in place. A tab
+        that finds the name owned by its user holds it too: while an instance with one
+        of the user's tabs lives, the name does not expire.
+        """
+        ctx, user, ttl = self.context, str(conn.user), self._ttl
+        tabs, tab = _tabs_key(room, user), f"{self._instance}:{conn.id}"
+        await ctx.claim(tabs, tab, ttl=ttl)
+        conn.state["chat_tab"] = tab
+        taken: list[tuple[str, str, bool]] = []  # (topic, member, claimed): undone on failure
         shown = conn.claims.get(self.options.name_claim)
-        for name in candidate_names(clean_name(shown if isinstance(shown, str) and shown.strip() else user)):
-            if await ctx.claim(room, name):
-                await ctx.claim(_owner_key(room, name), user)
-                first = True
-            elif await ctx.members(_owner_key(room, name)) == [user]:
-                first = False  # another tab of the same user holds it
-            else:
-                continue
-            conn.state["chat_tab"] = f"{self._instance}:{conn.id}"
-            await ctx.claim(_tabs_key(room, user), conn.state["chat_tab"])
-            return name, first
+        try:
+            for name in candidate_names(clean_name(shown if isinstance(shown, str) and shown.strip() else user)):
+                owner = _owner_key(room, name)
+                for _ in range(2):  # twice: the user's last other tab may let the name go meanwhile
+                    if await ctx.claim(room, name, ttl=ttl):
+                        taken.append((room, name, True))
+                        if await ctx.claim(owner, user, ttl=ttl) or await ctx.hold(owner, user, ttl=ttl):
+                            taken.append((owner, user, True))
+                        return name, True
+                    if await ctx.members(owner) != [user] or not await ctx.hold(owner, user, ttl=ttl):
+                        break  # another user's name
+                    taken.append((owner, user, False))
+                    if await ctx.hold(room, name, ttl=ttl):
+                        return name, False  # another tab of the same user holds it
+                    taken.pop()
+                    await ctx.drop(owner, user)
+        except BrokerError:
+            for topic, member, claimed in [*taken, (tabs, tab, True)]:
+                await self._let_go(topic, member, claimed)
+            raise
+        del conn.state["chat_tab"]
+        await ctx.release(tabs, tab)
         return None
+
+    async def _let_go(self, topic: str, member: str, claimed: bool) -> None:
+        """Undo a claim (remove it, or at least stop holding it) or a hold; never raises."""
+        if not claimed:
+            await self.context.drop(topic, member)
+            return
+        with contextlib.suppress(BrokerError):  # no longer held here, so it expires
+            await self.context.release(topic, member)
 
     def _history_text(self, events: list[dict[str, Any]]) -> str:
         # The context returns the same list to every fresh join until the room changes,
@@ -282,19 +334,96 @@ class Chat(Handler[ChatOptions]):
         if "chat" not in conn.state:
             return
         room, name = conn.state["chat"]
-        ctx = self.context
+        user = None if conn.user is None else str(conn.user)
+        tab = conn.state.get("chat_tab", "")
         try:
-            if conn.user is not None:
-                await ctx.release(_tabs_key(room, conn.user), conn.state["chat_tab"])
-                if await ctx.members(_tabs_key(room, conn.user)):
-                    return  # the user is still here in another tab
-                await ctx.release(_owner_key(room, name), conn.user)
-            await ctx.release(room, name)
-            users = await ctx.members(room)
+            await self._leave(room, name, user, tab, holding=True)
         except BrokerError as exc:
-            self.context.logger.warning("could not release %r in room %r: %s", name, room, exc)
+            # No longer held here, so the name expires within presence_ttl and a reaper
+            # announces the leave; retrying is faster. Either way it is announced once.
+            self.context.logger.warning("could not release %r in room %r (%s); retrying", name, room, exc)
+            if user is not None:
+                await self._drop_name(room, name, user)
+            self._retry(f"leave of {name!r} in {room!r}",
+                        functools.partial(self._leave, room, name, user, tab, holding=False))
+
+    async def _leave(self, room: str, name: str, user: str | None, tab: str, *, holding: bool) -> None:
+        """Release ``name`` (a user's: after its last tab) and announce the leave.
+
+        Safe to run again after a BrokerError: only the call whose release removed the
+        name from the room announces it, and a reaper announces a name that expired.
+        """
+        ctx = self.context
+        if user is not None:
+            await ctx.release(_tabs_key(room, user), tab)
+            if await ctx.members(_tabs_key(room, user)):
+                if holding:  # the user is still here in another tab, maybe on another instance
+                    await self._drop_name(room, name, user)
+                return
+            await ctx.release(_owner_key(room, name), user)
+        if await ctx.release(room, name):
+            await self._announce_leaves(room, [name])
+
+    async def _drop_name(self, room: str, name: str, user: str) -> None:
+        """This connection's holds of a user's name and ownership go back; its other tabs keep them."""
+        await self.context.drop(_owner_key(room, name), user)
+        await self.context.drop(room, name)
+
+    async def _reap_forever(self) -> None:
+        """Every presence_ttl/4, announce the leave of names that expired in this instance's rooms.
+
+        A name expires when no live instance holds it any more: its instance died
+        without releasing it, or a release failed. ``reap`` returns each to one caller.
+        """
+        while True:
+            await asyncio.sleep(self.options.presence_ttl / 4)
+            rooms = list(self._rooms)
+            for start in range(0, len(rooms), 64):
+                for failed in await asyncio.gather(*(self._reap(room) for room in rooms[start:start + 64]),
+                                                   return_exceptions=True):
+                    if isinstance(failed, Exception):  # logged; the reaper goes on
+                        self.context.logger.error("reaping a room failed", exc_info=failed)
+
+    async def _reap(self, room: str) -> None:
+        try:
+            gone = await self.context.reap(room)
+        except BrokerError as exc:
+            self.context.logger.debug("reaping room %r failed: %s", room, exc)
             return
-        await self._announce("leave", room, name, users)
+        if gone:
+            await self._announce_leaves(room, gone)
+
+    async def _announce_leaves(self, room: str, names: list[str]) -> None:
+        """A ``leave`` for each of ``names`` (already released) with the room's users; retried
+        in the background while the broker fails, since nothing else will announce them."""
+        try:
+            await self._announce_leaves_now(room, names)
+        except BrokerError:
+            self._retry(f"leave announcement in {room!r}", functools.partial(self._announce_leaves_now, room, names))
+
+    async def _announce_leaves_now(self, room: str, names: list[str]) -> None:
+        users = await self.context.members(room)
+        for name in names:
+            await self._announce("leave", room, name, users)
+
+    def _retry(self, what: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` again in the background while it raises BrokerError, for presence_ttl at most."""
+
+        async def again() -> None:
+            loop = asyncio.get_running_loop()
+            deadline, delay = loop.time() + self.options.presence_ttl, _RETRY_FIRST
+            while True:
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # a burst's retries spread out
+                try:
+                    await work()
+                    return
+                except BrokerError as exc:
+                    if loop.time() + delay > deadline:
+                        self.context.logger.warning("gave up on the %s: %s", what, exc)
+                        return
+                delay = min(delay * 2, _RETRY_MAX)
+
+        self.context.spawn(again, f"retry {what}")
 
     async def _announce(self, kind: str, room: str, name: str, users: list[str]) -> None:
         event = {"type": kind, "name": name, "users": users}

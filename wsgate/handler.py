@@ -115,16 +115,54 @@ class Context:
         """
         raise NotImplementedError
 
-    async def claim(self, topic: str, member: str) -> bool:
-        """Add ``member`` to the presence set of ``topic``; False if already taken."""
+    async def claim(self, topic: str, member: str, *, ttl: float = 30.0) -> bool:
+        """Add ``member`` to the presence set of ``topic`` and hold it; False if already taken.
+
+        This process then keeps the member alive, refreshing its expiry every ``ttl``/3
+        (seconds), until ``release`` or ``drop``. If the process dies without cleanup
+        (``kill -9``, a lost host), the member expires ``ttl`` after the last refresh:
+        it leaves ``members``, may be claimed again, and ``reap`` returns it. An expired
+        member that no ``reap`` has removed yet can be claimed (True).
+        """
         raise NotImplementedError
 
-    async def release(self, topic: str, member: str) -> None:
-        """Remove ``member`` from the presence set of ``topic``."""
+    async def hold(self, topic: str, member: str, *, ttl: float = 30.0) -> bool:
+        """Keep alive from this process too a ``member`` that is present; False if it is not.
+
+        For a member claimed by another connection, perhaps on another process (a user's
+        second tab): while any process holds it, it does not expire. Each successful
+        ``claim`` or ``hold`` is one hold; ``drop`` gives one back.
+        """
+        raise NotImplementedError
+
+    async def drop(self, topic: str, member: str) -> None:
+        """Give back one hold of ``member`` without removing it. Never raises.
+
+        Once no process holds it, the member expires ``ttl`` later (``reap`` returns it).
+        """
+        raise NotImplementedError
+
+    async def release(self, topic: str, member: str) -> bool:
+        """Remove ``member`` from the presence set of ``topic`` now; True if this call removed it.
+
+        This process stops holding it first, so if the broker fails here the member
+        still expires within its ``ttl``. False means it was gone already, for example
+        reaped after it expired. A process that still holds it puts it back at its
+        next refresh.
+        """
         raise NotImplementedError
 
     async def members(self, topic: str) -> list[str]:
-        """The presence set of ``topic`` across all instances, sorted."""
+        """The presence set of ``topic`` across all instances, sorted, without expired members."""
+        raise NotImplementedError
+
+    async def reap(self, topic: str) -> list[str]:
+        """Remove the expired members of ``topic`` and return them, sorted.
+
+        Atomic across processes: each expired member is returned by exactly one call,
+        so the caller that gets it can announce its departure. Members this process
+        holds are refreshed first, never reaped.
+        """
         raise NotImplementedError
 
     def spawn(self, work: Callable[[], Awaitable[None]], name: str) -> None:

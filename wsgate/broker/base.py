@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-__all__ = ["Broker", "Delivery", "Replay", "new_epoch"]
+__all__ = ["DEFAULT_TTL", "Broker", "Delivery", "Holdings", "Replay", "check_ttl", "new_epoch"]
+
+DEFAULT_TTL = 30.0  # seconds a presence member outlives the last refresh by its holder
 
 Delivery = Callable[[bytes], None]
 
@@ -32,6 +36,79 @@ class Replay:
     latest: int
     recovered: bool
     payloads: list[bytes]
+
+
+def check_ttl(ttl: float) -> float:
+    """``ttl`` as a float; ValueError unless it is a finite number of seconds above 0."""
+    ttl = float(ttl)
+    if not (ttl > 0 and math.isfinite(ttl)):
+        raise ValueError(f"a presence ttl must be a finite number of seconds above 0, not {ttl!r}")
+    return ttl
+
+
+class Holdings:
+    """The presence members this process keeps alive: per key, per member, holds and ttl.
+
+    Each successful ``claim`` or ``hold`` adds one hold; ``drop`` takes one back;
+    ``release`` forgets them all. A member held several times keeps its shortest ttl.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[str, dict[str, tuple[int, float]]] = {}
+        self._ttls: Counter[float] = Counter()  # members held per ttl: few distinct ttls
+
+    def add(self, key: str, member: str, ttl: float) -> bool:
+        """One more hold; True if ``ttl`` is shorter than every ttl held before."""
+        shortest = self.shortest()
+        members = self._keys.setdefault(key, {})
+        count, held_ttl = members.get(member, (0, math.inf))
+        if ttl < held_ttl:
+            self._count_ttl(held_ttl, -1)
+            self._count_ttl(ttl, 1)
+        members[member] = (count + 1, min(ttl, held_ttl))
+        return shortest is None or ttl < shortest
+
+    def drop(self, key: str, member: str) -> float | None:
+        """One hold fewer; the member's ttl if that was its last hold, else None."""
+        held = self._keys.get(key, {}).get(member)
+        if held is None:
+            return None
+        count, ttl = held
+        if count > 1:
+            self._keys[key][member] = (count - 1, ttl)
+            return None
+        self.forget(key, member)
+        return ttl
+
+    def forget(self, key: str, member: str) -> None:
+        members = self._keys.get(key)
+        held = members.pop(member, None) if members is not None else None
+        if held is not None:
+            self._count_ttl(held[1], -1)
+            if not members:
+                del self._keys[key]
+
+    def _count_ttl(self, ttl: float, change: int) -> None:
+        if ttl != math.inf:
+            self._ttls[ttl] += change
+            if not self._ttls[ttl]:
+                del self._ttls[ttl]
+
+    def of(self, key: str) -> dict[str, float]:
+        """Member -> ttl for every member of ``key`` held here."""
+        return {member: ttl for member, (_, ttl) in self._keys.get(key, {}).items()}
+
+    def __iter__(self) -> Iterator[str]:
+        """The keys with a member held here (a snapshot)."""
+        return iter(list(self._keys))
+
+    def shortest(self) -> float | None:
+        """The shortest ttl held, or None when nothing is held."""
+        return min(self._ttls) if self._ttls else None
+
+    def __len__(self) -> int:
+        """How many members are held."""
+        return sum(self._ttls.values())
 
 
 class Broker(ABC):
@@ -86,11 +163,35 @@ class Broker(ABC):
         channel's and all of them are kept) or the last ``limit``. One atomic read.
         """
 
-    @abstractmethod
-    async def claim(self, key: str, member: str) -> bool: ...
+    # Presence: per key, a set of members, each with an expiry. A member lives while some
+    # process holds it: the holder pushes its expiry to ``ttl`` from now at least every
+    # ttl/3. A member nobody refreshes (its process died, or gave it up with ``drop``)
+    # expires ``ttl`` after its last refresh; ``reap`` then removes and returns it, once.
 
     @abstractmethod
-    async def release(self, key: str, member: str) -> None: ...
+    async def claim(self, key: str, member: str, ttl: float = DEFAULT_TTL) -> bool:
+        """Add ``member`` if it is absent or expired, and hold it: True. False if it is present."""
 
     @abstractmethod
-    async def members(self, key: str) -> list[str]: ...
+    async def hold(self, key: str, member: str, ttl: float = DEFAULT_TTL) -> bool:
+        """Hold a present (unexpired) ``member`` from this process too: True. False if it is not."""
+
+    @abstractmethod
+    async def drop(self, key: str, member: str) -> None:
+        """Give back one hold of ``member`` without removing it; never raises."""
+
+    @abstractmethod
+    async def release(self, key: str, member: str) -> bool:
+        """Forget every hold of ``member`` here, then remove it; True if it was there.
+
+        The holds are forgotten first, so a member whose removal failed expires.
+        """
+
+    @abstractmethod
+    async def members(self, key: str) -> list[str]:
+        """The unexpired members of ``key``, sorted."""
+
+    @abstractmethod
+    async def reap(self, key: str) -> list[str]:
+        """Remove the expired members of ``key`` and return them, sorted; atomic, so each
+        expired member is returned once. Members held here are refreshed first, never reaped."""

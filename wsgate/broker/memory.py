@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 
-from .base import Broker, Delivery, Replay, new_epoch
+from .base import DEFAULT_TTL, Broker, Delivery, Holdings, Replay, check_ttl, new_epoch
 
 __all__ = ["MemoryBroker"]
 
@@ -21,7 +22,10 @@ class MemoryBroker(Broker):
         self._counters: defaultdict[str, int] = defaultdict(int)
         self._history: dict[str, deque[bytes]] = {}
         self._epochs: dict[str, str] = {}  # a new broker (a restarted gateway) has new ones
-        self._presence: defaultdict[str, set[str]] = defaultdict(set)
+        # Presence: key -> member -> expiry on the clock; a member held here never expires
+        # (math.inf): this process is its only possible holder, and it is alive.
+        self._presence: dict[str, dict[str, float]] = {}
+        self._holdings = Holdings()
         self._clock = clock
         self._expiry: dict[str, float] = {}  # channel -> when its history and counter go
         self._next_sweep = 0.0
@@ -82,22 +86,54 @@ class MemoryBroker(Broker):
         else:
             self._expiry.pop(channel, None)
 
-    async def claim(self, key: str, member: str) -> bool:
-        members = self._presence[key]
-        if member in members:
+    async def claim(self, key: str, member: str, ttl: float = DEFAULT_TTL) -> bool:
+        ttl = check_ttl(ttl)
+        members = self._presence.setdefault(key, {})
+        if members.get(member, -math.inf) > self._clock():
             return False
-        members.add(member)
+        members[member] = math.inf
+        self._holdings.add(key, member, ttl)
         return True
 
-    async def release(self, key: str, member: str) -> None:
+    async def hold(self, key: str, member: str, ttl: float = DEFAULT_TTL) -> bool:
+        ttl = check_ttl(ttl)
         members = self._presence.get(key)
-        if members is not None:
-            members.discard(member)
-            if not members:
-                del self._presence[key]
+        if members is None or members.get(member, -math.inf) <= self._clock():
+            return False
+        members[member] = math.inf
+        self._holdings.add(key, member, ttl)
+        return True
+
+    async def drop(self, key: str, member: str) -> None:
+        ttl = self._holdings.drop(key, member)
+        members = self._presence.get(key)
+        if ttl is not None and members is not None and member in members:
+            members[member] = self._clock() + ttl  # nobody holds it now: it expires
+
+    async def release(self, key: str, member: str) -> bool:
+        self._holdings.forget(key, member)
+        members = self._presence.get(key)
+        if members is None or members.pop(member, None) is None:
+            return False
+        if not members:
+            del self._presence[key]
+        return True
 
     async def members(self, key: str) -> list[str]:
-        return sorted(self._presence.get(key, ()))
+        now = self._clock()
+        return sorted(m for m, expiry in self._presence.get(key, {}).items() if expiry > now)
+
+    async def reap(self, key: str) -> list[str]:
+        members = self._presence.get(key)
+        if members is None:
+            return []
+        now = self._clock()
+        gone = sorted(m for m, expiry in members.items() if expiry <= now)
+        for member in gone:
+            del members[member]
+        if not members:
+            del self._presence[key]
+        return gone
 
     def _expire(self, now: float) -> None:
         """Forget channels idle past their keep_for; a sweep at most once a second."""

@@ -1,14 +1,17 @@
 """The Redis broker: gateway instances that share one Redis share topics, ids, history and presence.
 
-Each instance holds two kinds of connection: a small pool for commands (PUBLISH, the
-numbering script, history, presence, a health PING every half second) and one
-pub/sub connection read by a listener task. The listener (``redis_pubsub.py``) notices a
+Each instance holds three connections: a small pool for commands (PUBLISH, the
+numbering script, history, presence), one for the health PING every half second and
+the presence refreshes, which no burst of commands can hold up, and one pub/sub
+connection read by a listener task. The listener (``redis_pubsub.py``) notices a
 dropped or silent pub/sub connection, reconnects with backoff (0.1 s doubling to 1 s)
 and subscribes again to every channel this instance still needs. Commands fail fast with
 ``BrokerError``: 1 s timeouts, one retry after a connection error (none after a
 timeout, since the command may have run), and no attempt at all while the health
-PING says Redis is unreachable. ``start()`` raises ``BrokerError`` when Redis cannot be
-reached, so a gateway never starts without the broker it was configured with.
+PING says Redis is unreachable. A burst of more commands than the pool has connections
+queues for one within that time instead of failing at once. ``start()`` raises
+``BrokerError`` when Redis cannot be reached, so a gateway never starts without the
+broker it was configured with.
 
 What a Redis outage loses. Redis pub/sub is fire-and-forget and nothing is queued:
 
@@ -26,15 +29,23 @@ back and every subscription is restored.
 
 Keys, next to the channel name ``C``: ``C:seq`` (the counter), ``C:history`` (a list
 capped at ``keep``) and ``C:epoch`` (the life of the id sequence), all expiring
-``keep_for`` after the last numbered publish; presence
-sets use the keys the caller passes. Connections are
-named ``wsgate-cmd-PID`` and ``wsgate-sub-PID`` in ``CLIENT LIST``.
+``keep_for`` after the last numbered publish. Presence uses the keys the caller passes:
+each a sorted set of members scored by when they expire (Redis ``TIME``, in ms), so no
+instance's clock matters. Every instance refreshes the members it holds every ttl/3 in
+one pipeline; after an outage, or a refresh more than a ttl late, it also puts back the
+ones Redis lost (a restart without persistence) or reaped. The members of an instance
+that died without cleanup expire ttl after its last refresh, and ``reap`` removes them.
+A presence key itself expires twice the ttl after its last claim or refresh.
+Connections are named ``wsgate-cmd-PID``, ``wsgate-ping-PID`` and ``wsgate-sub-PID``
+in ``CLIENT LIST``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import math
 import os
 import re
 from collections.abc import Awaitable, Callable
@@ -47,7 +58,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ..errors import BrokerError
-from .base import Broker, Delivery, Replay, new_epoch
+from .base import DEFAULT_TTL, Broker, Delivery, Holdings, Replay, check_ttl, new_epoch
 from .redis_pubsub import _ERRORS, RedisSubscriber, _text
 
 __all__ = ["RedisBroker", "redact_url"]
@@ -112,6 +123,76 @@ end
 return {epoch, n, 0, redis.call('LRANGE', KEYS[2], -limit, -1)}
 """
 
+# Presence: one sorted set per key, each member scored by its expiry in ms on Redis's
+# clock. A member whose score has passed is expired: absent for claim, hold and members,
+# and removed (once) by the reaping script. The key outlives its newest expiry by a ttl,
+# which leaves the survivors time to reap the members of an instance that died.
+_NOW = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+"""
+
+# ARGV: member, ttl (ms), '1' to claim (add unless live) or '0' to hold (extend if live).
+_CLAIM = _NOW + """
+local ttl = tonumber(ARGV[2])
+local score = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]))
+local live = score ~= nil and score > now
+if live == (ARGV[3] == '1') then
+  return 0
+end
+local want = now + ttl
+if score == nil or score < want then
+  redis.call('ZADD', KEYS[1], string.format('%d', want), ARGV[1])
+end
+if redis.call('PTTL', KEYS[1]) < 2 * ttl then
+  redis.call('PEXPIRE', KEYS[1], 2 * ttl)
+end
+return 1
+"""
+
+# ARGV: '1' to reap, '1' to put back absent members, then member, ttl (ms) pairs held by
+# the caller. Those are pushed to ttl from now; absent ones are left out unless putting
+# back, since a release may have removed them after the caller listed them. With
+# reaping, the expired members are then removed. Returns {absent held members, reaped...}.
+_KEEP = _NOW + """
+local absent, longest = 0, 0
+for i = 3, #ARGV, 2 do
+  local ttl = tonumber(ARGV[i + 1])
+  local want = now + ttl
+  local score = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i]))
+  if score == nil then
+    absent = absent + 1
+  end
+  if (score == nil and ARGV[2] == '1') or (score ~= nil and score < want) then
+    redis.call('ZADD', KEYS[1], string.format('%d', want), ARGV[i])
+    if ttl > longest then
+      longest = ttl
+    end
+  end
+end
+if longest > 0 and redis.call('PTTL', KEYS[1]) < 2 * longest then
+  redis.call('PEXPIRE', KEYS[1], 2 * longest)
+end
+local result = {absent}
+if ARGV[1] == '1' then
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+  if #gone > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+    for _, member in ipairs(gone) do
+      result[#result + 1] = member
+    end
+  end
+end
+return result
+"""
+
+_LIVE = _NOW + """
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. string.format('%d', now), '+inf')
+"""
+
+_REFRESH_BATCH = 256  # presence keys per pipelined round trip
+_REAP_GRACE = 3.0  # seconds after Redis is back during which reap() removes nothing
+
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#@]*)@")
 _SECRET_QUERY = re.compile(r"(?i)([?&]password=)[^&#]*")
 
@@ -151,6 +232,16 @@ class RedisBroker(Broker):
         self._ping_client: Redis | None = None
         self._numbered: AsyncScript | None = None
         self._replay: AsyncScript | None = None
+        self._claim: AsyncScript | None = None
+        self._keep: AsyncScript | None = None
+        self._live: AsyncScript | None = None
+        self._holdings = Holdings()
+        self._members_asked: dict[str, asyncio.Future[list[str]]] = {}  # reads not sent yet
+        self._reads: set[asyncio.Task[None]] = set()
+        self._next_refresh = 0.0  # loop time of the next presence refresh (by the health check)
+        self._last_refresh = 0.0  # loop time of the last one that succeeded
+        self._restore = False  # the next refresh puts back what Redis lost
+        self._back_at = -math.inf  # loop time Redis was last reachable again after an outage
         self._subscriber = RedisSubscriber(self.shown_url, timeout)
         self._commands_up = False
         self._closed = False
@@ -179,8 +270,12 @@ class RedisBroker(Broker):
             await self._close_clients()
             raise BrokerError(f"cannot reach Redis at {self.shown_url}: {exc or 'timed out'}") from exc
         self._commands_up = True
+        self._last_refresh = asyncio.get_running_loop().time()
         self._numbered = self._client.register_script(_NUMBERED)
         self._replay = self._client.register_script(_REPLAY)
+        self._claim = self._client.register_script(_CLAIM)
+        self._keep = self._client.register_script(_KEEP)
+        self._live = self._client.register_script(_LIVE)
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._subscriber.listen(pubsub), name="wsgate redis listener"),
@@ -189,11 +284,23 @@ class RedisBroker(Broker):
         log.info("broker: Redis at %s", self.shown_url)
 
     async def close(self) -> None:
-        """Stop the listener and the health check, then close every connection."""
+        """Stop the listener, the health check and presence refreshes, then close every connection.
+
+        Members still held are not removed: they expire within their ttl.
+        """
         self._closed = True
-        for task in self._tasks:
+        self._subscriber.closed = True
+        # The loops also stop on those flags: on Python 3.11 a cancellation that arrives
+        # as a timeout inside redis-py expires can come out as TimeoutError, which the
+        # loops take for a Redis failure and carry on.
+        tasks = [*self._tasks, *self._reads]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for pending in self._members_asked.values():  # reads cancelled before they started
+            pending.set_exception(BrokerError("presence members: the Redis broker closed"))
+            pending.exception()
+        self._members_asked.clear()
         self._tasks = []
         self._subscriber.forget_expected()
         await self._close_clients()
@@ -213,8 +320,9 @@ class RedisBroker(Broker):
         }
         if not pooled:
             return Redis.from_url(self.url, **options)
+        # No wait limit of its own: _run bounds the wait and the command together.
         pool = BlockingConnectionPool.from_url(self.url, max_connections=self._max_connections,
-                                               timeout=self._timeout, **options)
+                                               timeout=None, **options)
         return Redis.from_pool(pool)
 
     async def _close_clients(self) -> None:
@@ -239,26 +347,56 @@ class RedisBroker(Broker):
     # --- the command connection ---
 
     async def _watch(self) -> None:
-        """PING the command connection every ``ping_interval`` to keep ``healthy`` current."""
-        while True:
-            await asyncio.sleep(self._ping_interval)
-            assert self._ping_client is not None
-            try:
-                async with asyncio.timeout(self._timeout * 2):
-                    await self._ping_client.ping()
-            except _ERRORS as exc:
-                if self._commands_up:
-                    log.warning("Redis at %s is unreachable (%s); delivering locally only until it is back",
-                                self.shown_url, exc or "timed out")
-                self._commands_up = False
-            else:
-                if not self._commands_up:
-                    log.info("Redis at %s is reachable again", self.shown_url)
-                self._commands_up = True
+        """PING the command connection every ``ping_interval`` to keep ``healthy`` current,
+        and refresh the presence members held here every ttl/3 (the shortest ttl held)."""
+        loop = asyncio.get_running_loop()
+        next_ping = loop.time() + self._ping_interval
+        while not self._closed:  # not only cancellation: see close()
+            wake = next_ping
+            shortest = self._holdings.shortest()
+            if shortest is not None and self._commands_up:
+                wake = min(wake, self._next_refresh)
+            await asyncio.sleep(max(0.0, wake - loop.time()))
+            if loop.time() >= next_ping:
+                await self._ping()
+                next_ping = loop.time() + self._ping_interval
+            shortest = self._holdings.shortest()
+            if shortest is None:
+                self._last_refresh = loop.time()  # nothing held, so nothing can be late
+            elif self._commands_up and loop.time() >= self._next_refresh:
+                self._next_refresh = loop.time() + shortest / 3
+                try:
+                    await self._refresh()
+                except BrokerError as exc:
+                    log.warning("presence refresh failed, retrying: %s", exc)
+                    self._next_refresh = loop.time() + min(self._ping_interval, shortest / 3)
 
-    async def _run(self, what: str, command: Callable[[Redis], Awaitable[T]]) -> T:
-        """Run one command; any failure becomes BrokerError within about twice ``timeout``."""
-        client = self._client
+    async def _ping(self) -> None:
+        assert self._ping_client is not None
+        try:
+            async with asyncio.timeout(self._timeout * 2):
+                await self._ping_client.ping()
+        except _ERRORS as exc:
+            if self._commands_up:
+                log.warning("Redis at %s is unreachable (%s); delivering locally only until it is back",
+                            self.shown_url, exc or "timed out")
+            self._commands_up = False
+        else:
+            if not self._commands_up:
+                log.info("Redis at %s is reachable again", self.shown_url)
+                self._next_refresh = 0.0  # at once: before anyone reaps what expired meanwhile
+                self._restore = True
+                self._back_at = asyncio.get_running_loop().time()
+            self._commands_up = True
+
+    async def _run(self, what: str, command: Callable[[Redis], Awaitable[T]], *, keepalive: bool = False) -> T:
+        """Run one command; any failure becomes BrokerError within about twice ``timeout``.
+
+        Waiting for a free pooled connection counts in that time, and is not itself a
+        failure: a burst of commands queues. With ``keepalive``, the command goes on the
+        health check's own connection instead, so that no burst can delay it.
+        """
+        client = self._ping_client if keepalive else self._client
         if client is None or self._closed:
             raise BrokerError(f"{what}: the Redis broker is not running")
         if not self._commands_up:
@@ -314,20 +452,129 @@ class RedisBroker(Broker):
 
         return await self._run("history replay", run)
 
-    async def claim(self, key: str, member: str) -> bool:
+    # --- presence ---
+
+    async def claim(self, key: str, member: str, ttl: float = DEFAULT_TTL) -> bool:
+        return await self._take(key, member, check_ttl(ttl), claim=True)
+
+    async def hold(self, key: str, member: str, ttl: float = DEFAULT_TTL) -> bool:
+        return await self._take(key, member, check_ttl(ttl), claim=False)
+
+    async def _take(self, key: str, member: str, ttl: float, *, claim: bool) -> bool:
+        script = self._claim
+
         async def run(r: Redis) -> bool:
-            return int(await r.sadd(key, member)) == 1
+            assert script is not None
+            return bool(await script(keys=[key], args=[member, _ms(ttl), "1" if claim else "0"], client=r))
 
-        return await self._run("SADD", run)
+        taken = await self._run("presence claim" if claim else "presence hold", run)
+        if taken and self._holdings.add(key, member, ttl):
+            # Shorter than every ttl held so far: the next refresh may be due sooner.
+            self._next_refresh = min(self._next_refresh, asyncio.get_running_loop().time() + ttl / 3)
+        return taken
 
-    async def release(self, key: str, member: str) -> None:
-        async def run(r: Redis) -> None:
-            await r.srem(key, member)
+    async def drop(self, key: str, member: str) -> None:
+        self._holdings.drop(key, member)
 
-        await self._run("SREM", run)
+    async def release(self, key: str, member: str) -> bool:
+        # Forgotten first: if ZREM fails (an outage, a burst), the member is no longer
+        # refreshed and expires within its ttl instead of staying for good.
+        self._holdings.forget(key, member)
+
+        async def run(r: Redis) -> bool:
+            return int(await r.zrem(key, member)) == 1
+
+        return await self._run("ZREM", run)
 
     async def members(self, key: str) -> list[str]:
-        async def run(r: Redis) -> list[str]:
-            return sorted(_text(m) for m in await r.smembers(key))
+        # Callers that ask in the same loop pass share one read, sent after all of them
+        # asked: a burst of leaves (release, then members) costs one read per pass.
+        pending = self._members_asked.get(key)
+        if pending is None:
+            loop = asyncio.get_running_loop()
+            pending = self._members_asked[key] = loop.create_future()
+            task = loop.create_task(self._read_members(key, pending), name="wsgate presence read")
+            self._reads.add(task)
+            task.add_done_callback(self._reads.discard)
+        return list(await asyncio.shield(pending))
 
-        return await self._run("SMEMBERS", run)
+    async def _read_members(self, key: str, pending: asyncio.Future[list[str]]) -> None:
+        del self._members_asked[key]  # who asks from now on gets a read sent after asking
+        script = self._live
+
+        async def run(r: Redis) -> list[str]:
+            assert script is not None
+            return sorted(_text(m) for m in await script(keys=[key], client=r))
+
+        try:
+            pending.set_result(await self._run("presence members", run))
+        except BaseException as exc:
+            closing = isinstance(exc, asyncio.CancelledError)
+            pending.set_exception(BrokerError("presence members: the Redis broker closed") if closing else exc)
+            pending.exception()  # retrieved: the callers may all be gone
+            if not isinstance(exc, BrokerError):
+                raise
+
+    async def reap(self, key: str) -> list[str]:
+        script = self._keep
+        held = self._holdings.of(key)
+        # Just after an outage, every member may have expired while nobody could refresh
+        # it: the other instances put theirs back first (they are back at about the same time).
+        reaping = "1" if asyncio.get_running_loop().time() - self._back_at >= _REAP_GRACE else "0"
+
+        async def run(r: Redis) -> list[str]:
+            assert script is not None
+            _, *gone = await script(keys=[key], args=[reaping, "0", *_pairs(held)], client=r)
+            return sorted(_text(m) for m in gone)
+
+        return await self._run("presence reap", run)
+
+    async def _refresh(self) -> None:
+        """Push every held member's expiry to its ttl from now.
+
+        A member a pass finds absent was released while the pass was on its way (the
+        pass listed it before the release), or lost: Redis restarted empty, the key was
+        deleted, or it expired and was reaped. Putting back the first kind would undo a
+        release, so a pass puts members back only when a loss is likely: after Redis was
+        unreachable, when the pass comes more than a ttl after the last one, or right
+        after a pass that found members absent (by then the released ones are no longer
+        held, so they are not listed).
+        """
+        script, holdings = self._keep, self._holdings
+        loop = asyncio.get_running_loop()
+        shortest = holdings.shortest() or 0.0
+        restore = self._restore or loop.time() - self._last_refresh > shortest
+        batch = [(key, _pairs(holdings.of(key))) for key in holdings]
+        flags = ["0", "1" if restore else "0"]
+
+        async def run(r: Redis, part: list[tuple[str, list[str | int]]]) -> int:
+            assert script is not None
+            pipe = r.pipeline(transaction=False)
+            for key, pairs in part:
+                await script(keys=[key], args=[*flags, *pairs], client=pipe)
+            replies = await pipe.execute()
+            return sum(int(reply[0]) for reply in replies)
+
+        absent = 0
+        for start in range(0, len(batch), _REFRESH_BATCH):
+            part = batch[start:start + _REFRESH_BATCH]
+            absent += await self._run("presence refresh", functools.partial(run, part=part), keepalive=True)
+        self._last_refresh = loop.time()
+        self._restore = False
+        if restore and absent:
+            log.info("put back %d presence member(s) that Redis had lost or reaped", absent)
+        elif absent:
+            # Released while this pass was on its way, or lost (a Redis restarted empty
+            # between two health checks, a deleted key): a pass at once puts back those
+            # still held then.
+            self._restore = True
+            self._next_refresh = 0.0
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _pairs(held: dict[str, float]) -> list[str | int]:
+    """``member, ttl in ms, member, ttl in ms...`` for the presence scripts."""
+    return [item for member, ttl in held.items() for item in (member, _ms(ttl))]

@@ -50,6 +50,7 @@ class RedisSubscriber:
         self.shown_url = shown_url
         self.client: Redis | None = None
         self.up = False
+        self.closed = False  # set by the broker's close(): the listener returns
         self._timeout = timeout
         self._channels: dict[str, Delivery] = {}
         self._pubsub: PubSub | None = None
@@ -126,7 +127,7 @@ class RedisSubscriber:
     async def listen(self, pubsub: PubSub | None) -> None:
         """Read the pub/sub connection until cancelled, reconnecting whenever it fails."""
         delay = _BACKOFF_MIN
-        while True:
+        while not self.closed:
             if pubsub is None:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX)
@@ -165,7 +166,7 @@ class RedisSubscriber:
         loop = asyncio.get_running_loop()
         heard = loop.time()
         next_ping = heard + _PUBSUB_PING
-        while not self._pubsub_broken:
+        while not self._pubsub_broken and not self.closed:
             message = await pubsub.get_message(timeout=_READ_SLICE)
             now = loop.time()
             if message is not None:
@@ -176,7 +177,8 @@ class RedisSubscriber:
                     raise RedisTimeoutError(f"no reply to PING for {_PUBSUB_SILENT}s")
                 await pubsub.ping()
                 next_ping = now + _PUBSUB_PING
-        raise RedisError("a subscribe command failed")
+        if not self.closed:
+            raise RedisError("a subscribe command failed")
 
     def _handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
+from ..broker.base import DEFAULT_TTL, check_ttl
 from ..config import Endpoint
 from ..connection import Connection
 from ..errors import BrokerError
@@ -115,14 +116,26 @@ class LiveEndpoint(Context):
     async def history(self, topic: str, limit: int) -> list[dict[str, Any]]:
         return await self._hub.history(self.path, topic, limit)
 
-    async def claim(self, topic: str, member: str) -> bool:
-        return await self._hub.broker.claim(f"wsgate:{self.path}:{topic}:members", member)
+    def _presence_key(self, topic: str) -> str:
+        return f"wsgate:{self.path}:{topic}:presence"
 
-    async def release(self, topic: str, member: str) -> None:
-        await self._hub.broker.release(f"wsgate:{self.path}:{topic}:members", member)
+    async def claim(self, topic: str, member: str, *, ttl: float = DEFAULT_TTL) -> bool:
+        return await self._hub.broker.claim(self._presence_key(topic), member, check_ttl(ttl))
+
+    async def hold(self, topic: str, member: str, *, ttl: float = DEFAULT_TTL) -> bool:
+        return await self._hub.broker.hold(self._presence_key(topic), member, check_ttl(ttl))
+
+    async def drop(self, topic: str, member: str) -> None:
+        await self._hub.broker.drop(self._presence_key(topic), member)
+
+    async def release(self, topic: str, member: str) -> bool:
+        return await self._hub.broker.release(self._presence_key(topic), member)
 
     async def members(self, topic: str) -> list[str]:
-        return await self._hub.broker.members(f"wsgate:{self.path}:{topic}:members")
+        return await self._hub.broker.members(self._presence_key(topic))
+
+    async def reap(self, topic: str) -> list[str]:
+        return await self._hub.broker.reap(self._presence_key(topic))
 
     def spawn(self, work: Callable[[], Awaitable[None]], name: str) -> None:
         async def run() -> None:
