@@ -299,13 +299,13 @@ class RedisServer:
                 data += chunk
         return data.split(b"\r\n", 1)[0].decode(errors="replace")
 
-    def scard_settled(self, key: str, still: float = 1.0, max_wait: float = 30.0) -> int:
-        """Wait until the size of set `key` is 0 or has not changed for `still` s; return it."""
+    def zcard_settled(self, key: str, still: float = 1.0, max_wait: float = 30.0) -> int:
+        """Wait until the size of sorted set `key` is 0 or has not changed for `still` s; return it."""
         deadline = time.monotonic() + max_wait
-        last, since = self.command(f"SCARD {key}"), time.monotonic()
+        last, since = self.command(f"ZCARD {key}"), time.monotonic()
         while last != ":0" and time.monotonic() < deadline:
             time.sleep(0.1)
-            now = self.command(f"SCARD {key}")
+            now = self.command(f"ZCARD {key}")
             if now != last:
                 last, since = now, time.monotonic()
             elif time.monotonic() - since >= still:

@@ -267,8 +267,8 @@ class Bench:
                 self.redis.stop()
             if self.stale_members:
                 self.notes.append(
-                    f"scaleout: {self.stale_members} chat names were left claimed in Redis after "
-                    "the receivers disconnected (wsgate did not release them); the bench deleted them"
+                    f"FAILED: scaleout: {self.stale_members} chat names were still claimed in Redis after "
+                    "the receivers disconnected (wsgate did not release them)"
                 )
 
     def start_redis(self) -> RedisServer:
@@ -306,21 +306,19 @@ class Bench:
         memory, inst_a, inst_b = servers
         all_pids = [memory.pid, inst_a.pid, inst_b.pid, redis.pid]
         # the chat's presence set of the bench room, on Redis
-        members_key = f"wsgate:{spec.chat_path.split('?')[0]}:bench:members"
+        members_key = f"wsgate:{spec.chat_path.split('?')[0]}:bench:presence"
 
         def settle() -> None:
             # After a redis x2 case, instances A and B release 1,000 chat names and
             # announce the leaves through Redis. The next case starts once that is over:
-            # the room's presence set has stopped shrinking. Names left in it (wsgate
-            # does not always release them under a disconnect burst) are deleted, so
-            # every case starts from an empty room, as with the memory broker.
+            # the room's presence set has stopped shrinking. A name still in it is a
+            # bug (a release that was lost): counted, and the run fails.
             if not redis.alive():
                 return
-            left = redis.scard_settled(members_key)
+            left = redis.zcard_settled(members_key)
             if left > 0:
                 self.stale_members += left
-                self.log(f"  {left} chat names were still claimed in Redis after the last case; deleted")
-                redis.command(f"DEL {members_key}")
+                self.log(f"  FAILED: {left} chat names were still claimed in Redis after the last case")
 
         try:
             for i, case in enumerate(cases):
@@ -628,7 +626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nresults written to {args.json} ({elapsed:.0f} s)", file=sys.stderr)
     if interrupted:
         return 130
-    return 1 if bench.failures or bench.unavailable else 0
+    return 1 if bench.failures or bench.unavailable or bench.stale_members else 0
 
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ def exact(ids: list[int], first: int, last: int) -> bool:
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize(("broker", "seconds"), [("redis", CHAOS_SECONDS), ("memory", 10.0)])
+@pytest.mark.parametrize(("broker", "seconds"), [("redis", CHAOS_SECONDS), ("memory", 6.0)])
 async def test_receivers_cut_at_random_lose_and_repeat_nothing(
     broker: str, seconds: float, request: pytest.FixtureRequest,
     wsgate_process: Callable[..., WsgateProcess], write_config: Callable[..., Any]

@@ -349,8 +349,8 @@ async def test_unanswered_close_ends_tcp_after_close_timeout(
     """
     low, high = 0.8 * CLOSE_TIMEOUT, 3 * CLOSE_TIMEOUT
     outcomes = []
-    for _ in range(RUNS):
-        seen, elapsed = await never_answers(gateway, path, trigger)
+    # The runs wait side by side: each on its own connection, each timed from its own close frame.
+    for seen, elapsed in await asyncio.gather(*(never_answers(gateway, path, trigger) for _ in range(RUNS))):
         if elapsed is None or not seen.startswith(expected):
             outcomes.append(f"saw {seen}")
         elif not low <= elapsed <= high:
@@ -393,8 +393,8 @@ async def test_after_a_bad_frame_the_server_half_closes_and_drops_a_silent_clien
     the gateway sends its close frame and its FIN at once, goes on reading (and discarding)
     so that no reset destroys the close frame, and drops the socket at close_timeout."""
     outcomes = []
-    for _ in range(RUNS):
-        seen, fin, dropped = await after_bad_frame(gateway, "/echo-ct", frame(TEXT, b"x" * 2048))
+    runs = (after_bad_frame(gateway, "/echo-ct", frame(TEXT, b"x" * 2048)) for _ in range(RUNS))
+    for seen, fin, dropped in await asyncio.gather(*runs):  # side by side, as above
         if not seen.startswith("1009"):
             outcomes.append(f"saw {seen}")
         elif fin > 0.3 * CLOSE_TIMEOUT:
