@@ -119,10 +119,16 @@ def nginx_proxy(tmp_path: Path, wsgate_process: Start, write_config: WriteConfig
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(config: dict[str, Any] | Callable[[str], dict[str, Any]], read_timeout: str | None = None) -> Proxy:
-        port, http_port = free_port(), free_port()
-        if callable(config):
-            config = config(f"https://127.0.0.1:{port}")
-        gateway = wsgate_process(write_config(config))
+        for _ in range(10):
+            # Ports found free can be handed out again, to each other or to the gateway's
+            # own port 0; nginx would then fail to bind while the port still answers.
+            port, http_port = free_port(), free_port()
+            if port == http_port:
+                continue
+            gateway = wsgate_process(write_config(config(f"https://127.0.0.1:{port}") if callable(config) else config))
+            if gateway.port not in (port, http_port):
+                break
+            gateway.stop()
         prefix = tmp_path / f"nginx-{port}"
         (prefix / "temp").mkdir(parents=True)
         (prefix / "cert.pem").write_text(TEST_CERT)
