@@ -60,135 +60,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from ..errors import BrokerError
 from .base import DEFAULT_TTL, Broker, Delivery, Holdings, Replay, check_ttl, new_epoch
 from .redis_pubsub import _ERRORS, RedisSubscriber, _text
+from .redis_scripts import CLAIM, KEEP, LIVE, NUMBERED, REPLAY
 
 __all__ = ["RedisBroker", "redact_url"]
 
 log = logging.getLogger("wsgate.broker.redis")
 T = TypeVar("T")
-
-# INCR, append to the capped history, PUBLISH: one atomic step, so every subscriber
-# sees the numbers of a channel in increasing order, whichever instance published.
-# The epoch (KEYS[3]) is set only if absent: a subscriber that joined the channel before
-# its first message was given the epoch its ids will belong to. All three keys live and
-# die together, so a lost counter always comes with a new epoch.
-_NUMBERED = """
-local n = redis.call('INCR', KEYS[1])
-local payload = ARGV[1] .. string.format('%d', n) .. ARGV[2]
-local keep = tonumber(ARGV[3])
-if keep > 0 then
-  redis.call('RPUSH', KEYS[2], payload)
-  redis.call('LTRIM', KEYS[2], -keep, -1)
-end
-redis.call('SET', KEYS[3], ARGV[6], 'NX')
-local keep_for = tonumber(ARGV[5])
-if keep_for > 0 then
-  redis.call('PEXPIRE', KEYS[1], keep_for)
-  redis.call('PEXPIRE', KEYS[2], keep_for)
-  redis.call('PEXPIRE', KEYS[3], keep_for)
-else
-  redis.call('PERSIST', KEYS[1])
-  redis.call('PERSIST', KEYS[2])
-  redis.call('PERSIST', KEYS[3])
-end
-redis.call('PUBLISH', ARGV[4], payload)
-return n
-"""
-
-# Epoch (created if absent), latest id, and the payloads after ARGV[1] when the client's
-# epoch (ARGV[2]) matches and all of them are kept, else the last ARGV[3]: one atomic read.
-_REPLAY = """
-local epoch = redis.call('GET', KEYS[3])
-if not epoch then
-  epoch = ARGV[4]
-  local keep_for = tonumber(ARGV[5])
-  if keep_for > 0 then
-    redis.call('SET', KEYS[3], epoch, 'PX', keep_for)
-  else
-    redis.call('SET', KEYS[3], epoch)
-  end
-end
-local n = tonumber(redis.call('GET', KEYS[1]) or '0')
-local len = redis.call('LLEN', KEYS[2])
-local since = tonumber(ARGV[1])
-if since >= 0 and ARGV[2] == epoch and since <= n and since + 1 >= n - len + 1 then
-  if since == n then
-    return {epoch, n, 1, {}}
-  end
-  return {epoch, n, 1, redis.call('LRANGE', KEYS[2], len - (n - since), -1)}
-end
-local limit = tonumber(ARGV[3])
-if limit <= 0 then
-  return {epoch, n, 0, {}}
-end
-return {epoch, n, 0, redis.call('LRANGE', KEYS[2], -limit, -1)}
-"""
-
-# Presence: one sorted set per key, each member scored by its expiry in ms on Redis's
-# clock. A member whose score has passed is expired: absent for claim, hold and members,
-# and removed (once) by the reaping script. The key outlives its newest expiry by a ttl,
-# which leaves the survivors time to reap the members of an instance that died.
-_NOW = """
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-"""
-
-# ARGV: member, ttl (ms), '1' to claim (add unless live) or '0' to hold (extend if live).
-_CLAIM = _NOW + """
-local ttl = tonumber(ARGV[2])
-local score = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]))
-local live = score ~= nil and score > now
-if live == (ARGV[3] == '1') then
-  return 0
-end
-local want = now + ttl
-if score == nil or score < want then
-  redis.call('ZADD', KEYS[1], string.format('%d', want), ARGV[1])
-end
-if redis.call('PTTL', KEYS[1]) < 2 * ttl then
-  redis.call('PEXPIRE', KEYS[1], 2 * ttl)
-end
-return 1
-"""
-
-# ARGV: '1' to reap, '1' to put back absent members, then member, ttl (ms) pairs held by
-# the caller. Those are pushed to ttl from now; absent ones are left out unless putting
-# back, since a release may have removed them after the caller listed them. With
-# reaping, the expired members are then removed. Returns {absent held members, reaped...}.
-_KEEP = _NOW + """
-local absent, longest = 0, 0
-for i = 3, #ARGV, 2 do
-  local ttl = tonumber(ARGV[i + 1])
-  local want = now + ttl
-  local score = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i]))
-  if score == nil then
-    absent = absent + 1
-  end
-  if (score == nil and ARGV[2] == '1') or (score ~= nil and score < want) then
-    redis.call('ZADD', KEYS[1], string.format('%d', want), ARGV[i])
-    if ttl > longest then
-      longest = ttl
-    end
-  end
-end
-if longest > 0 and redis.call('PTTL', KEYS[1]) < 2 * longest then
-  redis.call('PEXPIRE', KEYS[1], 2 * longest)
-end
-local result = {absent}
-if ARGV[1] == '1' then
-  local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
-  if #gone > 0 then
-    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-    for _, member in ipairs(gone) do
-      result[#result + 1] = member
-    end
-  end
-end
-return result
-"""
-
-_LIVE = _NOW + """
-return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. string.format('%d', now), '+inf')
-"""
 
 _REFRESH_BATCH = 256  # presence keys per pipelined round trip
 _REAP_GRACE = 3.0  # seconds after Redis is back during which reap() removes nothing
@@ -271,11 +148,11 @@ class RedisBroker(Broker):
             raise BrokerError(f"cannot reach Redis at {self.shown_url}: {exc or 'timed out'}") from exc
         self._commands_up = True
         self._last_refresh = asyncio.get_running_loop().time()
-        self._numbered = self._client.register_script(_NUMBERED)
-        self._replay = self._client.register_script(_REPLAY)
-        self._claim = self._client.register_script(_CLAIM)
-        self._keep = self._client.register_script(_KEEP)
-        self._live = self._client.register_script(_LIVE)
+        self._numbered = self._client.register_script(NUMBERED)
+        self._replay = self._client.register_script(REPLAY)
+        self._claim = self._client.register_script(CLAIM)
+        self._keep = self._client.register_script(KEEP)
+        self._live = self._client.register_script(LIVE)
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._subscriber.listen(pubsub), name="wsgate redis listener"),
