@@ -77,12 +77,13 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 @asynccontextmanager
-async def open_page(browser: Browser, url: str, **context_options: Any) -> AsyncIterator[Page]:
+async def open_page(browser: Browser, url: str, init_script: str = RECORD_CLOSES,
+                    **context_options: Any) -> AsyncIterator[Page]:
     """A page in a fresh context, loaded from ``url``; fails if the page's script threw."""
     context = await browser.new_context(**context_options)
     errors: list[str] = []
     try:
-        await context.add_init_script(RECORD_CLOSES)
+        await context.add_init_script(init_script)
         page = await context.new_page()
         page.set_default_timeout(WAIT_MS)
         page.on("pageerror", lambda exc: errors.append(str(exc)))

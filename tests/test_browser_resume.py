@@ -17,7 +17,6 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -26,7 +25,15 @@ import pytest
 import pytest_asyncio
 from conftest import RedisServer, WsgateProcess, free_port
 from playwright.async_api import Browser, Locator, Page, async_playwright, expect
-from test_browser import CHROMIUM, CHROMIUM_ARGS, RECORD_CLOSES, WAIT_MS, logged, require_chromium, send
+from test_browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    RECORD_CLOSES,
+    logged,
+    open_page,
+    require_chromium,
+    send,
+)
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import WebSocketException
@@ -72,24 +79,9 @@ async def chromium() -> AsyncIterator[Browser]:
             await browser.close()
 
 
-@asynccontextmanager
-async def resume_page(browser: Browser, url: str) -> AsyncIterator[Page]:
+def resume_page(browser: Browser, url: str) -> contextlib.AbstractAsyncContextManager[Page]:
     """A page in a fresh context that records its closes, frames and sockets; fails on a page error."""
-    context = await browser.new_context()
-    errors: list[str] = []
-    try:
-        await context.add_init_script(RECORD_CLOSES + RECORD_SOCKETS)
-        page = await context.new_page()
-        page.set_default_timeout(WAIT_MS)
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        response = await page.goto(url)
-        assert response is not None
-        assert response.status == 200
-        await expect(page.locator("body")).to_have_attribute("data-socket-state", "idle")
-        yield page
-        assert errors == [], f"uncaught errors in the page: {errors}"
-    finally:
-        await context.close()
+    return open_page(browser, url, RECORD_CLOSES + RECORD_SOCKETS)
 
 
 async def join(page: Page, room: str, name: str) -> None:

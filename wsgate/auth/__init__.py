@@ -12,13 +12,7 @@ from __future__ import annotations
 
 from ..config.auth import Allow, Authenticator, AuthSection, HttpBackendConfig, JwtConfig, PythonHookConfig
 from .allow import allowed
-from .authenticator import (
-    AuthenticatorImpl,
-    HookAuthenticator,
-    HttpAuthenticator,
-    JwtAuthenticator,
-    build_authenticator,
-)
+from .authenticator import AuthenticatorImpl, build_authenticator
 from .backend import HttpBackend
 from .hook import PythonHook
 from .identity import Handshake, Identity, Refuse
@@ -33,12 +27,9 @@ __all__ = [
     "Authenticator",
     "AuthenticatorImpl",
     "Handshake",
-    "HookAuthenticator",
-    "HttpAuthenticator",
     "HttpBackend",
     "HttpBackendConfig",
     "Identity",
-    "JwtAuthenticator",
     "JwtConfig",
     "JwtVerifier",
     "PythonHook",

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 from ..config.auth import Authenticator
 from .backend import HttpBackend
@@ -11,80 +11,35 @@ from .hook import PythonHook
 from .identity import AuthFailure, Handshake, Identity
 from .jwt import JwtVerifier
 
-__all__ = ["AuthenticatorImpl", "HookAuthenticator", "HttpAuthenticator", "JwtAuthenticator", "build_authenticator"]
+__all__ = ["AuthenticatorImpl", "build_authenticator"]
 
 
-@runtime_checkable
-class AuthenticatorImpl(Protocol):
+class AuthenticatorImpl:
     """What the handshake router calls: ``authenticate`` per handshake, ``close`` at shutdown.
 
-    ``cookie`` names the cookie to take the token from (None: not from a cookie);
-    the router extracts the token before calling ``authenticate``.
+    ``cookie`` names the cookie to take the token from (None: not from a cookie); the
+    router extracts the token before calling ``authenticate``. A ``jwt:`` authenticator
+    refuses a handshake without a token before anything else; ``http:`` and ``python:``
+    are asked even then (they may go by a session cookie or the address).
     """
 
-    name: str
-    cookie: str | None
+    def __init__(self, name: str, cookie: str | None, check: Callable[[Handshake], Awaitable[Identity]],
+                 close: Callable[[], Awaitable[None]], *, needs_token: bool) -> None:
+        self.name = name
+        self.cookie = cookie
+        self._check = check
+        self._close = close
+        self._needs_token = needs_token
 
     async def authenticate(self, handshake: Handshake) -> Identity:
         """The identity behind ``handshake``; AuthFailure to refuse it."""
-        ...
+        if self._needs_token and not handshake.token:
+            raise AuthFailure(401, "missing", "no token in the request")
+        return await self._check(handshake)
 
     async def close(self) -> None:
         """Release sessions; the authenticator is not used afterwards."""
-        ...
-
-
-class JwtAuthenticator:
-    """``jwt:``: a handshake without a token is refused before anything else."""
-
-    def __init__(self, name: str, verifier: JwtVerifier, cookie: str | None) -> None:
-        self.name = name
-        self.cookie = cookie
-        self.verifier = verifier
-
-    async def authenticate(self, handshake: Handshake) -> Identity:
-        """Verify the handshake's token; AuthFailure(401, "missing") when there is none."""
-        if not handshake.token:
-            raise AuthFailure(401, "missing", "no token in the request")
-        return await self.verifier.verify(handshake.token)
-
-    async def close(self) -> None:
-        """Close the JWKS session, if any."""
-        await self.verifier.close()
-
-
-class HttpAuthenticator:
-    """``http:``: the backend is asked even without a token (it may go by cookie or address)."""
-
-    def __init__(self, name: str, backend: HttpBackend, cookie: str | None) -> None:
-        self.name = name
-        self.cookie = cookie
-        self.backend = backend
-
-    async def authenticate(self, handshake: Handshake) -> Identity:
-        """The backend's verdict."""
-        return await self.backend.check(handshake)
-
-    async def close(self) -> None:
-        """Close the backend's session."""
-        await self.backend.close()
-
-
-class HookAuthenticator:
-    """``python:``: the hook is called even without a token."""
-
-    def __init__(self, name: str, hook: PythonHook, cookie: str | None) -> None:
-        self.name = name
-        self.cookie = cookie
-        self.hook = hook
-
-    async def authenticate(self, handshake: Handshake) -> Identity:
-        """The hook's verdict."""
-        return await self.hook.check(handshake)
-
-    async def close(self) -> None:
-        """Nothing to release."""
-        await self.hook.close()
+        await self._close()
 
 
 def build_authenticator(name: str, config: Authenticator, base: Path) -> AuthenticatorImpl:
@@ -94,10 +49,18 @@ def build_authenticator(name: str, config: Authenticator, base: Path) -> Authent
     hook cannot be imported. Opens no connection: sessions are created on first use.
     """
     if config.jwt is not None:
-        return JwtAuthenticator(name, JwtVerifier(config.jwt, base), config.cookie)
+        verifier = JwtVerifier(config.jwt, base)
+
+        async def verify(handshake: Handshake) -> Identity:
+            assert handshake.token is not None  # needs_token
+            return await verifier.verify(handshake.token)
+
+        return AuthenticatorImpl(name, config.cookie, verify, verifier.close, needs_token=True)
     if config.http is not None:
-        return HttpAuthenticator(name, HttpBackend(config.http), config.cookie)
+        backend = HttpBackend(config.http)
+        return AuthenticatorImpl(name, config.cookie, backend.check, backend.close, needs_token=False)
     if config.python is not None:
-        return HookAuthenticator(name, PythonHook(config.python, base), config.cookie)
+        hook = PythonHook(config.python, base)
+        return AuthenticatorImpl(name, config.cookie, hook.check, hook.close, needs_token=False)
     # Authenticator's validator guarantees one of the three.
     raise AssertionError(f"authenticator {name!r} has no type")
