@@ -107,9 +107,20 @@ class Receiver:
             await ws.close()
 
 
+async def joined(url: str) -> ClientConnection:
+    """A chat connection that has its welcome; 1013 ("try again later", Redis just back) is retried."""
+    for _ in range(20):
+        ws = await connect(url, max_queue=None)
+        if json.loads(await ws.recv())["type"] == "welcome":
+            return ws
+        await ws.close()
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no welcome at {url}")
+
+
 async def send_for(server: WsgateProcess, name: str, until: float) -> int:
-    sent = 0
-    async with connect(f"{server.ws_url}/chat?room=chaos&name={name}", max_queue=None) as ws:
+    sent = 0  # counted only after the welcome: every message sent then is published
+    async with await joined(f"{server.ws_url}/chat?room=chaos&name={name}") as ws:
         while time.monotonic() < until:
             await ws.send(f"{name} {sent}")
             sent += 1
