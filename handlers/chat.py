@@ -324,7 +324,10 @@ class Chat(Handler[ChatOptions]):
             await conn.send_json({"type": "error", "error": str(exc)})
             return
         event = {"type": "message", "room": room, "from": name, "text": text, "ts": round(time.time(), 3)}
-        await self.context.publish_numbered(room, event, keep=self.options.keep, keep_for=self.options.keep_for)
+        # Not waiting for the id: the client's next message is read while this one is on its
+        # way, and with Redis several share a round trip. Order is kept either way.
+        await self.context.publish_numbered(room, event, keep=self.options.keep, keep_for=self.options.keep_for,
+                                            wait=False)
 
     async def on_disconnect(self, conn: Connection, code: int) -> None:
         if (room := conn.state.get("chat_room")) is not None:

@@ -95,7 +95,7 @@ class Context:
         raise NotImplementedError
 
     async def publish_numbered(self, topic: str, event: Mapping[str, Any], keep: int,
-                               keep_for: float = 0.0) -> int | None:
+                               keep_for: float = 0.0, *, wait: bool = True) -> int | None:
         """Publish ``event`` as JSON with an ``"id"`` field added.
 
         Ids count 1, 2, 3 ... per topic across all instances, with no gaps, and are
@@ -104,6 +104,12 @@ class Context:
         history, and its ids, which then start again from 1.
         Returns the id given. While the broker is unavailable the event still reaches
         this instance's subscribers, with ``"id": null``, and None is returned.
+
+        With ``wait=False`` it returns None as soon as the event is on its way. Publishes
+        from one instance reach the broker in the order they were made, so the next
+        message of the same connection can be handled meanwhile and still comes after
+        this one; with Redis, several then share a round trip. A failure is handled as
+        above (local subscribers get ``"id": null``).
         """
         raise NotImplementedError
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import secrets
 from abc import ABC, abstractmethod
@@ -150,6 +151,21 @@ class Broker(ABC):
         channel with nothing published for that many seconds loses its history and
         its counter.
         """
+
+    @abstractmethod
+    def post_numbered(self, channel: str, head: bytes, tail: bytes, keep: int,
+                      keep_for: float = 0.0) -> asyncio.Future[int]:
+        """``publish_numbered`` without waiting: it is under way, and the future gives the number.
+
+        Publishes (posted or awaited) made by one process reach the broker in the order
+        they were made. Raises ``BrokerError`` at once when the broker is known to be
+        unreachable; a later failure is the future's exception.
+        """
+
+    @property
+    def backlog(self) -> int:
+        """Publishes posted here and not yet on their way to the broker."""
+        return 0
 
     @abstractmethod
     async def history(self, channel: str, limit: int) -> list[bytes]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import defaultdict, deque
@@ -43,10 +44,20 @@ class MemoryBroker(Broker):
 
     async def publish_numbered(self, channel: str, head: bytes, tail: bytes, keep: int,
                                keep_for: float = 0.0) -> int:
+        return self._publish_numbered(channel, head, tail, keep, keep_for)
+
+    def post_numbered(self, channel: str, head: bytes, tail: bytes, keep: int,
+                      keep_for: float = 0.0) -> asyncio.Future[int]:
+        number: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        number.set_result(self._publish_numbered(channel, head, tail, keep, keep_for))
+        return number
+
+    def _publish_numbered(self, channel: str, head: bytes, tail: bytes, keep: int, keep_for: float) -> int:
         now = self._clock()
         self._expire(now)
         self._keep_alive(channel, now, keep_for)
-        self._epochs.setdefault(channel, new_epoch())
+        if channel not in self._epochs:
+            self._epochs[channel] = new_epoch()
         self._counters[channel] += 1
         number = self._counters[channel]
         payload = head + str(number).encode() + tail
@@ -55,7 +66,9 @@ class MemoryBroker(Broker):
             if kept is None or kept.maxlen != keep:
                 kept = self._history[channel] = deque(kept or (), maxlen=keep)
             kept.append(payload)
-        await self.publish(channel, payload)
+        deliver = self._subscribers.get(channel)
+        if deliver is not None:
+            deliver(payload)
         return number
 
     async def history(self, channel: str, limit: int) -> list[bytes]:

@@ -1,12 +1,13 @@
 """The Redis broker: gateway instances that share one Redis share topics, ids, history and presence.
 
-Each instance holds three connections: a small pool for commands (PUBLISH, the
-numbering script, history, presence), one for the health PING every half second and
-the presence refreshes, which no burst of commands can hold up, and one pub/sub
-connection read by a listener task. The listener (``redis_pubsub.py``) notices a
-dropped or silent pub/sub connection, reconnects with backoff (0.1 s doubling to 1 s)
-and subscribes again to every channel this instance still needs. Commands fail fast with
-``BrokerError``: 1 s timeouts, one retry after a connection error (none after a
+Each instance holds four connections: the outbox's, which carries every PUBLISH and
+numbering script, as many per round trip as were made meanwhile (``redis_outbox.py``); a
+small pool for the other commands (history, replay, presence); one for the health PING
+every half second and the presence refreshes, which no burst of commands can hold up; and
+one pub/sub connection read by a listener task. The listener (``redis_pubsub.py``)
+notices a dropped or silent pub/sub connection, reconnects with backoff (0.1 s doubling
+to 1 s) and subscribes again to every channel this instance still needs. Commands fail
+fast with ``BrokerError``: 1 s timeouts, one retry after a connection error (none after a
 timeout, since the command may have run), and no attempt at all while the health
 PING says Redis is unreachable. A burst of more commands than the pool has connections
 queues for one within that time instead of failing at once. ``start()`` raises
@@ -44,6 +45,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import itertools
 import logging
 import math
 import os
@@ -59,6 +62,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ..errors import BrokerError
 from .base import DEFAULT_TTL, Broker, Delivery, Holdings, Replay, check_ttl, new_epoch
+from .redis_outbox import Outbox
 from .redis_pubsub import _ERRORS, RedisSubscriber, _text
 from .redis_scripts import CLAIM, KEEP, LIVE, NUMBERED, REPLAY
 
@@ -67,6 +71,7 @@ __all__ = ["RedisBroker", "redact_url"]
 log = logging.getLogger("wsgate.broker.redis")
 T = TypeVar("T")
 
+_NUMBERED_SHA = hashlib.sha1(NUMBERED.encode()).hexdigest()
 _REFRESH_BATCH = 256  # presence keys per pipelined round trip
 _REAP_GRACE = 3.0  # seconds after Redis is back during which reap() removes nothing
 
@@ -107,7 +112,6 @@ class RedisBroker(Broker):
         self._max_connections = max_connections
         self._client: Redis | None = None
         self._ping_client: Redis | None = None
-        self._numbered: AsyncScript | None = None
         self._replay: AsyncScript | None = None
         self._claim: AsyncScript | None = None
         self._keep: AsyncScript | None = None
@@ -120,6 +124,10 @@ class RedisBroker(Broker):
         self._restore = False  # the next refresh puts back what Redis lost
         self._back_at = -math.inf  # loop time Redis was last reachable again after an outage
         self._subscriber = RedisSubscriber(self.shown_url, timeout)
+        self._outbox = Outbox(self._run, [NUMBERED])
+        # Every numbered publish carries the epoch to set if its channel has none: one
+        # random part per broker and a counter, so that costs no system call each.
+        self._epoch_base, self._epochs = new_epoch(), itertools.count(1)
         self._commands_up = False
         self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -142,13 +150,13 @@ class RedisBroker(Broker):
         try:
             async with asyncio.timeout(self._timeout * 3):
                 await self._client.ping()
+                await self._client.script_load(NUMBERED)  # the outbox sends EVALSHA only
                 pubsub = await self._subscriber.open()
         except _ERRORS as exc:
             await self._close_clients()
             raise BrokerError(f"cannot reach Redis at {self.shown_url}: {exc or 'timed out'}") from exc
         self._commands_up = True
         self._last_refresh = asyncio.get_running_loop().time()
-        self._numbered = self._client.register_script(NUMBERED)
         self._replay = self._client.register_script(REPLAY)
         self._claim = self._client.register_script(CLAIM)
         self._keep = self._client.register_script(KEEP)
@@ -167,6 +175,7 @@ class RedisBroker(Broker):
         """
         self._closed = True
         self._subscriber.closed = True
+        await self._outbox.close()
         # The loops also stop on those flags: on Python 3.11 a cancellation that arrives
         # as a timeout inside redis-py expires can come out as TimeoutError, which the
         # loops take for a Redis failure and carry on.
@@ -284,24 +293,35 @@ class RedisBroker(Broker):
         except _ERRORS as exc:
             raise BrokerError(f"{what} on Redis at {self.shown_url} failed: {exc or 'timed out'}") from exc
 
-    async def publish(self, channel: str, payload: bytes) -> None:
-        async def run(r: Redis) -> None:
-            await r.publish(channel, payload)
+    # PUBLISH and the numbering script go through the outbox: several per round trip, in
+    # the order they were made (see redis_outbox.py).
 
-        await self._run("PUBLISH", run)
+    async def publish(self, channel: str, payload: bytes) -> None:
+        await self._post("PUBLISH", "PUBLISH", channel, payload)
 
     async def publish_numbered(self, channel: str, head: bytes, tail: bytes, keep: int,
                                keep_for: float = 0.0) -> int:
-        script = self._numbered
+        return await self.post_numbered(channel, head, tail, keep, keep_for)
 
-        async def run(r: Redis) -> int:
-            assert script is not None
-            number = await script(keys=_keys(channel),
-                                  args=[head, tail, max(keep, 0), channel, round(keep_for * 1000), new_epoch()],
-                                  client=r)
-            return int(number)
+    def post_numbered(self, channel: str, head: bytes, tail: bytes, keep: int,
+                      keep_for: float = 0.0) -> asyncio.Future[int]:
+        return self._post("numbered PUBLISH", "EVALSHA", _NUMBERED_SHA, 3, *_keys(channel), head, tail,
+                          max(keep, 0), channel, round(keep_for * 1000), self._new_epoch(), parse=int)
 
-        return await self._run("numbered PUBLISH", run)
+    def _new_epoch(self) -> str:
+        return f"{self._epoch_base}.{next(self._epochs)}"
+
+    @property
+    def backlog(self) -> int:
+        return self._outbox.backlog
+
+    def _post(self, what: str, *command: Any, parse: Callable[[Any], Any] | None = None) -> asyncio.Future[Any]:
+        """Queue a command for the next round trip; BrokerError at once if it cannot go."""
+        if self._client is None or self._closed:
+            raise BrokerError(f"{what}: the Redis broker is not running")
+        if not self._commands_up:
+            raise BrokerError(f"{what}: Redis at {self.shown_url} is unreachable")
+        return self._outbox.put(what, *command, parse=parse)
 
     async def history(self, channel: str, limit: int) -> list[bytes]:
         if limit <= 0:
@@ -321,7 +341,8 @@ class RedisBroker(Broker):
             assert script is not None
             current, latest, recovered, items = await script(
                 keys=_keys(channel),
-                args=[-1 if since is None else since, epoch or "", max(limit, 0), new_epoch(), round(keep_for * 1000)],
+                args=[-1 if since is None else since, epoch or "", max(limit, 0), self._new_epoch(),
+                      round(keep_for * 1000)],
                 client=r,
             )
             payloads = [item if isinstance(item, bytes) else item.encode() for item in items]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -29,7 +30,6 @@ __all__ = ["RedisSubscriber"]
 log = logging.getLogger("wsgate.broker.redis")  # the broker's logger: one name for all its messages
 
 _BACKOFF_MIN, _BACKOFF_MAX = 0.1, 1.0  # pub/sub reconnect delays, seconds
-_READ_SLICE = 0.25  # the listener wakes at least this often
 _PUBSUB_PING = 1.0  # PING on the pub/sub connection this often ...
 _PUBSUB_SILENT = 3.5  # ... and give it up when nothing came back for this long
 _ERRORS = (RedisError, OSError, TimeoutError)  # TimeoutError: asyncio.timeout expired
@@ -55,6 +55,8 @@ class RedisSubscriber:
         self._channels: dict[str, Delivery] = {}
         self._pubsub: PubSub | None = None
         self._pubsub_broken = False
+        self._deadline: asyncio.Timeout | None = None  # the pump's, while it runs
+        self._heard = 0.0  # loop time of the last reply on the pub/sub connection
         # Sends on the pub/sub connection, and taking the snapshot to resubscribe, are
         # serialised so the channels subscribed always end up equal to ``_channels``.
         self._sub_lock = asyncio.Lock()
@@ -99,6 +101,8 @@ class RedisSubscriber:
         except _ERRORS as exc:
             log.warning("Redis pub/sub command for %s failed (%s); reconnecting", channel, exc or "timed out")
             self._pubsub_broken = True
+            if self._deadline is not None:  # the pump ends now, not at the next message
+                self._deadline.reschedule(asyncio.get_running_loop().time())
             return False
         return True
 
@@ -163,37 +167,61 @@ class RedisSubscriber:
             log.debug("closing a Redis pub/sub connection: %s", exc)
 
     async def _pump(self, pubsub: PubSub) -> None:
+        connection = pubsub.connection
+        assert connection is not None
         loop = asyncio.get_running_loop()
-        heard = loop.time()
-        next_ping = heard + _PUBSUB_PING
-        while not self._pubsub_broken and not self.closed:
-            message = await pubsub.get_message(timeout=_READ_SLICE)
-            now = loop.time()
-            if message is not None:
-                heard = now
-                self._handle(message)
-            if now >= next_ping:
-                if now - heard > _PUBSUB_SILENT:
-                    raise RedisTimeoutError(f"no reply to PING for {_PUBSUB_SILENT}s")
-                await pubsub.ping()
-                next_ping = now + _PUBSUB_PING
-        if not self.closed:
-            raise RedisError("a subscribe command failed")
+        self._heard = loop.time()
+        # The reads have no timeout of their own (a timer per message costs more than the
+        # message): the watchdog expires this one when the connection falls silent.
+        watchdog = None
+        try:
+            async with asyncio.timeout(None) as deadline:
+                self._deadline = deadline
+                watchdog = loop.create_task(self._watch(pubsub, deadline), name="wsgate redis pub/sub watchdog")
+                while True:
+                    # Replies already buffered are read without yielding to the loop, so a
+                    # burst is fanned out in one pass and each client's frames share a write.
+                    reply = await connection.read_response(timeout=math.inf, disconnect_on_error=False,
+                                                           push_request=True)
+                    self._heard = loop.time()
+                    self._handle(reply)
+        except TimeoutError:
+            if self._pubsub_broken:
+                raise RedisError("a subscribe command failed") from None
+            raise RedisTimeoutError(f"no reply to PING for {_PUBSUB_SILENT}s") from None
+        finally:
+            self._deadline = None
+            if watchdog is not None:
+                watchdog.cancel()
 
-    def _handle(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        if kind == "message":
-            channel = _text(message["channel"])
+    async def _watch(self, pubsub: PubSub, deadline: asyncio.Timeout) -> None:
+        """PING every second; end the pump when nothing came back for a while, or a
+        (UN)SUBSCRIBE failed, or the broker is closing."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(_PUBSUB_PING)
+            if self._pubsub_broken or self.closed or loop.time() - self._heard > _PUBSUB_SILENT:
+                break
+            try:
+                await pubsub.ping()
+            except _ERRORS:
+                break
+        deadline.reschedule(loop.time())
+
+    def _handle(self, reply: Any) -> None:
+        kind = reply[0] if isinstance(reply, list) and reply else reply
+        if kind == b"message":
+            channel = _text(reply[1])
             deliver = self._channels.get(channel)
             if deliver is None:
                 return  # unsubscribed while the message was on its way
             try:
-                deliver(message["data"])
+                deliver(reply[2])
             except Exception:
                 log.exception("delivering a message from %s failed", channel)
-        elif kind == "subscribe":
-            self._confirmed(_text(message["channel"]))
-        elif kind == "pong" and not self.up:
+        elif kind == b"subscribe":
+            self._confirmed(_text(reply[1]))
+        elif kind in (b"pong", b"PONG") and not self.up:
             self.up = True
             log.info("Redis pub/sub connected to %s (%d channels)", self.shown_url, len(self._channels))
 

@@ -110,8 +110,8 @@ class LiveEndpoint(Context):
         await self._hub.publish(self.path, topic, message)
 
     async def publish_numbered(self, topic: str, event: Mapping[str, Any], keep: int,
-                               keep_for: float = 0.0) -> int | None:
-        return await self._hub.publish_numbered(self.path, topic, event, keep, keep_for)
+                               keep_for: float = 0.0, *, wait: bool = True) -> int | None:
+        return await self._hub.publish_numbered(self.path, topic, event, keep, keep_for, wait=wait)
 
     async def history(self, topic: str, limit: int) -> list[dict[str, Any]]:
         return await self._hub.history(self.path, topic, limit)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ log = logging.getLogger("wsgate.hub")
 
 
 _NUMBERED = b't{"id":'  # how a numbered event's payload starts
+_BACKLOG = 1024  # publishes posted without waiting that may queue for the broker
 
 
 def _number(payload: bytes) -> int | None:
@@ -189,18 +191,42 @@ class Hub:
             self._deliver(channel, payload)
 
     async def publish_numbered(self, path: str, topic: str, event: Mapping[str, Any], keep: int,
-                               keep_for: float) -> int | None:
-        """The id given, or None when the broker failed and only local subscribers got it."""
+                               keep_for: float, *, wait: bool = True) -> int | None:
+        """The id given, or None when the broker failed and only local subscribers got it.
+
+        Without ``wait``, return None once the event is on its way (behind every earlier
+        publish of this instance); a broker failure is then handled as it would have been.
+        """
         body = json.dumps({k: v for k, v in event.items() if k != "id"}, separators=(",", ":"), ensure_ascii=False)
-        head = _NUMBERED
         tail = (("," + body[1:]) if body != "{}" else "}").encode()
         channel = channel_name(path, topic)
         try:
-            return await self.broker.publish_numbered(channel, head, tail, keep, keep_for)
+            number = self.broker.post_numbered(channel, _NUMBERED, tail, keep, keep_for)
         except BrokerError as exc:
-            self._failed(channel, exc)
-            self._deliver(channel, head + b"null" + tail)
+            self._failed_numbered(channel, tail, exc)
             return None
+        # Not waiting, the caller may post again at once: past _BACKLOG publishes that
+        # have not left yet, it waits for its own, so a fast sender cannot grow the queue.
+        # (Awaiting a done future, the memory broker's, does not suspend.)
+        if wait or number.done() or self.broker.backlog > _BACKLOG:
+            try:
+                return await number
+            except BrokerError as exc:
+                self._failed_numbered(channel, tail, exc)
+                return None
+        number.add_done_callback(functools.partial(self._posted, channel, tail))
+        return None
+
+    def _posted(self, channel: str, tail: bytes, number: asyncio.Future[int]) -> None:
+        exc = None if number.cancelled() else number.exception()
+        if isinstance(exc, BrokerError):
+            self._failed_numbered(channel, tail, exc)
+        elif exc is not None:
+            log.error("numbered publish to %s failed", channel, exc_info=exc)
+
+    def _failed_numbered(self, channel: str, tail: bytes, exc: BrokerError) -> None:
+        self._failed(channel, exc)
+        self._deliver(channel, _NUMBERED + b"null" + tail)
 
     async def history(self, path: str, topic: str, limit: int) -> list[dict[str, Any]]:
         """Kept numbered events; empty while the broker is unavailable.

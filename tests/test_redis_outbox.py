@@ -1,0 +1,95 @@
+"""The Redis broker's outbox: publishes batched per round trip, in call order, through failures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from conftest import RedisServer
+from redis.asyncio import Redis
+
+from wsgate import BrokerError
+from wsgate.broker.redis import RedisBroker
+from wsgate.broker.redis_outbox import Outbox
+
+
+@pytest.fixture
+async def broker(redis_server: RedisServer) -> AsyncIterator[RedisBroker]:
+    made = RedisBroker(redis_server.url)
+    await made.start()
+    yield made
+    await made.close()
+
+
+@pytest.fixture
+async def rds(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_server.url, socket_timeout=2)
+    yield client
+    await client.aclose()
+
+
+async def test_posts_made_in_one_pass_keep_their_order_and_share_round_trips(
+        broker: RedisBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    batches: list[int] = []
+    write_and_read = Outbox._write_and_read
+
+    async def counted(self: Outbox, r: Redis, batch: list[Any], replies: list[Any]) -> None:
+        batches.append(len(batch))
+        await write_and_read(self, r, batch, replies)
+
+    monkeypatch.setattr(Outbox, "_write_and_read", counted)
+    got: list[bytes] = []
+    await broker.subscribe("room", got.append)
+    # 300 posts in one loop pass, as a chat sender's queued messages are, then a plain publish.
+    posted = [broker.post_numbered("room", b'{"id":', f',"n":{i}}}'.encode(), 500) for i in range(300)]
+    assert broker.backlog == 300
+    await broker.publish("room", b'{"plain":true}')
+    numbers = await asyncio.gather(*posted)
+    assert numbers == list(range(1, 301))  # ids follow the order of the calls
+    async with asyncio.timeout(3):
+        while len(got) < 301:
+            await asyncio.sleep(0.01)
+    events = [json.loads(p) for p in got]
+    assert [e.get("n") for e in events[:300]] == list(range(300))
+    assert events[300] == {"plain": True}
+    assert batches == [301]  # all made before the outbox ran: one round trip
+    assert broker.backlog == 0
+
+
+async def test_a_flushed_script_cache_loses_no_publish_and_no_order(broker: RedisBroker, rds: Redis) -> None:
+    got: list[bytes] = []
+    await broker.subscribe("room", got.append)
+    assert await broker.publish_numbered("room", b"#", b".", 10) == 1
+    await rds.script_flush()  # what a Redis restarted between two health checks also does
+    numbers = await asyncio.gather(*(broker.post_numbered("room", b"#", f".{i}".encode(), 10) for i in range(5)))
+    assert numbers == [2, 3, 4, 5, 6]
+    async with asyncio.timeout(3):
+        while len(got) < 6:
+            await asyncio.sleep(0.01)
+    assert got == [b"#1.", b"#2.0", b"#3.1", b"#4.2", b"#5.3", b"#6.4"]
+
+
+async def test_a_restarted_redis_is_reached_again_on_a_new_connection(redis_server: RedisServer,
+                                                                      broker: RedisBroker) -> None:
+    assert await broker.publish_numbered("room", b"#", b".", 10) == 1
+    redis_server.kill()
+    redis_server.start()
+    async with asyncio.timeout(10):
+        while broker.healthy:  # until the health check has noticed ...
+            await asyncio.sleep(0.02)
+        while not broker.healthy:  # ... and seen Redis back
+            await asyncio.sleep(0.02)
+    # The outbox's connection is stale: its first batch finds out and goes again on a new one.
+    assert await broker.publish_numbered("room", b"#", b".", 10) == 1  # persistence is off: a new life
+
+
+async def test_a_failed_batch_fails_each_of_its_publishes(redis_server: RedisServer, broker: RedisBroker) -> None:
+    redis_server.kill()
+    posted = [broker.post_numbered("room", b"#", b".", 10) for _ in range(3)]
+    for number in posted:
+        with pytest.raises(BrokerError):
+            await number
+    assert broker.backlog == 0
