@@ -51,7 +51,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -62,8 +62,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
-from redis.exceptions import ClusterDownError, RedisClusterException, SlotNotCoveredError
+from redis.exceptions import ClusterDownError, NoScriptError, RedisClusterException, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.typing import EncodableT, KeyT
 
 from ..errors import BrokerError
 from .base import DEFAULT_TTL, Delivery, Replay, new_epoch
@@ -117,6 +118,27 @@ class _ClusterClient(RedisCluster):
     # Retried after the topology was asked again: errors that mean the command did not
     # run. Not a timeout: PUBLISH or the numbering script may have run.
     ERRORS_ALLOW_RETRY = (RedisConnectionError, ClusterDownError, SlotNotCoveredError)  # type: ignore[assignment]
+
+
+class _SlotScript(AsyncScript):
+    """A script that, missing from a master's cache, is loaded on that master only.
+
+    ``AsyncScript`` would send SCRIPT LOAD to every master, which fails while any one
+    of them is lost: the rooms of the others would fail with it.
+    """
+
+    async def __call__(self, keys: Sequence[KeyT] | None = None, args: Iterable[EncodableT] | None = None,
+                       client: Redis | RedisCluster | None = None) -> Any:
+        if not isinstance(client, RedisCluster) or not keys:
+            return await super().__call__(keys, args, client)  # pipelines load their scripts themselves
+        words = (*keys, *(args or ()))
+        try:
+            return await client.evalsha(self.sha, len(keys), *words)
+        except NoScriptError:
+            first = keys[0]
+            master = client.get_node_from_key(first if isinstance(first, str) else bytes(first).decode())
+            await client.execute_command("SCRIPT LOAD", self.script, target_nodes=master)
+            return await client.evalsha(self.sha, len(keys), *words)
 
 
 class ShardSubscriber(RedisSubscriber):
@@ -225,11 +247,11 @@ class RedisClusterBroker(RedisBroker):
         self._commands_up = True
         loop = asyncio.get_running_loop()
         self._last_refresh = loop.time()
-        self._numbered_sharded = cluster.register_script(NUMBERED_SHARDED)
-        self._replay = cluster.register_script(REPLAY)
-        self._claim = cluster.register_script(CLAIM)
-        self._keep = cluster.register_script(KEEP)
-        self._live = cluster.register_script(LIVE)
+        self._numbered_sharded = _SlotScript(cluster, NUMBERED_SHARDED)
+        self._replay = _SlotScript(cluster, REPLAY)
+        self._claim = _SlotScript(cluster, CLAIM)
+        self._keep = _SlotScript(cluster, KEEP)
+        self._live = _SlotScript(cluster, LIVE)
         for shard, pubsub in zip(shards, opened, strict=True):
             self._listen(shard, pubsub)
         self._tasks = [loop.create_task(self._watch(), name="wsgate redis cluster health")]
