@@ -438,12 +438,27 @@ class RedisBroker(Broker):
         after a pass that found members absent (by then the released ones are no longer
         held, so they are not listed).
         """
-        script, holdings = self._keep, self._holdings
+        holdings = self._holdings
         loop = asyncio.get_running_loop()
         shortest = holdings.shortest() or 0.0
         restore = self._restore or loop.time() - self._last_refresh > shortest
         batch = [(key, _pairs(holdings.of(key))) for key in holdings]
-        flags = ["0", "1" if restore else "0"]
+        absent = await self._keep_held(batch, ["0", "1" if restore else "0"])
+        self._last_refresh = loop.time()
+        self._restore = False
+        if restore and absent:
+            log.info("put back %d presence member(s) that Redis had lost or reaped", absent)
+        elif absent:
+            # Released while this pass was on its way, or lost (a Redis restarted empty
+            # between two health checks, a deleted key): a pass at once puts back those
+            # still held then.
+            self._restore = True
+            self._next_refresh = 0.0
+
+    async def _keep_held(self, batch: list[tuple[str, list[str | int]]], flags: list[str]) -> int:
+        """Run the keeping script with ``flags`` for each (key, member/ttl pairs) of ``batch``,
+        pipelined; how many held members were absent."""
+        script = self._keep
 
         async def run(r: Redis, part: list[tuple[str, list[str | int]]]) -> int:
             assert script is not None
@@ -457,16 +472,7 @@ class RedisBroker(Broker):
         for start in range(0, len(batch), _REFRESH_BATCH):
             part = batch[start:start + _REFRESH_BATCH]
             absent += await self._run("presence refresh", functools.partial(run, part=part), keepalive=True)
-        self._last_refresh = loop.time()
-        self._restore = False
-        if restore and absent:
-            log.info("put back %d presence member(s) that Redis had lost or reaped", absent)
-        elif absent:
-            # Released while this pass was on its way, or lost (a Redis restarted empty
-            # between two health checks, a deleted key): a pass at once puts back those
-            # still held then.
-            self._restore = True
-            self._next_refresh = 0.0
+        return absent
 
 
 def _ms(seconds: float) -> int:

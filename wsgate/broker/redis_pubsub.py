@@ -76,7 +76,7 @@ class RedisSubscriber:
                 return
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._expected.setdefault(channel, deque()).append(waiter)
-            if not await self._send(pubsub, pubsub.subscribe, channel):
+            if not await self._send(pubsub, self._subscribe_command(pubsub), channel):
                 return
         try:
             async with asyncio.timeout(self._timeout):
@@ -91,7 +91,14 @@ class RedisSubscriber:
         async with self._sub_lock:
             pubsub = self._pubsub
             if pubsub is not None and channel not in self._channels:
-                await self._send(pubsub, pubsub.unsubscribe, channel)
+                await self._send(pubsub, self._unsubscribe_command(pubsub), channel)
+
+    # SUBSCRIBE and UNSUBSCRIBE; the cluster broker's subscribers use the sharded commands.
+    def _subscribe_command(self, pubsub: PubSub) -> Callable[..., Awaitable[Any]]:
+        return pubsub.subscribe
+
+    def _unsubscribe_command(self, pubsub: PubSub) -> Callable[..., Awaitable[Any]]:
+        return pubsub.unsubscribe
 
     async def _send(self, pubsub: PubSub, command: Callable[..., Awaitable[Any]], channel: str) -> bool:
         """Send (UN)SUBSCRIBE; on failure have the listener reconnect (and resubscribe)."""
@@ -115,7 +122,7 @@ class RedisSubscriber:
             async with self._sub_lock:
                 channels = list(self._channels)
                 if channels:
-                    await pubsub.subscribe(*channels)
+                    await self._subscribe_command(pubsub)(*channels)
                     for channel in channels:
                         self._expected.setdefault(channel, deque()).append(None)
                 # Replies come in order: the PONG says every subscription above is active.

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Union
 from pydantic import BaseModel, ValidationError
 
 from ..auth.authenticator import AuthenticatorImpl, build_authenticator
+from ..broker.cluster_url import CLUSTER_SCHEMES
 from ..errors import ConfigError, ConfigProblem, HandlerLoadError
 from ..handler import Handler
 from .envvars import expand_env
@@ -99,7 +100,7 @@ def _duplicate_paths(raw: object, src: Located) -> list[ConfigProblem]:
 def _broker_problem(data: dict[str, Any], src: Located) -> ConfigProblem | None:
     """A problem if the broker is Redis but the ``redis`` package cannot be imported."""
     broker = data.get("broker")
-    if not isinstance(broker, str) or not broker.startswith(("redis://", "rediss://", "unix://")):
+    if not isinstance(broker, str) or not broker.startswith(("redis://", "rediss://", "unix://", *CLUSTER_SCHEMES)):
         return None
     try:
         importlib.import_module("redis")

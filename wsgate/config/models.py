@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from ..auth.authenticator import AuthenticatorImpl
+from ..broker.cluster_url import CLUSTER_SCHEMES, parse_cluster_url
 from ..errors import ConfigError
 from ..handler import Handler
 from ..policy.hosts import parse_host_pattern
@@ -197,9 +198,13 @@ class LoggingConfig(StrictModel):
 
 
 def _check_broker(value: object) -> object:
+    if isinstance(value, str) and value.startswith(CLUSTER_SCHEMES):
+        parse_cluster_url(value)  # its ValueError names what is wrong, never the password
+        return value
     if value == "memory" or (isinstance(value, str) and value.startswith(("redis://", "rediss://", "unix://"))):
         return value
-    raise ValueError("expected 'memory' or a Redis URL such as 'redis://127.0.0.1:6379/0'")
+    raise ValueError("expected 'memory', a Redis URL such as 'redis://127.0.0.1:6379/0' or a Redis Cluster "
+                     "URL such as 'redis+cluster://127.0.0.1:7000,127.0.0.1:7001'")
 
 
 class Config(StrictModel):
