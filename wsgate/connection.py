@@ -39,7 +39,7 @@ class Connection:
     ``send_queue``, and the slow-client policy applies when the queue is full.
     """
 
-    __slots__ = ("__weakref__", "_deliver", "_link", "claims", "headers", "id", "path", "query", "remote", "state",
+    __slots__ = ("__weakref__", "_deliver", "_link", "_state", "claims", "headers", "id", "path", "query", "remote",
                  "subprotocol", "user")
 
     def __init__(self, link: _Link, deliver: Callable[[bytes], bool], *, id: str, path: str, remote: str,
@@ -57,7 +57,18 @@ class Connection:
         self.subprotocol = subprotocol
         self.user = user
         self.claims = claims
-        self.state: dict[str, Any] = {}
+        self._state: dict[str, Any] | None = None  # made on first use: many handlers never need it
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """A dict for the handler's own per-connection data."""
+        if self._state is None:
+            self._state = {}
+        return self._state
+
+    @state.setter
+    def state(self, value: dict[str, Any]) -> None:
+        self._state = value
 
     @property
     def closed(self) -> bool:
