@@ -161,12 +161,14 @@ class Gateway:
         if isinstance(checked, web.Response):
             return checked
         live, remote, origin = checked
+        del checked  # this frame lives as long as the connection: so would the tuple
         try:
             request, offered_token = strip_bearer(request, live.endpoint.policy.subprotocols)
             verdict = await self._identify(request, live, remote, offered_token)
             if isinstance(verdict, web.Response):
                 return verdict
             policy, identity = verdict
+            del verdict
             if self.draining:  # authentication may have taken a while
                 return web.Response(status=503, text="the server is shutting down\n")
             ws = web.WebSocketResponse(
