@@ -164,16 +164,20 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         loadgens.append(spawn_loadgen(binary, port, args.path, args.warm, sources))
         await until_open(sessions, args.warm, loadgens, args.settle)
         before = Point()
+        started = time.monotonic()
         loadgens.append(spawn_loadgen(binary, port, args.path, args.conns, sources))
         await until_open(sessions, args.warm + args.conns, loadgens, args.settle)
         after = Point()
+        elapsed = time.monotonic() - started
     finally:
         tracemalloc.stop()
         for lg in loadgens:
             lg.send_signal(signal.SIGTERM)
             lg.wait()
         await runner.cleanup()
-    return report_data(before, after, args.conns, args.top)
+    data = report_data(before, after, args.conns, args.top)
+    data["open_and_settle_s"] = elapsed
+    return data
 
 
 def report_data(before: Point, after: Point, conns: int, top: int) -> dict[str, Any]:
@@ -214,10 +218,12 @@ def short(filename: str) -> str:
 
 
 def report(data: dict[str, Any]) -> str:
-    out = [f"per connection, {data['conns']:,} idle connections:"]
+    out = [f"per connection, {data['conns']:,} idle connections (opened and settled in "
+           f"{data['open_and_settle_s']:.1f} s; past 20 s the first heartbeats are in the figures):"]
     out.append(f"  RSS growth           {data['rss_bytes']:8,.0f} B (tracemalloc's own "
                f"{data['tracemalloc_overhead_bytes']:,.0f} B of it; "
-               f"without: {data['rss_without_tracemalloc_bytes']:,.0f} B)")
+               f"without: {data['rss_without_tracemalloc_bytes']:,.0f} B; with tracemalloc on, RSS is "
+               "not representative: see the many scenario)")
     out.append(f"  Python allocations   {data['python_traced_bytes']:8,.0f} B")
     out.append(f"  not traced           {data['untraced_bytes']:8,.0f} B (allocator overhead, free lists, C mallocs)")
     out.append("\nPython allocations by component (B per connection):")
