@@ -607,12 +607,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = replace(settings, **overrides)
     # Each side of a connection holds a descriptor: the server and the load generator
     # each need one per connection, plus some for the rest.
-    fd_limit = raise_fd_limit(max(settings.idle_conns, settings.many_conns) + 1000)
+    many = "many" in args.only
+    fd_limit = raise_fd_limit(max(settings.idle_conns, settings.many_conns if many else 0) + 1000)
     if fd_limit < settings.idle_conns + 100:
         conns = max(100, fd_limit - 100)
         print(f"open-file limit {fd_limit}: idle case reduced to {conns} connections", file=sys.stderr)
         settings = replace(settings, idle_conns=conns, idle_rss_at=min(settings.idle_rss_at, conns))
-    if fd_limit < settings.many_conns + 200:
+    if many and fd_limit < settings.many_conns + 200:
         conns = max(100, fd_limit - 200)
         print(
             f"open-file limit {fd_limit} (hard; raising it needs CAP_SYS_RESOURCE): many case reduced "
