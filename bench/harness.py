@@ -49,6 +49,9 @@ class ServerSpec:
     # None counts every text frame received after the start.
     delivery_type: str | None = None
     check: Callable[[], list[str]] | None = None
+    # The `many` scenario's endpoint, which sends every message to every connection
+    # (None: the server does not run that scenario).
+    many_path: str | None = None
 
 
 def _script(name: str) -> Callable[[int], list[str]]:
@@ -75,9 +78,10 @@ SERVERS: dict[str, ServerSpec] = {
         name="wsgate",
         command=_wsgate,
         delivery_type="message",
+        many_path="/fanout",
         check=lambda: [sys.executable, "-m", "wsgate", "--check", "--config", str(WSGATE_CONFIG)],
     ),
-    "aiohttp": ServerSpec(name="aiohttp", command=_script("aiohttp_bare.py")),
+    "aiohttp": ServerSpec(name="aiohttp", command=_script("aiohttp_bare.py"), many_path="/chat"),
     "websockets": ServerSpec(name="websockets", command=_script("websockets_server.py")),
 }
 

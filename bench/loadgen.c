@@ -18,6 +18,17 @@
  *          (--max-pending handshakes in flight), samples the server's VmRSS
  *          when M are open (clock paused while sampling), reports the time to
  *          open all N.
+ *   many   --conns N: opens N connections (as idle), reports the time to open
+ *          them all; after --rss-settle S reads the server's VmRSS; measures
+ *          the server's CPU over --idle S seconds with every connection idle
+ *          (pings answered); then --broadcasts B times waits until no frame
+ *          arrived for --quiet S, sends one text message on connection 0 and
+ *          times until all N connections (the sender included) received a
+ *          text frame. The endpoint must broadcast each message to everyone.
+ *
+ * --sources K binds connection i to the source address 127.0.0.(1 + i % K)
+ * before connecting (the port is chosen at connect, IP_BIND_ADDRESS_NO_PORT), so
+ * more connections than one address's ephemeral ports can reach one server.
  *
  * With --server-pid, the server's utime+stime (/proc/PID/stat) is sampled at
  * the start and the end of the measured window; --extra-pid (repeatable) adds
@@ -51,10 +62,14 @@
 #define MASK1 0xfa
 #define MASK2 0x21
 #define MASK3 0x3d
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24
+#endif
+#define MAX_BCASTS 64
 
-enum { MODE_ECHO, MODE_BCAST, MODE_IDLE };
+enum { MODE_ECHO, MODE_BCAST, MODE_IDLE, MODE_MANY };
 enum { ST_CONNECTING, ST_HANDSHAKE, ST_OPEN, ST_CLOSED };
-enum { PH_SETUP, PH_SETTLE, PH_RUN, PH_PAUSE, PH_DONE };
+enum { PH_SETUP, PH_SETTLE, PH_RUN, PH_PAUSE, PH_IDLE, PH_BQUIET, PH_BRUN, PH_DONE };
 
 typedef struct {
     int fd;
@@ -89,6 +104,9 @@ static struct {
     double rss_settle;
     int max_pending;
     double timeout;
+    int sources;
+    double idle;
+    int broadcasts;
 } opt = {
     .mode = MODE_ECHO,
     .host = "127.0.0.1",
@@ -109,6 +127,9 @@ static struct {
     .rss_settle = 1.0,
     .max_pending = 64,
     .timeout = 60.0,
+    .sources = 0,
+    .idle = 5.0,
+    .broadcasts = 5,
 };
 
 static int epfd;
@@ -154,6 +175,15 @@ static size_t lat_n, lat_cap;
 static long rss0_kb = -1, rss_at_kb = -1, rss_full_kb = -1;
 static uint64_t open_elapsed_ns, seg_start_ns, pause_start_ns;
 static int rss_sampled;
+
+/* many mode */
+static uint64_t t_phase_ns, t_bsend;
+static long rss_many_kb = -1, rss_after_bcast_kb = -1;
+static double idle_srv0 = -1, idle_srv1 = -1, idle_lg0, idle_lg1, idle_s;
+static double bcast_srv0 = -1, bcast_srv1 = -1;
+static int n_bcasts_done, bc_got;
+static double bcast_first_ms[MAX_BCASTS], bcast_all_ms[MAX_BCASTS];
+static uint64_t bc_first_ns;
 
 static uint64_t now_ns(void) {
     struct timespec ts;
@@ -298,7 +328,7 @@ static void conn_close(conn_t *c, const char *why) {
     epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
     c->state = ST_CLOSED;
-    if (phase == PH_SETUP || phase == PH_PAUSE || opt.mode == MODE_IDLE)
+    if (phase == PH_SETUP || phase == PH_PAUSE || opt.mode == MODE_IDLE || opt.mode == MODE_MANY)
         fatal("connection %d failed during setup: %s", c->idx, why);
     if (was_open) n_open--;
     n_closed++;
@@ -392,6 +422,20 @@ static void bcast_pump(uint64_t now) {
 }
 
 static void on_message(conn_t *c, int opcode, int matched, uint64_t now) {
+    if (opt.mode == MODE_MANY) {
+        (void)matched;
+        if (phase != PH_BRUN || opcode != 1) return;
+        if (bc_got++ == 0) bc_first_ns = now;
+        if (bc_got == nconns) {
+            bcast_first_ms[n_bcasts_done] = (double)(bc_first_ns - t_bsend) / 1e6;
+            bcast_all_ms[n_bcasts_done] = (double)(now - t_bsend) / 1e6;
+            n_bcasts_done++;
+            phase = PH_BQUIET;
+            t_phase_ns = now;
+        }
+        (void)c;
+        return;
+    }
     if (phase != PH_RUN || opcode != 1) return;
     if (opt.mode == MODE_ECHO) {
         c->count++;
@@ -574,6 +618,14 @@ static void start_connect(conn_t *c) {
     if (fd < 0) fatal("socket: %s (connection %d)", strerror(errno), c->idx);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (opt.sources > 0) {
+        struct sockaddr_in src = {.sin_family = AF_INET, .sin_port = 0};
+        src.sin_addr.s_addr = htonl(0x7f000001u + (uint32_t)(c->idx % opt.sources));
+        /* the port is picked at connect(), per destination, not from the ephemeral range at bind() */
+        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        if (bind(fd, (const struct sockaddr *)&src, sizeof src) < 0)
+            fatal("bind 127.0.0.%d: %s (connection %d)", 1 + c->idx % opt.sources, strerror(errno), c->idx);
+    }
     c->fd = fd;
     c->state = ST_CONNECTING;
     const struct sockaddr_in *to = conn_port(c) == opt.port ? &addr : &addr2;
@@ -655,6 +707,59 @@ static void start_run(uint64_t now) {
     }
 }
 
+/* many mode: after the settle pause, the idle window and then the broadcasts */
+static void step_many(uint64_t now) {
+    switch (phase) {
+    case PH_PAUSE: {
+        uint64_t until = pause_start_ns + (uint64_t)(opt.rss_settle * 1e9);
+        if (now < until) return;
+        rss_many_kb = server_rss_kb();
+        phase = PH_IDLE;
+        t_phase_ns = w_start_ns = now_ns();
+        idle_srv0 = server_cpu_s(pid_cpu0);
+        idle_lg0 = own_cpu_s();
+        n_cpus = cpu_busy_s(sys_busy0);
+        return;
+    }
+    case PH_IDLE: {
+        uint64_t until = t_phase_ns + (uint64_t)(opt.idle * 1e9);
+        if (now < until) return;
+        w_end_ns = now;
+        idle_srv1 = server_cpu_s(pid_cpu1);
+        idle_lg1 = own_cpu_s();
+        if (cpu_busy_s(sys_busy1) != n_cpus) n_cpus = 0;
+        idle_s = (double)(w_end_ns - w_start_ns) / 1e9;
+        bcast_srv0 = server_cpu_s(pid_cpu0);
+        phase = PH_BQUIET;
+        t_phase_ns = now;
+        return;
+    }
+    case PH_BQUIET: {
+        if (n_bcasts_done >= opt.broadcasts) {
+            bcast_srv1 = server_cpu_s(pid_cpu0);
+            rss_after_bcast_kb = server_rss_kb();
+            phase = PH_DONE;
+            return;
+        }
+        uint64_t from = last_rx_ns > t_phase_ns ? last_rx_ns : t_phase_ns;
+        if (now < from + (uint64_t)(opt.quiet * 1e9)) return;
+        bc_got = 0;
+        t_bsend = now_ns();
+        phase = PH_BRUN;
+        conn_queue(&conns[0], msg_frame, msg_frame_len);
+        conn_flush(&conns[0]);
+        return;
+    }
+    case PH_BRUN:
+        if (now - t_bsend > (uint64_t)(opt.timeout * 1e9))
+            fatal("broadcast %d reached %d of %d connections in %.1fs", n_bcasts_done + 1, bc_got, nconns,
+                  opt.timeout);
+        return;
+    default:
+        return;
+    }
+}
+
 /* returns epoll timeout in ms */
 static int step(uint64_t now) {
     uint64_t next = now + 50000000ull;
@@ -662,7 +767,7 @@ static int step(uint64_t now) {
     case PH_SETUP:
         if (now - t_setup_start > (uint64_t)(opt.timeout * 1e9))
             fatal("timeout: %d of %d connections open after %.1fs", n_open, nconns, opt.timeout);
-        if (opt.mode == MODE_IDLE) {
+        if (opt.mode == MODE_IDLE || opt.mode == MODE_MANY) {
             if (n_open == target) {
                 open_elapsed_ns += now - seg_start_ns;
                 if (target < nconns) {
@@ -686,7 +791,18 @@ static int step(uint64_t now) {
             }
         }
         break;
-    case PH_PAUSE: { /* idle mode: let the server settle, then sample RSS */
+    case PH_PAUSE: /* many mode: see step_many */
+    case PH_IDLE:
+    case PH_BQUIET:
+    case PH_BRUN:
+        if (opt.mode == MODE_MANY) {
+            step_many(now);
+            if (phase == PH_DONE) return 0;
+            next = now + 10000000ull; /* 10 ms: the phases above check their deadlines */
+            break;
+        }
+        if (phase != PH_PAUSE) break;
+        { /* idle mode: let the server settle, then sample RSS */
         uint64_t until = pause_start_ns + (uint64_t)(opt.rss_settle * 1e9);
         if (now >= until) {
             if (!rss_sampled && target < nconns) {
@@ -763,7 +879,50 @@ static void put_num(const char *key, double v, int last) {
         printf("\"%s\":%.6g%s", key, v, last ? "" : ",");
 }
 
+static void put_list(const char *key, const double *v, int n) {
+    printf("\"%s\":[", key);
+    for (int i = 0; i < n; i++) printf("%s%.3f", i ? "," : "", v[i]);
+    printf("],");
+}
+
+static double median(const double *v, int n) {
+    if (n == 0) return -1;
+    double tmp[MAX_BCASTS];
+    memcpy(tmp, v, (size_t)n * sizeof *v);
+    qsort(tmp, (size_t)n, sizeof *tmp, cmp_double);
+    return n % 2 ? tmp[n / 2] : (tmp[n / 2 - 1] + tmp[n / 2]) / 2;
+}
+
+static void report_many(void) {
+    double srv = (idle_srv0 >= 0 && idle_srv1 >= 0) ? idle_srv1 - idle_srv0 : -1;
+    double bsrv = (bcast_srv0 >= 0 && bcast_srv1 >= 0) ? bcast_srv1 - bcast_srv0 : -1;
+    printf("{\"mode\":\"many\",\"conns\":%d,\"sources\":%d,\"broadcasts\":%d,", nconns, opt.sources,
+           n_bcasts_done);
+    put_num("open_s", (double)(t_all_open - t_setup_start) / 1e9, 0);
+    put_num("rss_before_kb", (double)rss0_kb, 0);
+    put_num("rss_kb", (double)rss_many_kb, 0);
+    put_num("rss_after_bcast_kb", (double)rss_after_bcast_kb, 0);
+    put_num("rss_per_conn_bytes",
+            (rss0_kb >= 0 && rss_many_kb >= 0) ? (double)(rss_many_kb - rss0_kb) * 1024.0 / nconns : -1, 0);
+    put_num("window_s", idle_s, 0);
+    put_num("server_cpu_s", srv, 0);
+    put_num("server_cpu_pct", srv >= 0 && idle_s > 0 ? 100.0 * srv / idle_s : -1, 0);
+    put_num("loadgen_cpu_pct", idle_s > 0 ? 100.0 * (idle_lg1 - idle_lg0) / idle_s : -1, 0);
+    printf("\"cpu_busy_pct\":[");
+    for (int i = 0; i < n_cpus; i++) printf("%s%.1f", i ? "," : "", 100.0 * (sys_busy1[i] - sys_busy0[i]) / idle_s);
+    printf("],");
+    put_list("bcast_first_ms", bcast_first_ms, n_bcasts_done);
+    put_list("bcast_all_ms_each", bcast_all_ms, n_bcasts_done);
+    put_num("bcast_all_ms", median(bcast_all_ms, n_bcasts_done), 0);
+    put_num("bcast_server_cpu_s", bsrv, 0);
+    printf("\"closed\":%d}\n", n_closed);
+}
+
 static void report(void) {
+    if (opt.mode == MODE_MANY) {
+        report_many();
+        return;
+    }
     if (opt.mode == MODE_IDLE) {
         double per_at = (rss0_kb >= 0 && rss_at_kb >= 0 && opt.rss_at > 0)
                             ? (double)(rss_at_kb - rss0_kb) * 1024.0 / opt.rss_at
@@ -828,10 +987,11 @@ static void report(void) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: loadgen --mode echo|bcast|idle --port P [--port2 P2] [--host 127.0.0.1] [--path /ws]\n"
+            "usage: loadgen --mode echo|bcast|idle|many --port P [--port2 P2] [--host 127.0.0.1] [--path /ws]\n"
             "  [--sender-path P] [--conns N] [--inflight K] [--size BYTES] [--warmup S]\n"
             "  [--duration S] [--server-pid PID] [--extra-pid PID]... [--json-type T] [--quiet S] [--settle-max S]\n"
             "  [--rss-at M] [--rss-settle S] [--max-pending P] [--timeout S]\n"
+            "  [--sources K] [--idle S] [--broadcasts B]\n"
             "  paths may contain {i}, replaced by the connection index;\n"
             "  with --port2, odd-index connections (not the bcast sender) use P2\n");
     exit(64);
@@ -849,6 +1009,8 @@ int main(int argc, char **argv) {
         {"rss-at", required_argument, 0, 'r'},     {"rss-settle", required_argument, 0, 'R'},
         {"max-pending", required_argument, 0, 'n'}, {"timeout", required_argument, 0, 't'},
         {"port2", required_argument, 0, 'o'},      {"extra-pid", required_argument, 0, 'e'},
+        {"sources", required_argument, 0, 'K'},    {"idle", required_argument, 0, 'I'},
+        {"broadcasts", required_argument, 0, 'B'},
         {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -860,6 +1022,8 @@ int main(int argc, char **argv) {
                 opt.mode = MODE_BCAST;
             else if (strcmp(optarg, "idle") == 0)
                 opt.mode = MODE_IDLE;
+            else if (strcmp(optarg, "many") == 0)
+                opt.mode = MODE_MANY;
             else
                 usage();
             break;
@@ -881,6 +1045,9 @@ int main(int argc, char **argv) {
         case 'n': opt.max_pending = atoi(optarg); break;
         case 't': opt.timeout = atof(optarg); break;
         case 'o': opt.port2 = atoi(optarg); break;
+        case 'K': opt.sources = atoi(optarg); break;
+        case 'I': opt.idle = atof(optarg); break;
+        case 'B': opt.broadcasts = atoi(optarg); break;
         case 'e':
             if (n_extra == MAX_EXTRA) usage();
             extra_pids[n_extra++] = atoi(optarg);
@@ -889,7 +1056,8 @@ int main(int argc, char **argv) {
         }
     }
     if (opt.port <= 0 || opt.conns <= 0 || opt.inflight <= 0 || opt.inflight > MAX_INFLIGHT || opt.size < 0 ||
-        opt.max_pending <= 0)
+        opt.max_pending <= 0 || opt.sources < 0 || opt.sources > 254 || opt.broadcasts < 0 ||
+        opt.broadcasts > MAX_BCASTS)
         usage();
 
     signal(SIGPIPE, SIG_IGN);
@@ -931,7 +1099,7 @@ int main(int argc, char **argv) {
 
     t_setup_start = now_ns();
     target = nconns;
-    if (opt.mode == MODE_IDLE) {
+    if (opt.mode == MODE_IDLE || opt.mode == MODE_MANY) {
         rss0_kb = server_rss_kb();
         if (opt.rss_at > 0 && opt.rss_at < nconns) target = opt.rss_at;
         seg_start_ns = now_ns();

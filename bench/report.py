@@ -39,6 +39,12 @@ METRICS: dict[str, tuple[Metric, ...]] = {
         Metric("rss_per_conn_at_bytes", "memory/conn", "B", False),
         Metric("open_s", "open all", "s", False),
     ),
+    "many": (
+        Metric("rss_per_conn_bytes", "memory/conn", "B", False),
+        Metric("open_s", "open all", "s", False),
+        Metric("server_cpu_pct", "idle CPU", "%", False),
+        Metric("bcast_all_ms", "bcast to all p50", "ms", False),
+    ),
     "startup": (Metric("startup_ms", "spawn→first ws", "ms", False),),
 }
 METRICS["scaleout"] = METRICS["broadcast"]

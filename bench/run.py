@@ -49,7 +49,7 @@ from bench.report import (
     summarize,
 )
 
-SCENARIOS = ("echo", "latency", "broadcast", "idle", "startup", "scaleout", "handshake", "resume")
+SCENARIOS = ("echo", "latency", "broadcast", "idle", "many", "startup", "scaleout", "handshake", "resume")
 WSGATE_ONLY = ("handshake", "resume")  # wsgate features the other servers do not have
 DEFAULT_JSON = BENCH_DIR / "results" / "latest.json"
 
@@ -70,6 +70,12 @@ class Settings:
     idle_conns: int = 10_000
     idle_rss_at: int = 5_000
     rss_settle: float = 1.0
+    many_conns: int = 50_000
+    many_sources: int = 8  # loopback source addresses 127.0.0.1...: each has ~28,000 ephemeral ports
+    many_settle: float = 2.0
+    # One heartbeat interval of wsgate-bench.yaml: every connection is pinged once in it.
+    many_idle: float = 20.0
+    many_broadcasts: int = 5
     quiet: float = 0.3
     settle_max: float = 60.0
     max_pending: int = 64
@@ -77,7 +83,7 @@ class Settings:
     retries: int = 2
 
 
-QUICK = Settings(repeat=1, warmup=0.3, window=1.0)
+QUICK = Settings(repeat=1, warmup=0.3, window=1.0, many_idle=5.0, many_broadcasts=3)
 SMOKE = Settings(
     repeat=1,
     warmup=0.1,
@@ -89,6 +95,11 @@ SMOKE = Settings(
     bcast_inflight=(1, 4),
     idle_conns=200,
     idle_rss_at=100,
+    many_conns=300,
+    many_sources=2,
+    many_settle=0.2,
+    many_idle=0.5,
+    many_broadcasts=2,
     rss_settle=0.2,
     quiet=0.1,
     settle_max=10.0,
@@ -115,6 +126,8 @@ def plan(scenarios: Sequence[str], s: Settings) -> list[Case]:
     if "idle" in scenarios:
         label = f"N={s.idle_rss_at:,} mem, N={s.idle_conns:,} open"
         cases.append(Case("idle", label, "idle", s.idle_conns, 0, 0, s.idle_rss_at))
+    if "many" in scenarios:
+        cases.append(Case("many", f"N={s.many_conns:,}", "many", s.many_conns))
     if "echo" in scenarios:
         for size in s.echo_sizes:
             for conns in s.echo_conns:
@@ -145,6 +158,17 @@ def loadgen_args(case: Case, spec: ServerSpec, server: ServerProcess, s: Setting
         f"--timeout={s.setup_timeout}",
         f"--max-pending={s.max_pending}",
     ]
+    if case.mode == "many":
+        assert spec.many_path is not None
+        return [
+            *args,
+            f"--path={spec.many_path}",
+            f"--sources={s.many_sources}",
+            f"--rss-settle={s.many_settle}",
+            f"--idle={s.many_idle}",
+            f"--broadcasts={s.many_broadcasts}",
+            f"--quiet={s.quiet}",
+        ]
     if case.mode == "idle":
         return [
             *args,
@@ -173,6 +197,12 @@ def describe(case: Case, result: dict[str, Any]) -> str:
         per_conn = result.get("rss_per_conn_at_bytes")
         mem = "-" if per_conn is None else f"{per_conn:,.0f} B/conn"
         return f"{mem}, open {result['open_s']:.2f} s"
+    if case.scenario == "many":
+        return (
+            f"{result['rss_per_conn_bytes']:,.0f} B/conn, open {result['open_s']:.2f} s, "
+            f"idle CPU {result['server_cpu_pct']:.1f}%, broadcast to all {result['bcast_all_ms']:,.0f} ms "
+            f"({', '.join(f'{ms:,.0f}' for ms in result['bcast_all_ms_each'])})"
+        )
     rate = result.get("deliveries_per_s") or result.get("msg_per_s") or 0.0
     unit = "deliv/s" if case.mode == "bcast" else "msg/s"
     text = f"{rate:,.0f} {unit}, p50 {result.get('lat_p50_us') or 0:,.0f} µs"
@@ -247,11 +277,17 @@ class Bench:
         if scaleout and shutil.which("redis-server") is None:
             self.notes.append("scaleout skipped: redis-server is not installed (it needs a real Redis)")
             scaleout = []
-        # The idle case gets a fresh server of its own; the others share one.
+        # The idle and many cases get a fresh server each; the others share one.
         groups = [[c for c in self.cases if c.scenario == "idle"]]
-        groups.append([c for c in self.cases if c.scenario not in ("idle", "startup", "scaleout")])
+        groups.append([c for c in self.cases if c.scenario not in ("idle", "many", "startup", "scaleout")])
         groups = [g for g in groups if g]
-        if not groups and not scaleout:
+        many = [c for c in self.cases if c.scenario == "many"]
+        many_servers = [n for n in active if SERVERS[n].many_path is not None]
+        if many:
+            for name in active:
+                if name not in many_servers:
+                    self.notes.append(f"many: not run on {name} (no broadcast-to-all endpoint for it in the bench)")
+        if not groups and not scaleout and not many:
             groups = [[]]  # startup only
         try:
             for rnd in range(self.s.repeat):
@@ -260,6 +296,10 @@ class Bench:
                 for name in active[shift:] + active[:shift]:
                     for group in groups:
                         self.run_group(SERVERS[name], group, rnd)
+                if many and rnd == 0:
+                    # Once per run, whatever --repeat says: a sample takes about 35 s per server.
+                    for name in many_servers:
+                        self.run_group(SERVERS[name], many, rnd)
                 if scaleout:
                     self.run_scaleout(scaleout, rnd)
         finally:
@@ -385,8 +425,12 @@ class Bench:
         """
         s = self.s
         timeout = s.setup_timeout + s.settle_max + s.warmup + s.window + 4 * s.rss_settle + 30
+        retries = s.retries
+        if case.mode == "many":
+            timeout += s.many_settle + s.many_idle + s.many_broadcasts * (s.quiet + s.setup_timeout)
+            retries = 0  # too long to repeat; a disturbed sample is flagged
         best: dict[str, Any] | None = None
-        for attempt in range(1 + s.retries):
+        for attempt in range(1 + retries):
             if prepare is not None:
                 prepare()
             wait_quiet(pids)
@@ -400,6 +444,9 @@ class Bench:
                 result["server_cpu_parts_pct"] = dict(zip(parts, each, strict=True))
             work = result.get("deliveries") if case.mode == "bcast" else result.get("messages")
             cpu = result.get("server_cpu_s")
+            if case.mode == "many":  # CPU per delivery of the broadcasts (the CPU % is the idle window's)
+                work = result.get("conns", 0) * result.get("broadcasts", 0)
+                cpu = result.get("bcast_server_cpu_s")
             if work and cpu is not None:
                 result["server_cpu_us_per_msg"] = cpu * 1e6 / work
             other = self.other_load(result)
@@ -407,7 +454,7 @@ class Bench:
             result["attempt"] = attempt + 1
             if best is None or (other or 0.0) < (best["other_cpu_pct"] or 0.0):
                 best = result
-            if other is None or other <= OTHER_LOAD_PCT or attempt == s.retries:
+            if other is None or other <= OTHER_LOAD_PCT or attempt == retries:
                 break
             self.log(
                 f"  [{rnd + 1}/{s.repeat}] {name:<15} {case.label:<22} "
@@ -436,8 +483,19 @@ def pick_cpus(server_cpu: int | None, loadgen_cpu: int | None) -> tuple[int | No
     return server, loadgen
 
 
-def raise_fd_limit() -> int:
+def raise_fd_limit(need: int) -> int:
+    """Raise the open-file limit, which the servers and the load generator inherit; return it.
+
+    The hard limit too, up to ``need``, when this process may (root with
+    CAP_SYS_RESOURCE); else the soft limit up to the hard one.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < need:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, need))
+            return need
+        except (ValueError, OSError):
+            pass
     if hard != resource.RLIM_INFINITY and soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         soft = hard
@@ -547,11 +605,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if v is not None
     }
     settings = replace(settings, **overrides)
-    fd_limit = raise_fd_limit()
+    # Each side of a connection holds a descriptor: the server and the load generator
+    # each need one per connection, plus some for the rest.
+    many = "many" in args.only
+    fd_limit = raise_fd_limit(max(settings.idle_conns, settings.many_conns if many else 0) + 1000)
     if fd_limit < settings.idle_conns + 100:
         conns = max(100, fd_limit - 100)
         print(f"open-file limit {fd_limit}: idle case reduced to {conns} connections", file=sys.stderr)
         settings = replace(settings, idle_conns=conns, idle_rss_at=min(settings.idle_rss_at, conns))
+    if many and fd_limit < settings.many_conns + 200:
+        conns = max(100, fd_limit - 200)
+        print(
+            f"open-file limit {fd_limit} (hard; raising it needs CAP_SYS_RESOURCE): many case reduced "
+            f"from {settings.many_conns:,} to {conns:,} connections",
+            file=sys.stderr,
+        )
+        settings = replace(settings, many_conns=conns)
 
     server_cpu, loadgen_cpu = pick_cpus(args.server_cpu, args.loadgen_cpu)
     try:

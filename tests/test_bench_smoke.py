@@ -43,6 +43,14 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert rows, f"no echo results for {server}\n{log}"
         for row in rows:
             assert (row["median"] or 0) > 0, f"{server} {row['case']}: {row}\n{log}"
+    # many connections (300 in smoke mode): memory, opening, idle CPU and a broadcast to all
+    for server in ("wsgate", "aiohttp"):
+        many = {row["metric"]: row["median"] for row in data["rows"]
+                if row["scenario"] == "many" and row["server"] == server}
+        assert (many.get("rss_per_conn_bytes") or 0) > 0, f"{server}: {many}\n{log}"
+        assert (many.get("open_s") or 0) > 0, f"{server}: {many}\n{log}"
+        assert many.get("server_cpu_pct") is not None, f"{server}: {many}\n{log}"
+        assert (many.get("bcast_all_ms") or 0) > 0, f"{server}: {many}\n{log}"
     # wsgate's own scenarios: JWT on vs off, and a reconnect storm that must resume exactly
     for mode in ("anonymous", "jwt", "jwt-reused"):
         assert data["handshake"][mode]["handshakes_per_s"] > 0, data["handshake"]

@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp_jinja2
 import jinja2
-from aiohttp import web
+from aiohttp import hdrs, web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .broker import Broker, create_broker
@@ -227,26 +227,39 @@ def build_app(settings: Settings, registry: Registry | None = None) -> web.Appli
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(close_sockets)
     aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader(WEB_PACKAGE, "templates"), autoescape=True)
-    for path, handler in (("/", page), ("/static/{name:.+}", static), ("/healthz", healthz), ("/readyz", readyz),
-                          ("/metrics", metrics)):
+    # Every route but the probes refuses a Host that server.allowed_hosts does not allow
+    # (DNS rebinding). Not with a middleware: aiohttp would keep its coroutine, and the
+    # one it adds with any middleware, alive for as long as each WebSocket stays open
+    # (about 600 bytes a connection). The gateway's route checks in its handshake policy.
+    for path, handler in (("/", page), ("/static/{name:.+}", static), ("/metrics", metrics)):
+        app.router.add_get(path, _host_checked(handler), expect_handler=expect_continue)
+    for path, handler in (("/healthz", healthz), ("/readyz", readyz)):
         app.router.add_get(path, handler, expect_handler=expect_continue)
-    app.router.add_post("/api/publish", publish, expect_handler=expect_continue)
-    app.router.add_post("/api/reload", reload, expect_handler=expect_continue)
-    app.router.add_post("/api/handshake-check", probe_identity, expect_handler=expect_continue)
-    websocket_paths = app.router.add_get("/{tail:.*}", app[GATEWAY].handle, expect_handler=expect_continue).resource
+    for path, handler in (("/api/publish", publish), ("/api/reload", reload), ("/api/handshake-check", probe_identity)):
+        app.router.add_post(path, _host_checked(handler), expect_handler=expect_continue)
+    app.router.add_get("/{tail:.*}", app[GATEWAY].handle, expect_handler=expect_continue)
+    # Any other method on any path: the Host check, then the 405 aiohttp would give.
+    app.router.add_route("*", "/{tail:.*}", _host_checked(_method_not_allowed))
+    return app
 
-    @web.middleware
-    async def allowed_host(request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Refuse a Host ``server.allowed_hosts`` does not allow (DNS rebinding), before any route.
 
-        Health probes often name the pod's IP, and answer nothing worth stealing. The
-        gateway's own route checks in its handshake policy, first thing."""
-        if request.path not in _ANY_HOST and request.match_info.route.resource is not websocket_paths:
-            refused = host_refusal(request, app[GATEWAY].settings.config.server)
+def _host_checked(handler: Handler) -> Handler:
+    """``handler`` behind the Host check; /healthz and /readyz answer any host (see _ANY_HOST)."""
+
+    async def checked(request: web.Request) -> web.StreamResponse:
+        if request.path not in _ANY_HOST:
+            refused = host_refusal(request, request.app[GATEWAY].settings.config.server)
             if refused is not None:
                 return refused
         return await handler(request)
 
-    app.middlewares.append(allowed_host)
-    return app
+    return checked
 
+
+async def _method_not_allowed(request: web.Request) -> web.StreamResponse:
+    """405 with the methods the routes of this path take, as aiohttp answers without this route."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        allowed |= (await resource.resolve(request))[1]
+    allowed.discard(hdrs.METH_ANY)
+    raise web.HTTPMethodNotAllowed(request.method, allowed)

@@ -24,6 +24,10 @@ class _Link(Protocol):
 
     def close(self, code: int, reason: str) -> None: ...
 
+    def handshake_query(self) -> Mapping[str, str]:
+        """The query parameters of the handshake request."""
+        ...
+
 
 class Connection:
     """An open WebSocket client of one endpoint.
@@ -39,11 +43,11 @@ class Connection:
     ``send_queue``, and the slow-client policy applies when the queue is full.
     """
 
-    __slots__ = ("__weakref__", "_deliver", "_link", "claims", "headers", "id", "path", "query", "remote", "state",
+    __slots__ = ("__weakref__", "_deliver", "_link", "_query", "_state", "claims", "headers", "id", "path", "remote",
                  "subprotocol", "user")
 
     def __init__(self, link: _Link, deliver: Callable[[bytes], bool], *, id: str, path: str, remote: str,
-                 headers: Mapping[str, str], query: Mapping[str, str], subprotocol: str | None,
+                 headers: Mapping[str, str], subprotocol: str | None, query: Mapping[str, str] | None = None,
                  user: str | None = None, claims: Mapping[str, Any] = _NO_CLAIMS) -> None:
         self._link = link
         # Queues an encoded frame; False if refused. Broadcasts frame a message once and
@@ -53,11 +57,35 @@ class Connection:
         self.path = path
         self.remote = remote
         self.headers = headers
-        self.query = query
+        # None: asked of the link on first use. Parsed, even an empty query costs ~350
+        # bytes, which a connection whose handler never reads it need not carry.
+        self._query = query
         self.subprotocol = subprotocol
         self.user = user
         self.claims = claims
-        self.state: dict[str, Any] = {}
+        self._state: dict[str, Any] | None = None  # made on first use: many handlers never need it
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """A dict for the handler's own per-connection data."""
+        if self._state is None:
+            self._state = {}
+        return self._state
+
+    @state.setter
+    def state(self, value: dict[str, Any]) -> None:
+        self._state = value
+
+    @property
+    def query(self) -> Mapping[str, str]:
+        """The query parameters of the handshake URL (read-only)."""
+        if self._query is None:
+            self._query = self._link.handshake_query()
+        return self._query
+
+    @query.setter
+    def query(self, value: Mapping[str, str]) -> None:
+        self._query = value
 
     @property
     def closed(self) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
@@ -59,18 +59,20 @@ def strip_bearer(request: web.Request, endpoint_protocols: Sequence[str]) -> tup
     return request.clone(headers=headers), token
 
 
-async def identify(headers: Mapping[str, str], query: Mapping[str, str], live: LiveEndpoint, policy: Policy,
+async def identify(headers: Mapping[str, str], query: Callable[[], Mapping[str, str]], live: LiveEndpoint,
+                   policy: Policy,
                    remote: str, offered_token: str | None,
                    authenticators: Mapping[str, AuthenticatorImpl]) -> Identity | None:
     """The identity of a handshake with ``headers`` and ``query`` under ``policy`` (None
-    on an endpoint without ``auth``); AuthFailure to refuse."""
+    on an endpoint without ``auth``); AuthFailure to refuse. ``query`` is parsed only when asked for."""
     authenticator = authenticators[policy.auth] if policy.auth is not None else None
     asks = type(live.handler).authorize is not Handler.authorize
     if authenticator is None and not asks:
         return None
     cookie = authenticator.cookie if authenticator is not None else None
-    handshake = Handshake(path=live.path, query=query, headers=headers, remote=remote,
-                          token=extract_token(headers, query, offered_token, cookie))
+    parsed = query()
+    handshake = Handshake(path=live.path, query=parsed, headers=headers, remote=remote,
+                          token=extract_token(headers, parsed, offered_token, cookie))
     identity = None
     if authenticator is not None:
         identity = await authenticator.authenticate(handshake)

@@ -8,7 +8,7 @@ import contextlib
 import itertools
 import json
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -54,6 +54,12 @@ def still_allowed(auth: str | None, conn: Connection, policy: Policy) -> bool:
     if policy.auth != auth:
         return False
     return policy.allow is None or allowed(conn.claims, policy.allow)
+
+
+def _query(request: web.Request) -> Mapping[str, str]:
+    """The request's query parsed afresh: ``request.query`` stays cached in the request,
+    which lives as long as the connection, and most handlers never read it."""
+    return URL.build(query_string=request.rel_url.raw_query_string, encoded=True).query
 
 
 def host_refusal(request: web.Request, server: ServerConfig) -> web.Response | None:
@@ -161,12 +167,14 @@ class Gateway:
         if isinstance(checked, web.Response):
             return checked
         live, remote, origin = checked
+        del checked  # this frame lives as long as the connection: so would the tuple
         try:
             request, offered_token = strip_bearer(request, live.endpoint.policy.subprotocols)
             verdict = await self._identify(request, live, remote, offered_token)
             if isinstance(verdict, web.Response):
                 return verdict
             policy, identity = verdict
+            del verdict
             if self.draining:  # authentication may have taken a while
                 return web.Response(status=503, text="the server is shutting down\n")
             ws = web.WebSocketResponse(
@@ -190,11 +198,12 @@ class Gateway:
             if now is not policy and not still_allowed(policy.auth, session.conn, now):
                 session.close(CloseCode.FORBIDDEN, "forbidden")  # a reload came during the upgrade
             self._all_closed.clear()
-            access_log.info(
-                "connection open",
-                extra={"event": "open", "conn": session.conn.id, "endpoint": live.path, "remote": remote,
-                       "origin": origin, "subprotocol": ws.ws_protocol, "query": redact_query(request.query)},
-            )
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(
+                    "connection open",
+                    extra={"event": "open", "conn": session.conn.id, "endpoint": live.path, "remote": remote,
+                           "origin": origin, "subprotocol": ws.ws_protocol, "query": redact_query(_query(request))},
+                )
             try:
                 await session.run()
             finally:
@@ -212,7 +221,7 @@ class Gateway:
         policy = live.endpoint.policy
         try:
             for _ in range(3):
-                identity = await identify(request.headers, request.query, live, policy, remote, offered_token,
+                identity = await identify(request.headers, lambda: request.query, live, policy, remote, offered_token,
                                           self.settings.authenticators)
                 if live.endpoint.policy is policy:
                     return policy, identity
@@ -287,8 +296,8 @@ class Gateway:
         if token:
             headers[hdrs.AUTHORIZATION] = f"Bearer {token}"
         try:
-            await identify(CIMultiDictProxy(headers), url.query, live, live.endpoint.policy, request.remote or "?",
-                           None, self.settings.authenticators)
+            await identify(CIMultiDictProxy(headers), lambda: url.query, live, live.endpoint.policy,
+                           request.remote or "?", None, self.settings.authenticators)
         except AuthFailure as failure:
             return failure.status, refusal_text(failure)
         except Exception:

@@ -47,7 +47,7 @@ class SendQueue:
         self.drop = drop
         self._frames: list[bytes] = []  # a list: an empty deque costs ~600 bytes per connection
         self._ping: bytes | None = None
-        self._pongs: list[bytes] = []
+        self._pongs: list[bytes] | None = None  # made on the first pong: most clients never ping
         self.pending = 0
         self.dropped = 0
         self.sealed = False
@@ -82,7 +82,9 @@ class SendQueue:
         if self.sealed:
             return
         pongs = self._pongs
-        if len(pongs) >= MAX_PONGS:
+        if pongs is None:
+            pongs = self._pongs = []
+        elif len(pongs) >= MAX_PONGS:
             self.pending -= len(pongs.pop())
         pongs.append(frame)
         self.pending += len(frame)
@@ -95,13 +97,13 @@ class SendQueue:
             self._frames = []  # the common case, on every flush: hand over the list as it is
             self.pending = 0
             return frames
-        out = self._pongs
+        out = self._pongs or []
         if self._ping is not None:
             out.append(self._ping)
         if self.dropped:
             out.append(encode(json.dumps({"type": "dropped", "count": self.dropped})))
             self.dropped = 0
-        self._pongs = []
+        self._pongs = None
         self._ping = None
         if budget is None or self.pending <= budget:
             out += frames
@@ -125,6 +127,6 @@ class SendQueue:
         """Forget everything queued (the peer is gone)."""
         self.sealed = True
         self._frames = []
-        self._pongs = []
+        self._pongs = None
         self._ping = None
         self.pending = self.dropped = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aiohttp import EofStream, WebSocketError, WSMsgType, web
@@ -52,7 +53,7 @@ def _deflate(ws: web.WebSocketResponse) -> Deflate | None:
 class Session:
     """One accepted WebSocket: its Connection, writer, timers and close handshake."""
 
-    __slots__ = ("_close_timer", "_expiry", "_slot", "auth", "bucket", "conn", "handshake", "incoming",
+    __slots__ = ("_close_timer", "_expiry", "_request", "_slot", "auth", "bucket", "conn", "handshake", "incoming",
                  "keepalive", "live", "loop", "messages_in", "services", "started", "task", "writer", "ws")
 
     def __init__(self, services: Services, live: LiveEndpoint, ws: web.WebSocketResponse,
@@ -68,6 +69,7 @@ class Session:
         self.handshake = CloseHandshake()
         self._slot: int | None = None
         self._close_timer: asyncio.TimerHandle | None = None
+        self._request = request  # aiohttp keeps it for the connection's life anyway
         transport = request.transport
         assert transport is not None
         assert ws._reader is not None
@@ -78,7 +80,7 @@ class Session:
         queue = SendQueue(policy.send_queue, drop=policy.slow_client == "drop")
         self.writer = Writer(transport, services.flusher, queue, live.stats, self._overflow, _deflate(ws))
         self.conn = Connection(self, self.writer.send, id=conn_id, path=live.path, remote=remote,
-                               headers=request.headers, query=request.query, subprotocol=ws.ws_protocol)
+                               headers=request.headers, subprotocol=ws.ws_protocol)
         if identity is not None:
             self.conn.user, self.conn.claims = identity.user, identity.claims
         self.auth = auth  # the authenticator that admitted the client, by name
@@ -99,6 +101,9 @@ class Session:
     @property
     def closing(self) -> bool:
         return not self.handshake.open
+
+    def handshake_query(self) -> Mapping[str, str]:
+        return self._request.query
 
     def _overflow(self) -> None:
         self.live.stats.slow_client_closes += 1
