@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import gc
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from .tls import TlsError, server_ssl_context
 __all__ = ["listen_error_message", "main"]
 
 log = logging.getLogger("wsgate")
+_GC_YOUNGEST = 10_000  # allocations between two collections of the youngest generation
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -144,6 +146,7 @@ async def _serve(settings: Settings, registry: Registry, *, reuse_port: bool) ->
         print(listen_error_message(server.host, server.port, exc), file=sys.stderr, flush=True)
         await runner.cleanup()
         return 2
+    _tune_gc()
     gateway = app[GATEWAY]
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -183,6 +186,21 @@ async def _serve(settings: Settings, registry: Registry, *, reuse_port: bool) ->
     await gateway.shutdown(gateway.shutdown_code, server.shutdown_timeout)
     await runner.cleanup()
     return 0
+
+
+def _tune_gc() -> None:
+    """Fewer and shorter garbage collections for a long-running server.
+
+    What startup made (modules, config, the app) is frozen out of the collector's sight;
+    the youngest generation is collected every 10,000 allocations instead of 700, and the
+    whole heap every 10 million instead of every 70,000. A server allocates a few
+    short-lived objects per message and per handshake while tens of thousands of
+    connections stay alive: each full pass walks all of them, and while connections open
+    those passes took a sixth of the time.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(_GC_YOUNGEST, 10, 100)
 
 
 def listen_error_message(host: str, port: int, exc: OSError) -> str:
