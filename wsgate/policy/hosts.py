@@ -53,6 +53,7 @@ def split_host(text: str) -> tuple[str, int | None] | None:
     return host, int(digits)
 
 
+@functools.lru_cache(maxsize=256)  # asked per request, mostly with the same few names
 def _is_loopback_name(host: str) -> bool:
     if host == "localhost":
         return True
