@@ -49,8 +49,8 @@ from bench.report import (
     summarize,
 )
 
-SCENARIOS = ("echo", "latency", "broadcast", "idle", "many", "startup", "scaleout", "handshake", "resume")
-WSGATE_ONLY = ("handshake", "resume")  # wsgate features the other servers do not have
+SCENARIOS = ("echo", "latency", "broadcast", "idle", "many", "startup", "scaleout", "handshake", "resume", "cluster")
+WSGATE_ONLY = ("handshake", "resume", "cluster")  # wsgate features the other servers do not have
 DEFAULT_JSON = BENCH_DIR / "results" / "latest.json"
 
 
@@ -541,7 +541,8 @@ def machine_info() -> dict[str, Any]:
 
 
 def run_wsgate_only(scenarios: Sequence[str], s: Settings, smoke: bool, server_cpu: int | None) -> dict[str, Any]:
-    """The handshake (JWT on vs off) and resume (reconnect storm) scenarios: wsgate alone."""
+    """The handshake (JWT on vs off), resume (reconnect storm) and cluster (one Redis Cluster
+    shard) scenarios: wsgate alone."""
     from bench import handshake, resume
 
     done: dict[str, Any] = {}
@@ -551,6 +552,11 @@ def run_wsgate_only(scenarios: Sequence[str], s: Settings, smoke: bool, server_c
     if "resume" in scenarios:
         data = resume.measure(40 if smoke else 1000, 4 if smoke else 10, 20 if smoke else 100, server_cpu)
         done["resume"] = {"data": data, "text": resume.report(data)}
+    if "cluster" in scenarios:
+        from bench import cluster  # needs the redis package
+
+        data = cluster.measure(8, 20_000, 1, server_cpu)
+        done["cluster"] = {"data": data, "text": cluster.report(data)}
     return done
 
 
@@ -633,6 +639,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the smoke test must not need redis-server
         scenarios.remove("scaleout")
         print("smoke mode: scaleout (needs redis-server) is not run", file=sys.stderr)
+    if "cluster" in scenarios and (args.smoke or shutil.which("redis-server") is None):
+        scenarios.remove("cluster")
+        print("cluster (needs redis-server; never in smoke mode) is not run", file=sys.stderr)
     cases = plan([s for s in scenarios if s not in WSGATE_ONLY], settings)
     print(
         f"servers: {', '.join(args.servers)}; scenarios: {', '.join(scenarios)}; "
