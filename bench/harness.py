@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -52,6 +53,12 @@ class ServerSpec:
     # The `many` scenario's endpoint, which sends every message to every connection
     # (None: the server does not run that scenario).
     many_path: str | None = None
+    # A module the server needs that wsgate does not: without it, the server is left out
+    # of the default list (and unavailable when asked for by name).
+    needs: str | None = None
+
+    def installed(self) -> bool:
+        return self.needs is None or importlib.util.find_spec(self.needs) is not None
 
 
 def _script(name: str) -> Callable[[int], list[str]]:
@@ -83,6 +90,8 @@ SERVERS: dict[str, ServerSpec] = {
     ),
     "aiohttp": ServerSpec(name="aiohttp", command=_script("aiohttp_bare.py"), many_path="/chat"),
     "websockets": ServerSpec(name="websockets", command=_script("websockets_server.py")),
+    "picows": ServerSpec(name="picows", command=_script("picows_server.py"), many_path="/chat", needs="picows",
+                         check=lambda: [sys.executable, "-c", "import picows"]),
 }
 
 

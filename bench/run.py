@@ -573,10 +573,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=",".join(SCENARIOS),
         help=f"comma-separated scenarios (default: all of {','.join(SCENARIOS)})",
     )
+    installed = [name for name, spec in SERVERS.items() if spec.installed()]
     parser.add_argument(
         "--servers",
-        default=",".join(SERVERS),
-        help=f"comma-separated servers (default: {','.join(SERVERS)})",
+        default=",".join(installed),
+        help=f"comma-separated servers, of {','.join(SERVERS)} (default: those installed: {','.join(installed)})",
     )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
     parser.add_argument("--warmup", type=float, help="seconds of load before each window")
