@@ -13,7 +13,17 @@ from redis.asyncio import Redis
 
 from wsgate import BrokerError
 from wsgate.broker.redis import RedisBroker
-from wsgate.broker.redis_outbox import Outbox
+from wsgate.broker.redis_outbox import MAX_BATCH, Outbox
+from wsgate.gateway.hub import _BACKLOG, Hub
+from wsgate.observe.stats import GatewayStats
+
+# Keeps Redis busy for ARGV[1] µs: a script blocks every other client while it runs.
+_BUSY = """
+local t = redis.call('TIME')
+local start = t[1] * 1000000 + t[2]
+repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start > tonumber(ARGV[1])
+return 1
+"""
 
 
 @pytest.fixture
@@ -93,3 +103,40 @@ async def test_a_failed_batch_fails_each_of_its_publishes(redis_server: RedisSer
         with pytest.raises(BrokerError):
             await number
     assert broker.backlog == 0
+
+
+async def test_more_than_a_batch_goes_in_several_round_trips_in_order(
+        broker: RedisBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    batches: list[int] = []
+    write_and_read = Outbox._write_and_read
+
+    async def counted(self: Outbox, r: Redis, batch: list[Any], replies: list[Any]) -> None:
+        batches.append(len(batch))
+        await write_and_read(self, r, batch, replies)
+
+    monkeypatch.setattr(Outbox, "_write_and_read", counted)
+    count = 2 * MAX_BATCH + 10
+    numbers = await asyncio.gather(*(broker.post_numbered("room", b"#", b".", 0) for _ in range(count)))
+    assert numbers == list(range(1, count + 1))
+    assert batches == [MAX_BATCH, MAX_BATCH, 10]
+
+
+async def test_a_sender_that_does_not_wait_is_held_back_while_redis_is_stalled(
+        broker: RedisBroker, rds: Redis) -> None:
+    """publish_numbered(wait=False) returns at once, until more than _BACKLOG publishes
+    wait for Redis: then it waits for its own, so a flood cannot grow the queue."""
+    hub = Hub(broker, GatewayStats())
+    stall = asyncio.create_task(rds.eval(_BUSY, 0, 500_000))  # Redis answers nobody meanwhile
+    await asyncio.sleep(0.05)
+    first = await hub.publish_numbered("/chat", "room", {"n": 0}, keep=10, keep_for=0, wait=False)
+    assert first is None  # on its way, not waited for
+    returned_at = []
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for n in range(1, _BACKLOG + 3):
+        await hub.publish_numbered("/chat", "room", {"n": n}, keep=10, keep_for=0, wait=False)
+        returned_at.append(loop.time() - started)
+    await stall
+    assert max(returned_at[:_BACKLOG - 1]) < 0.4  # queued without waiting (Redis is busy for 0.5 s)
+    assert returned_at[-1] >= 0.3  # past the bound: held until Redis answered
+    assert broker.backlog <= _BACKLOG
