@@ -35,22 +35,28 @@ async def broker(redis_server: RedisServer) -> AsyncIterator[RedisBroker]:
 
 
 @pytest.fixture
+def batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of each batch the outbox sends, in order (the real sending still runs)."""
+    sizes: list[int] = []
+    write_and_read = Outbox._write_and_read
+
+    async def counted(self: Outbox, r: Redis, batch: list[Any], replies: list[Any]) -> None:
+        sizes.append(len(batch))
+        await write_and_read(self, r, batch, replies)
+
+    monkeypatch.setattr(Outbox, "_write_and_read", counted)
+    return sizes
+
+
+@pytest.fixture
 async def rds(redis_server: RedisServer) -> AsyncIterator[Redis]:
     client = Redis.from_url(redis_server.url, socket_timeout=2)
     yield client
     await client.aclose()
 
 
-async def test_posts_made_in_one_pass_keep_their_order_and_share_round_trips(
-        broker: RedisBroker, monkeypatch: pytest.MonkeyPatch) -> None:
-    batches: list[int] = []
-    write_and_read = Outbox._write_and_read
-
-    async def counted(self: Outbox, r: Redis, batch: list[Any], replies: list[Any]) -> None:
-        batches.append(len(batch))
-        await write_and_read(self, r, batch, replies)
-
-    monkeypatch.setattr(Outbox, "_write_and_read", counted)
+async def test_posts_made_in_one_pass_keep_their_order_and_share_round_trips(broker: RedisBroker,
+                                                                             batches: list[int]) -> None:
     got: list[bytes] = []
     await broker.subscribe("room", got.append)
     # 300 posts in one loop pass, as a chat sender's queued messages are, then a plain publish.
@@ -105,16 +111,8 @@ async def test_a_failed_batch_fails_each_of_its_publishes(redis_server: RedisSer
     assert broker.backlog == 0
 
 
-async def test_more_than_a_batch_goes_in_several_round_trips_in_order(
-        broker: RedisBroker, monkeypatch: pytest.MonkeyPatch) -> None:
-    batches: list[int] = []
-    write_and_read = Outbox._write_and_read
-
-    async def counted(self: Outbox, r: Redis, batch: list[Any], replies: list[Any]) -> None:
-        batches.append(len(batch))
-        await write_and_read(self, r, batch, replies)
-
-    monkeypatch.setattr(Outbox, "_write_and_read", counted)
+async def test_more_than_a_batch_goes_in_several_round_trips_in_order(broker: RedisBroker,
+                                                                      batches: list[int]) -> None:
     count = 2 * MAX_BATCH + 10
     numbers = await asyncio.gather(*(broker.post_numbered("room", b"#", b".", 0) for _ in range(count)))
     assert numbers == list(range(1, count + 1))
