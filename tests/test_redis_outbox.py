@@ -138,3 +138,23 @@ async def test_a_sender_that_does_not_wait_is_held_back_while_redis_is_stalled(
     assert max(returned_at[:_BACKLOG - 1]) < 0.4  # queued without waiting (Redis is busy for 0.5 s)
     assert returned_at[-1] >= 0.3  # past the bound: held until Redis answered
     assert broker.backlog <= _BACKLOG
+
+
+async def test_a_restarted_redis_is_not_taken_for_an_outage(redis_server: RedisServer,
+                                                           broker: RedisBroker) -> None:
+    """Once Redis is back, the health PING's first try on a connection the old Redis closed
+    must not report it unreachable: that delivered locally, with no id, for half a second."""
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(0.6)  # a health check or two on the old Redis
+    redis_server.stop()
+    redis_server.start()
+    async with asyncio.timeout(5):
+        while broker.healthy:  # until the broker noticed ...
+            await asyncio.sleep(0.005)
+        while not broker.healthy:  # ... and is back
+            await asyncio.sleep(0.005)
+    back = loop.time()
+    while loop.time() - back < 2.5:  # five health checks
+        assert broker.healthy, f"reported unreachable {loop.time() - back:.2f} s after it was back"
+        await asyncio.sleep(0.01)
+    assert await broker.publish_numbered("room", b"#", b".", 10) == 1

@@ -63,7 +63,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
 from redis.exceptions import ClusterDownError, NoScriptError, RedisClusterException, SlotNotCoveredError
@@ -73,7 +73,7 @@ from redis.typing import EncodableT, KeyT
 from ..errors import BrokerError
 from .base import DEFAULT_TTL, Delivery, Replay
 from .cluster_url import parse_cluster_url
-from .redis import RedisBroker
+from .redis import _FRESH_CONNECTION_RETRY, RedisBroker
 from .redis_outbox import Outbox
 from .redis_pubsub import _ERRORS, RedisSubscriber, _text
 from .redis_scripts import CLAIM, KEEP, LIVE, NUMBERED, REPLAY
@@ -266,7 +266,9 @@ class RedisClusterBroker(RedisBroker):
         """The shard of master ``node``, made (not yet connected) if new."""
         shard = self._shards.get(node.name)
         if shard is None:
-            client = Redis(host=node.host, port=int(node.port), retry=Retry(NoBackoff(), 0), **self._options("node"))
+            # One retry on a new connection, as for RedisBroker's health PING: a connection a
+            # restarted master closed is not an outage.
+            client = Redis(host=node.host, port=int(node.port), retry=_FRESH_CONNECTION_RETRY, **self._options("node"))
             subscriber = ShardSubscriber(f"{self.shown_url} (master {node.name})", self._timeout)
             subscriber.client = client
             outbox = Outbox(functools.partial(self._run_on, node.name), [NUMBERED_SHARDED])
