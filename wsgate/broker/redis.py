@@ -73,7 +73,7 @@ T = TypeVar("T")
 
 # Once more on a new connection after a connection error: for PING and the presence
 # refresh, which are safe to repeat.
-_FRESH_CONNECTION_RETRY = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+FRESH_CONNECTION_RETRY = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
 _NUMBERED_SHA = hashlib.sha1(NUMBERED.encode()).hexdigest()
 _REFRESH_BATCH = 256  # presence keys per pipelined round trip
 _REAP_GRACE = 3.0  # seconds after Redis is back during which reap() removes nothing
@@ -147,7 +147,7 @@ class RedisBroker(Broker):
             self._subscriber.client = self._make_client("sub", Retry(NoBackoff(), 0), pooled=False)
             # Its own connection: a pool busy with a burst of commands is not an outage. And
             # one retry on a new connection: one that a restarted Redis closed is not one either.
-            self._ping_client = self._make_client("ping", _FRESH_CONNECTION_RETRY, pooled=False)
+            self._ping_client = self._make_client("ping", FRESH_CONNECTION_RETRY, pooled=False)
         except ValueError as exc:
             await self._close_clients()
             raise BrokerError(f"bad Redis URL {self.shown_url}: {exc}") from None

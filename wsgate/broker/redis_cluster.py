@@ -73,7 +73,7 @@ from redis.typing import EncodableT, KeyT
 from ..errors import BrokerError
 from .base import DEFAULT_TTL, Delivery, Replay
 from .cluster_url import parse_cluster_url
-from .redis import _FRESH_CONNECTION_RETRY, RedisBroker
+from .redis import FRESH_CONNECTION_RETRY, RedisBroker
 from .redis_outbox import Outbox
 from .redis_pubsub import _ERRORS, RedisSubscriber, _text
 from .redis_scripts import CLAIM, KEEP, LIVE, NUMBERED, REPLAY
@@ -268,7 +268,7 @@ class RedisClusterBroker(RedisBroker):
         if shard is None:
             # One retry on a new connection, as for RedisBroker's health PING: a connection a
             # restarted master closed is not an outage.
-            client = Redis(host=node.host, port=int(node.port), retry=_FRESH_CONNECTION_RETRY, **self._options("node"))
+            client = Redis(host=node.host, port=int(node.port), retry=FRESH_CONNECTION_RETRY, **self._options("node"))
             subscriber = ShardSubscriber(f"{self.shown_url} (master {node.name})", self._timeout)
             subscriber.client = client
             outbox = Outbox(functools.partial(self._run_on, node.name), [NUMBERED_SHARDED])
