@@ -18,14 +18,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
 import yaml
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from wsgate.broker.redis import RedisBroker
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = ROOT / "tests" / "node"
@@ -222,6 +227,37 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+MakeBroker = Callable[[], Awaitable["RedisBroker"]]
+
+
+@pytest.fixture
+async def brokers(redis_server: RedisServer) -> AsyncIterator[MakeBroker]:
+    """Factory: a started RedisBroker on the test's redis-server, closed at teardown."""
+    from wsgate.broker.redis import RedisBroker
+
+    made: list[RedisBroker] = []
+
+    async def make() -> RedisBroker:
+        broker = RedisBroker(redis_server.url)
+        await broker.start()
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        await broker.close()
+
+
+@pytest.fixture
+async def rds(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    """A plain redis-py client, to look at what a broker did from the outside."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis_server.url, socket_timeout=2, socket_connect_timeout=2)
+    yield client
+    await client.aclose()
 
 
 async def run_node(script: str, *args: str, within: float = 15) -> dict[str, Any]:

@@ -12,26 +12,24 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import jwt
 import pytest
-from conftest import RedisServer, WsgateProcess
+from conftest import MakeBroker, RedisServer, WsgateProcess
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from wsgate.builtins.chat import ChatOptions
 
 from wsgate import BrokerError
 from wsgate.broker.memory import MemoryBroker
-from wsgate.broker.redis import RedisBroker
 from wsgate.testing import eventually, run_gateway
 
 Start = Callable[..., WsgateProcess]
 WriteConfig = Callable[..., Path]
-Make = Callable[[], Awaitable[RedisBroker]]
 
 KEY = "wsgate:/chat:lobby:presence"  # the chat's lobby, as the gateway names it in Redis
 SECRET = "presence-test-secret-0123456789abcdef"
@@ -107,35 +105,12 @@ def test_presence_ttl_is_a_positive_duration() -> None:
 # --- the Redis broker ----------------------------------------------------------------
 
 
-@pytest.fixture
-async def brokers(redis_server: RedisServer) -> AsyncIterator[Make]:
-    """Factory: a started RedisBroker on the test's redis-server, closed at teardown."""
-    made: list[RedisBroker] = []
-
-    async def make() -> RedisBroker:
-        broker = RedisBroker(redis_server.url)
-        await broker.start()
-        made.append(broker)
-        return broker
-
-    yield make
-    for broker in made:
-        await broker.close()
-
-
-@pytest.fixture
-async def rds(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url, socket_timeout=2, socket_connect_timeout=2)
-    yield client
-    await client.aclose()
-
-
 async def redis_ms(rds: Redis) -> int:
     seconds, micros = await rds.time()
     return int(seconds) * 1000 + int(micros) // 1000
 
 
-async def test_redis_a_member_lives_while_its_holder_refreshes_it(brokers: Make, rds: Redis) -> None:
+async def test_redis_a_member_lives_while_its_holder_refreshes_it(brokers: MakeBroker, rds: Redis) -> None:
     a, b = await brokers(), await brokers()
     assert await a.claim("k", "ann", ttl=1.0) is True
     assert await b.claim("k", "ann", ttl=1.0) is False
@@ -149,7 +124,7 @@ async def test_redis_a_member_lives_while_its_holder_refreshes_it(brokers: Make,
     assert 1000 < await rds.pttl("k") <= 2000  # the key outlives its members by a ttl
 
 
-async def test_redis_members_of_a_dead_instance_expire_and_each_is_reaped_once(brokers: Make) -> None:
+async def test_redis_members_of_a_dead_instance_expire_and_each_is_reaped_once(brokers: MakeBroker) -> None:
     a, b, c = await brokers(), await brokers(), await brokers()
     assert await a.claim("k", "ann", ttl=1.0)
     assert await a.claim("k", "bob", ttl=1.0)
@@ -167,7 +142,7 @@ async def test_redis_members_of_a_dead_instance_expire_and_each_is_reaped_once(b
     assert await b.members("k") == ["ann", "cat"]
 
 
-async def test_redis_a_hold_keeps_a_member_whose_claimer_died(brokers: Make) -> None:
+async def test_redis_a_hold_keeps_a_member_whose_claimer_died(brokers: MakeBroker) -> None:
     a, b, c = await brokers(), await brokers(), await brokers()
     assert await a.claim("k", "ann", ttl=1.0)
     assert await b.hold("k", "ann", ttl=1.0) is True  # the same user's tab on b
@@ -181,7 +156,7 @@ async def test_redis_a_hold_keeps_a_member_whose_claimer_died(brokers: Make) -> 
     assert await c.reap("k") == ["ann"]
 
 
-async def test_redis_release_removes_now_and_says_whether_it_did(brokers: Make) -> None:
+async def test_redis_release_removes_now_and_says_whether_it_did(brokers: MakeBroker) -> None:
     a, b = await brokers(), await brokers()
     assert await a.claim("k", "ann", ttl=1.0)
     assert await b.release("k", "ann") is True
@@ -190,7 +165,7 @@ async def test_redis_release_removes_now_and_says_whether_it_did(brokers: Make) 
     assert await b.claim("k", "ann", ttl=1.0) is True
 
 
-async def test_redis_a_release_that_fails_still_lets_the_member_expire(brokers: Make) -> None:
+async def test_redis_a_release_that_fails_still_lets_the_member_expire(brokers: MakeBroker) -> None:
     """The burst case: the removal never reaches Redis. The member must not stay for good."""
     a, b = await brokers(), await brokers()
     assert await a.claim("k", "ann", ttl=1.0)
@@ -202,7 +177,7 @@ async def test_redis_a_release_that_fails_still_lets_the_member_expire(brokers: 
     assert await b.reap("k") == ["ann"]
 
 
-async def test_redis_members_redis_lost_are_put_back_after_an_outage(brokers: Make, redis_server: RedisServer
+async def test_redis_members_redis_lost_are_put_back_after_an_outage(brokers: MakeBroker, redis_server: RedisServer
                                                                      ) -> None:
     a = await brokers()
     assert await a.claim("k", "ann", ttl=1.0)
@@ -212,14 +187,14 @@ async def test_redis_members_redis_lost_are_put_back_after_an_outage(brokers: Ma
     await eventually(lambda: b.members("k"), ["ann"], 5)
 
 
-async def test_redis_a_key_nobody_holds_goes_away(brokers: Make, rds: Redis) -> None:
+async def test_redis_a_key_nobody_holds_goes_away(brokers: MakeBroker, rds: Redis) -> None:
     a = await brokers()
     assert await a.claim("k", "ann", ttl=0.5)
     await a.drop("k", "ann")
     await eventually(lambda: rds.exists("k"), 0, 2.5)
 
 
-async def test_redis_members_asked_together_share_one_read(brokers: Make, rds: Redis) -> None:
+async def test_redis_members_asked_together_share_one_read(brokers: MakeBroker, rds: Redis) -> None:
     a = await brokers()
     for name in ("ann", "bob"):
         assert await a.claim("k", name, ttl=5)

@@ -7,44 +7,18 @@ import json
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
-from conftest import RedisServer, free_port
+from conftest import MakeBroker, RedisServer, free_port
 from redis.asyncio import Redis
 
 from wsgate import BrokerError
 from wsgate.broker import create_broker
 from wsgate.broker.redis import RedisBroker, redact_url
 from wsgate.testing import GatewayServer, eventually, run_gateway
-
-Make = Callable[[], Awaitable[RedisBroker]]
-
-
-@pytest.fixture
-async def brokers(redis_server: RedisServer) -> AsyncIterator[Make]:
-    """Factory: a started RedisBroker on the test's redis-server, closed at teardown."""
-    made: list[RedisBroker] = []
-
-    async def make() -> RedisBroker:
-        broker = RedisBroker(redis_server.url)
-        await broker.start()
-        made.append(broker)
-        return broker
-
-    yield make
-    for broker in made:
-        await broker.close()
-
-
-@pytest.fixture
-async def rds(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    """A plain redis-py client, to look at what the broker did from the outside."""
-    client = Redis.from_url(redis_server.url, socket_timeout=2, socket_connect_timeout=2)
-    yield client
-    await client.aclose()
 
 
 def inbox() -> tuple[asyncio.Queue[bytes], Callable[[bytes], None]]:
@@ -82,7 +56,7 @@ async def test_create_broker_picks_redis_for_a_redis_url(redis_server: RedisServ
     assert broker.name == "redis"
 
 
-async def test_publish_reaches_subscribers_on_both_instances(brokers: Make) -> None:
+async def test_publish_reaches_subscribers_on_both_instances(brokers: MakeBroker) -> None:
     a, b = await brokers(), await brokers()
     got_a, deliver_a = inbox()
     got_b, deliver_b = inbox()
@@ -96,7 +70,7 @@ async def test_publish_reaches_subscribers_on_both_instances(brokers: Make) -> N
     assert await take(got_b) == b"from a"
 
 
-async def test_subscribe_returns_once_redis_has_the_subscription(brokers: Make, rds: Redis) -> None:
+async def test_subscribe_returns_once_redis_has_the_subscription(brokers: MakeBroker, rds: Redis) -> None:
     """A PUBLISH sent right after subscribe() returns must find the subscriber, every time."""
     a = await brokers()
     for i in range(20):
@@ -106,7 +80,7 @@ async def test_subscribe_returns_once_redis_has_the_subscription(brokers: Make, 
         assert await take(got) == f"m{i}".encode()
 
 
-async def test_unsubscribe_stops_delivery(brokers: Make, rds: Redis) -> None:
+async def test_unsubscribe_stops_delivery(brokers: MakeBroker, rds: Redis) -> None:
     a = await brokers()
     gone, deliver_gone = inbox()
     marks, deliver_mark = inbox()
@@ -123,7 +97,7 @@ async def test_unsubscribe_stops_delivery(brokers: Make, rds: Redis) -> None:
     assert await numsub(rds, "mark") == 1
 
 
-async def test_racing_subscribe_and_unsubscribe_end_in_the_last_state(brokers: Make, rds: Redis) -> None:
+async def test_racing_subscribe_and_unsubscribe_end_in_the_last_state(brokers: MakeBroker, rds: Redis) -> None:
     a = await brokers()
     _, deliver = inbox()
     await asyncio.gather(a.subscribe("x", deliver), a.unsubscribe("x"), a.subscribe("x", deliver))
@@ -134,7 +108,7 @@ async def test_racing_subscribe_and_unsubscribe_end_in_the_last_state(brokers: M
     assert channels == {"x", "z1", "z3", "z5", "z7", "z9"}
 
 
-async def test_a_failing_delivery_callback_does_not_stop_the_listener(brokers: Make) -> None:
+async def test_a_failing_delivery_callback_does_not_stop_the_listener(brokers: MakeBroker) -> None:
     a = await brokers()
     got, deliver = inbox()
 
@@ -152,7 +126,7 @@ async def test_a_failing_delivery_callback_does_not_stop_the_listener(brokers: M
 # --- numbering, history, presence --------------------------------------------------
 
 
-async def test_numbered_ids_are_atomic_across_instances(brokers: Make) -> None:
+async def test_numbered_ids_are_atomic_across_instances(brokers: MakeBroker) -> None:
     """200 concurrent numbered publishes from two instances: ids 1..200, seen in order everywhere."""
     a, b = await brokers(), await brokers()
     got_a, deliver_a = inbox()
@@ -173,7 +147,7 @@ async def test_numbered_ids_are_atomic_across_instances(brokers: Make) -> None:
     assert [e["id"] for e in history] == list(range(151, 201))
 
 
-async def test_history_keeps_the_last_keep_messages(brokers: Make, rds: Redis) -> None:
+async def test_history_keeps_the_last_keep_messages(brokers: MakeBroker, rds: Redis) -> None:
     a, b = await brokers(), await brokers()
     for _ in range(5):
         await a.publish_numbered("room", b"#", b".", 3)
@@ -187,7 +161,7 @@ async def test_history_keeps_the_last_keep_messages(brokers: Make, rds: Redis) -
     assert await rds.get("room:seq") == b"6"
 
 
-async def test_presence_is_shared_and_sorted(brokers: Make) -> None:
+async def test_presence_is_shared_and_sorted(brokers: MakeBroker) -> None:
     a, b = await brokers(), await brokers()
     assert await a.claim("room:members", "zed") is True
     assert await b.claim("room:members", "zed") is False
@@ -260,7 +234,7 @@ async def test_close_leaves_no_task_or_connection_behind(redis_server: RedisServ
 # --- outages ------------------------------------------------------------------------
 
 
-async def test_outage_then_recovery(brokers: Make, redis_server: RedisServer, rds: Redis) -> None:
+async def test_outage_then_recovery(brokers: MakeBroker, redis_server: RedisServer, rds: Redis) -> None:
     a, b = await brokers(), await brokers()
     got, deliver = inbox()
     await a.subscribe("room", deliver)
@@ -296,7 +270,7 @@ async def test_outage_then_recovery(brokers: Make, redis_server: RedisServer, rd
     assert await take(got) == b"<1>"
 
 
-async def test_a_killed_subscription_connection_is_restored(brokers: Make, rds: Redis) -> None:
+async def test_a_killed_subscription_connection_is_restored(brokers: MakeBroker, rds: Redis) -> None:
     """Redis stays up but drops the pub/sub connection: the listener resubscribes every channel."""
     a = await brokers()
     room, deliver_room = inbox()

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from conftest import RedisServer
+from conftest import MakeBroker, RedisServer
 from redis.asyncio import Redis
 
 from wsgate import BrokerError
@@ -27,11 +26,8 @@ return 1
 
 
 @pytest.fixture
-async def broker(redis_server: RedisServer) -> AsyncIterator[RedisBroker]:
-    made = RedisBroker(redis_server.url)
-    await made.start()
-    yield made
-    await made.close()
+async def broker(brokers: MakeBroker) -> RedisBroker:
+    return await brokers()
 
 
 @pytest.fixture
@@ -46,13 +42,6 @@ def batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(Outbox, "_write_and_read", counted)
     return sizes
-
-
-@pytest.fixture
-async def rds(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url, socket_timeout=2)
-    yield client
-    await client.aclose()
 
 
 async def test_posts_made_in_one_pass_keep_their_order_and_share_round_trips(broker: RedisBroker,
