@@ -32,6 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ..errors import BrokerError
+from .redis_typing import untyped
 
 __all__ = ["MAX_BATCH", "Outbox"]
 
@@ -153,7 +154,7 @@ class Outbox:
         """Send ``batch`` and append each reply to ``replies`` as it comes."""
         connection = self._connection
         if connection is None:
-            connection = self._connection = r.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+            connection = self._connection = untyped(r.connection_pool.make_connection)()
             # The batch has a deadline (the broker's run()); a timer per write costs a task.
             connection.socket_timeout = None
         try:

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .base import Delivery
+from .redis_typing import untyped
 
 __all__ = ["RedisSubscriber"]
 
@@ -118,7 +119,7 @@ class RedisSubscriber:
         assert self.client is not None
         pubsub = self.client.pubsub()
         try:
-            await pubsub.connect()  # type: ignore[no-untyped-call]
+            await untyped(pubsub.connect)()
             async with self._sub_lock:
                 channels = list(self._channels)
                 if channels:
@@ -169,7 +170,7 @@ class RedisSubscriber:
     @staticmethod
     async def _discard(pubsub: PubSub) -> None:
         try:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await untyped(pubsub.aclose)()
         except Exception as exc:
             log.debug("closing a Redis pub/sub connection: %s", exc)
 
