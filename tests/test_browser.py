@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 import pytest_asyncio
 from conftest import WsgateProcess, free_port
@@ -383,7 +384,6 @@ async def test_the_page_sends_a_token_in_the_subprotocol_pair_and_shows_refusals
     """A chat endpoint with JWT auth: the token field appears only for it; a good token
     connects (the name comes from its claim, the token stays out of the URL); a bad one
     is reported as 401, a room outside the ``rooms`` claim as 403."""
-    jwt = pytest.importorskip("jwt")
     good = jwt.encode({"sub": "u1", "name": "Ann", "rooms": ["garden"]}, AUTH_SECRET, algorithm="HS256")
     gw = wsgate_process(write_config(auth_config()))
     async with open_page(browser, gw.url + "/") as page:
