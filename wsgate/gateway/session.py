@@ -268,6 +268,11 @@ class Session:
         self.handshake.lost()
         if not self.writer.closed:
             self.writer.abort()
+        elif self.writer.draining:
+            # The handshake is done; TCP closes once the client has read what came before
+            # our close frame. One that stops reading is dropped at close_timeout, so that
+            # it cannot hold those bytes (up to send_queue) after the session has ended.
+            self.loop.call_later(self.live.endpoint.policy.close_timeout, self.writer.abort)
         live, conn = self.live, self.conn
         code = self.handshake.code or CloseCode.ABNORMAL
         await live.detach(conn)

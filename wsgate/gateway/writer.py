@@ -217,6 +217,11 @@ class Writer:
     def closed(self) -> bool:
         return self._transport.is_closing()
 
+    @property
+    def draining(self) -> bool:
+        """Closed, but the transport still holds bytes the peer has not read."""
+        return self._transport.is_closing() and self._transport.get_write_buffer_size() > 0
+
     def close(self) -> None:
         """Close TCP once written data is out (the peer has nothing more to send)."""
         self.queue.clear()
@@ -225,4 +230,6 @@ class Writer:
     def abort(self) -> None:
         """Drop TCP now, discarding anything unwritten (the peer is gone or unresponsive)."""
         self.queue.clear()
-        self._transport.abort()
+        # A close that has drained is complete, and asyncio (3.11) fails an abort after it.
+        if not self._transport.is_closing() or self._transport.get_write_buffer_size():
+            self._transport.abort()
