@@ -62,7 +62,10 @@ class Hub:
         self._history: dict[str, tuple[int, list[dict[str, Any]]]] = {}
         self._replays: dict[str, tuple[int, Replay, list[dict[str, Any]]]] = {}  # the same, for fresh joins
         self._changes: dict[str, int] = {}  # numbered events seen per subscribed channel
-        self._subscribing: dict[str, asyncio.Future[None]] = {}
+        # The broker subscriptions under way, one task per channel. A task, not the first
+        # joiner's own call: a joiner that is cancelled (it left mid-join) must not cut
+        # short the subscription that the others wait for.
+        self._subscribing: dict[str, asyncio.Task[None]] = {}
         # Subscribers whose live messages wait until their handler's hook has sent what
         # comes first (welcome, history): per channel, per connection, the highest id
         # that preamble holds (numbered events up to it are not sent again) and the
@@ -70,24 +73,40 @@ class Hub:
         self._holding: dict[str, dict[Connection, _Held]] = {}
 
     async def subscribe(self, conn: Connection, path: str, topic: str, *, hold: bool = False) -> None:
-        """Deliver ``topic`` to ``conn``; with ``hold``, keep its messages until ``release``."""
+        """Deliver ``topic`` to ``conn``; with ``hold``, keep its messages until ``release``.
+
+        Returns once the broker delivers the topic here. Cancelled meanwhile, ``conn`` is
+        unsubscribed again, as if it had left.
+        """
         channel = channel_name(path, topic)
         if hold:
             self._holding.setdefault(channel, {})[conn] = _Held()
         members = self._local.get(channel)
         if members is None:
             members = self._local[channel] = set()
-            ready = self._subscribing[channel] = asyncio.get_running_loop().create_future()
-            try:
-                await self.broker.subscribe(channel, lambda payload: self._deliver(channel, payload))
-            finally:
-                del self._subscribing[channel]
-                ready.set_result(None)
-        elif channel in self._subscribing:
-            # Another connection is subscribing this instance; wait until the broker has it.
-            await asyncio.shield(self._subscribing[channel])
+            self._subscribing[channel] = asyncio.get_running_loop().create_task(
+                self._subscribe_broker(channel, members), name=f"wsgate subscribe {channel}")
+        # A member from now on: a member who leaves before the broker subscription is
+        # done is taken out by unsubscribe() like any other, and the last one out
+        # unsubscribes the broker.
         members.add(conn)
         self._topics.setdefault(conn, set()).add(topic)
+        pending = self._subscribing.get(channel)
+        if pending is not None:
+            try:
+                await asyncio.shield(pending)
+            except BaseException:
+                await self.unsubscribe(conn, path, topic)
+                raise
+
+    async def _subscribe_broker(self, channel: str, members: set[Connection]) -> None:
+        try:
+            # Not if everyone left before this started: the broker's unsubscribe came first.
+            if self._local.get(channel) is members:
+                await self.broker.subscribe(channel, lambda payload: self._deliver(channel, payload))
+        finally:
+            if self._subscribing.get(channel) is asyncio.current_task():
+                del self._subscribing[channel]
 
     async def unsubscribe(self, conn: Connection, path: str, topic: str) -> None:
         channel = channel_name(path, topic)
