@@ -346,7 +346,7 @@ class RedisBroker(Broker):
         return await self._run("LRANGE", run)
 
     async def replay(self, channel: str, since: int | None, epoch: str | None, limit: int,
-                     keep_for: float = 0.0) -> Replay:
+                     keep_for: float = 0.0, *, max_bytes: int = 0) -> Replay:
         script = self._replay
 
         async def run(r: Redis) -> Replay:
@@ -354,7 +354,7 @@ class RedisBroker(Broker):
             current, latest, recovered, items = await script(
                 keys=_keys(channel),
                 args=[-1 if since is None else since, epoch or "", max(limit, 0), self._new_epoch(),
-                      round(keep_for * 1000)],
+                      round(keep_for * 1000), max(max_bytes, 0)],
                 client=r,
             )
             payloads = [item if isinstance(item, bytes) else item.encode() for item in items]

@@ -60,7 +60,8 @@ class Hub:
         # History of the channels subscribed here, kept until a numbered event arrives:
         # a join then costs no broker round trip and no JSON parsing.
         self._history: dict[str, tuple[int, list[dict[str, Any]]]] = {}
-        self._replays: dict[str, tuple[int, Replay, list[dict[str, Any]]]] = {}  # the same, for fresh joins
+        # The same for fresh joins, by (limit, max_bytes) asked.
+        self._replays: dict[str, tuple[tuple[int, int], Replay, list[dict[str, Any]]]] = {}
         self._changes: dict[str, int] = {}  # numbered events seen per subscribed channel
         # The broker subscriptions under way, one task per channel. A task, not the first
         # joiner's own call: a joiner that is cancelled (it left mid-join) must not cut
@@ -159,24 +160,25 @@ class Hub:
                 held.frames.append((_number(payload), frame))
 
     async def replay(self, conn: Connection, path: str, topic: str, since: int | None, epoch: str | None,
-                     limit: int, keep_for: float) -> tuple[Replay, list[dict[str, Any]]]:
-        """The broker's replay of ``topic`` for ``conn`` (subscribed, held), and its events.
+                     limit: int, keep_for: float, max_bytes: int = 0) -> tuple[Replay, list[dict[str, Any]]]:
+        """The broker's replay of ``topic`` for ``conn`` (subscribed, held), and its events;
+        ``max_bytes`` bounds what the broker returns (see ``Broker.replay``).
 
         The held live messages that the replay already holds are dropped on release.
         """
         channel = channel_name(path, topic)
         cached = self._replays.get(channel) if since is None else None
-        if cached is not None and cached[0] == limit:
+        if cached is not None and cached[0] == (limit, max_bytes):
             replay, events = cached[1], cached[2]
         else:
             changes = self._changes.get(channel, 0)
-            replay = await self.broker.replay(channel, since, epoch, limit, keep_for)
+            replay = await self.broker.replay(channel, since, epoch, limit, keep_for, max_bytes=max_bytes)
             # One parse for them all: a resume may carry hundreds.
             events = json.loads(b"[" + b",".join(p[1:] for p in replay.payloads) + b"]")
             # A fresh join's answer is the same for everyone until the next numbered
             # event: a join flood costs no broker round trip (see history()).
             if since is None and self._cacheable(channel, changes):
-                self._replays[channel] = (limit, replay, events)
+                self._replays[channel] = ((limit, max_bytes), replay, events)
         held = self._holding.get(channel, {}).get(conn)
         if held is not None:
             held.seen = max(held.seen, replay.latest)
