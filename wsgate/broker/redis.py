@@ -231,8 +231,10 @@ class RedisBroker(Broker):
     # --- the pub/sub connection: RedisSubscriber ---
 
     async def subscribe(self, channel: str, deliver: Delivery) -> None:
-        """Deliver ``channel``'s messages to ``deliver``; see ``RedisSubscriber.subscribe``."""
-        await self._subscriber.subscribe(channel, deliver)
+        """Deliver ``channel``'s messages to ``deliver``; returns once Redis confirmed,
+        also while the pub/sub connection is being restored (within ``timeout``): a join
+        reads the history after this, and nothing may fall between the two."""
+        await self._subscriber.subscribe(channel, deliver, through_reconnect=True)
 
     async def unsubscribe(self, channel: str) -> None:
         """Stop delivering ``channel``; never raises."""

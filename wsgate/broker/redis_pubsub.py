@@ -8,9 +8,9 @@ still needed. ``up`` turns True at the first PONG on a connection, which Redis s
 after confirming the subscriptions made before it. ``RedisBroker`` (``redis.py``) gives
 it its connection, runs its listener and counts ``up`` in ``healthy``.
 
-``subscribe`` returns only once the channel is subscribed (or after ``timeout``), also
-while the connection is being restored: a join subscribes first and reads the history
-second, and a subscription that is not there yet would leave a gap between the two.
+``subscribe`` returns once the channel is subscribed (or after ``timeout``); asked to,
+also while the connection is being restored: a join subscribes first and reads the
+history second, and a subscription that is not there yet would leave a gap between the two.
 ``answering`` tells whether the connection still works right now (a PING sent now came
 back): a command connection that was closed under the broker may mean a restarted Redis,
 which has forgotten every subscription, and that is noticed on each connection separately.
@@ -76,13 +76,13 @@ class RedisSubscriber:
         self._pings = self._pongs = 0
         self._pong_waiters: list[tuple[int, asyncio.Future[bool]]] = []
 
-    async def subscribe(self, channel: str, deliver: Delivery) -> None:
+    async def subscribe(self, channel: str, deliver: Delivery, *, through_reconnect: bool = False) -> None:
         """Deliver ``channel``'s messages to ``deliver``; returns once Redis confirmed.
 
-        While the pub/sub connection is down, the channel is subscribed when it is back,
-        and this waits for that. It returns after ``timeout`` in any case (Redis is then
-        unreachable: the listener keeps trying), or at once when ``unsubscribe`` came
-        first. It never raises.
+        While the pub/sub connection is down, the channel is subscribed when it is back;
+        with ``through_reconnect`` this waits for that too, else it returns at once. It
+        returns after ``timeout`` in any case (Redis is then unreachable: the listener
+        keeps trying), or at once when ``unsubscribe`` came first. It never raises.
         """
         self._channels[channel] = deliver
         loop = asyncio.get_running_loop()
@@ -94,16 +94,20 @@ class RedisSubscriber:
                     return
                 pubsub = self._pubsub
                 if pubsub is None:
+                    if not through_reconnect:
+                        return
                     # The next connection subscribes to every channel recorded before
                     # it takes the lock, so to this one too; its first PONG confirms them.
                     self._reopened.append(waiter)
                 else:
                     self._expected.setdefault(channel, deque()).append(waiter)
                     # On failure the listener reconnects, and the waiter gets False.
-                    await self._send(pubsub, self._subscribe_command(pubsub), channel)
+                    if not await self._send(pubsub, self._subscribe_command(pubsub), channel) \
+                            and not through_reconnect:
+                        return
             try:
                 async with asyncio.timeout_at(deadline):
-                    if await waiter:
+                    if await waiter or not through_reconnect:
                         return
             except TimeoutError:
                 log.warning("Redis did not confirm the subscription to %s within %ss", channel, self._timeout)
