@@ -241,7 +241,8 @@ class Chat(Handler[ChatOptions]):
         conn.state["chat"] = (room, name)
         since, epoch = resume_point(conn.query)
         options = self.options
-        found = await ctx.subscribe(conn, room, since, epoch, history=options.history, keep_for=options.keep_for)
+        found = await ctx.subscribe(conn, room, since, epoch, history=options.history, keep_for=options.keep_for,
+                                    max_bytes=options.history_bytes)
         recovered = found.recovered
         if recovered:  # all of the missed messages, or none: one encoding, then its size
             history = json.dumps({"type": "history", "messages": found.messages, "recovered": True},
