@@ -3,9 +3,9 @@
 A test is slow, and left out by ``--fast`` (``-m "not slow"``), when its whole module needs
 a system that takes seconds to start or run (Autobahn, Chromium, nginx, a Redis Cluster,
 a package build, the benchmark, chaos runs), or when it alone takes more than about two
-and a half seconds on a 2-core machine. Everything else, the live socket tests included,
-is the fast tier. CI runs both. ``tests/test_tiers.py`` checks that every name here
-still names a test.
+and a half seconds on a 2-core machine (one parametrized case may be named alone).
+Everything else, the live socket tests included, is the fast tier. CI runs both.
+``tests/test_tiers.py`` checks that every name here still names a test.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ SLOW_MODULES = frozenset({
     "test_nginx.py",
     "test_packaging.py",
     "test_redis_cluster.py",
+    "test_redis_restart.py",
 })
 
 SLOW_TESTS = frozenset({
@@ -58,6 +59,7 @@ SLOW_TESTS = frozenset({
     "test_recovery.py::test_resume_edge_cases_never_close",
     "test_recovery.py::test_resume_on_another_instance_and_after_a_redis_restart",
     "test_redis_outbox.py::test_a_restarted_redis_is_not_taken_for_an_outage",
+    "test_resume_bound.py::test_a_resume_reads_at_most_max_bytes_from_the_broker[redis-cluster]",
     "test_scaleout.py::test_chat_across_two_instances",
     "test_scaleout.py::test_each_instance_subscribes_only_to_rooms_with_local_members",
     "test_scaleout.py::test_ids_are_gap_free_and_ordered_under_concurrent_senders",
@@ -71,9 +73,10 @@ SLOW_TESTS = frozenset({
 
 
 def is_slow(item: pytest.Item) -> bool:
-    """Whether ``item`` belongs to the slow tier (by its module, or by its name without parameters)."""
-    name = getattr(item, "originalname", item.name)
-    return item.path.name in SLOW_MODULES or f"{item.path.name}::{name}" in SLOW_TESTS
+    """Whether ``item`` is in the slow tier: by its module, its name, or its name with parameters."""
+    module = item.path.name
+    names = {item.name, getattr(item, "originalname", item.name)}
+    return module in SLOW_MODULES or any(f"{module}::{name}" in SLOW_TESTS for name in names)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
