@@ -136,46 +136,26 @@ async def _serve(settings: Settings, registry: Registry, *, reuse_port: bool) ->
     server = settings.config.server
     ssl_context = server_ssl_context(server.tls, settings.folder) if server.tls else None
     app = build_app(settings, registry)
+    gateway = app[GATEWAY]
+    stop = asyncio.Event()
+    serving = asyncio.Event()
+    # Before anything listens: a supervisor (or test) that signals as soon as the port
+    # accepts must find the handlers in place, or SIGTERM's and SIGHUP's default action
+    # would end the process with no drain.
+    _install_signal_handlers(app, stop, serving)
     runner = make_runner(app)
     await runner.setup()
     site = web.TCPSite(runner, server.host, server.port, ssl_context=ssl_context, reuse_port=reuse_port or None,
                        backlog=4096)
     try:
-        await site.start()
+        if not stop.is_set():  # stopped while the broker connected: never listen
+            await site.start()
     except OSError as exc:
         print(listen_error_message(server.host, server.port, exc), file=sys.stderr, flush=True)
         await runner.cleanup()
         return 2
     _tune_gc()
-    gateway = app[GATEWAY]
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    reloads: set[asyncio.Task[None]] = set()
-
-    def request_stop(code: int) -> None:
-        if stop.is_set():
-            log.warning("second stop signal: exiting now")
-            os._exit(1)
-        gateway.shutdown_code = code
-        stop.set()
-
-    def request_reload() -> None:
-        async def reload() -> None:
-            try:
-                await reload_config(app)
-            except ConfigError as exc:
-                log.error("reload failed, still serving the previous config:\n%s", exc)
-
-        task = loop.create_task(reload())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGTERM, request_stop, CloseCode.GOING_AWAY)
-    loop.add_signal_handler(signal.SIGINT, request_stop, CloseCode.GOING_AWAY)
-    loop.add_signal_handler(signal.SIGUSR1, request_stop, CloseCode.SERVICE_RESTART)
-    loop.add_signal_handler(signal.SIGHUP, request_reload)
-    # Announced only now: a supervisor (or test) that signals on this line must find the
-    # handlers in place, or SIGHUP's default action would end the process.
+    serving.set()
     for address in runner.addresses:
         host, port = address[0], address[1]
         shown = f"[{host}]" if ":" in host else host
@@ -186,6 +166,40 @@ async def _serve(settings: Settings, registry: Registry, *, reuse_port: bool) ->
     await gateway.shutdown(gateway.shutdown_code, server.shutdown_timeout)
     await runner.cleanup()
     return 0
+
+
+def _install_signal_handlers(app: web.Application, stop: asyncio.Event, serving: asyncio.Event) -> None:
+    """SIGTERM/SIGINT/SIGUSR1 set ``stop`` (a second one exits at once); SIGHUP reloads.
+
+    A reload asked for during startup waits until ``serving`` is set.
+    """
+    gateway = app[GATEWAY]
+    loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[None]] = set()
+
+    def request_stop(code: int) -> None:
+        if stop.is_set():
+            log.warning("second stop signal: exiting now")
+            os._exit(1)
+        gateway.shutdown_code = code
+        stop.set()
+
+    async def reload() -> None:
+        await serving.wait()
+        try:
+            await reload_config(app)
+        except ConfigError as exc:
+            log.error("reload failed, still serving the previous config:\n%s", exc)
+
+    def request_reload() -> None:
+        task = loop.create_task(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, request_stop, CloseCode.GOING_AWAY)
+    loop.add_signal_handler(signal.SIGINT, request_stop, CloseCode.GOING_AWAY)
+    loop.add_signal_handler(signal.SIGUSR1, request_stop, CloseCode.SERVICE_RESTART)
+    loop.add_signal_handler(signal.SIGHUP, request_reload)
 
 
 def _tune_gc() -> None:
