@@ -338,12 +338,13 @@ async def test_a_client_that_never_finishes_the_tls_handshake_is_dropped_after_h
         _seconds_until_dropped(gateway.port, b"", within=10),
         _seconds_until_dropped(gateway.port, partial_hello, within=10),
     )
-    assert 0.9 < silent < 3, f"a client that sent nothing was held {silent:.1f}s"
-    assert 0.9 < partial < 3, f"a client that sent part of a ClientHello was held {partial:.1f}s"
+    # 60 s before handshake_timeout covered the TLS handshake
+    assert 0.9 < silent < 5, f"a client that sent nothing was held {silent:.1f}s"
+    assert 0.9 < partial < 5, f"a client that sent part of a ClientHello was held {partial:.1f}s"
     # past the TLS handshake, a request that never comes has the same bound
     reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port, ssl=_trusting(pki))
     try:
-        async with asyncio.timeout(3):
+        async with asyncio.timeout(5):
             assert await reader.read() == b""
     finally:
         writer.close()
