@@ -156,7 +156,8 @@ async def _serve(settings: Settings, registry: Registry, *, reuse_port: bool) ->
         await runner.cleanup()
         return 2
     _tune_gc()
-    serving.set()
+    if listener is not None:  # a reload asked for during a stop before listening is moot
+        serving.set()
     for sock in listener.sockets if listener else ():
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
