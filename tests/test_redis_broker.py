@@ -203,8 +203,8 @@ def test_redact_url() -> None:
     assert redact_url("redis://:pw@h:1/0") == "redis://:***@h:1/0"
     assert redact_url("redis://h:1/0") == "redis://h:1/0"
     assert redact_url("redis://pw@h:1/0") == "redis://***@h:1/0"
-    assert redact_url("unix:///tmp/r.sock?db=1&password=pw") == "unix:///tmp/r.sock?db=1&password=***"
-    assert redact_url("redis://h:1/0?Password=pw&db=2") == "redis://h:1/0?Password=***&db=2"
+    assert redact_url("unix:///tmp/r.sock?db=1&password=pw") == "unix:///tmp/r.sock?db=***&password=***"
+    assert redact_url("redis://h:1/0?Password=pw&db=2") == "redis://h:1/0?Password=***&db=***"
 
 
 async def test_close_leaves_no_task_or_connection_behind(redis_server: RedisServer, rds: Redis) -> None:

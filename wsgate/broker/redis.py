@@ -52,7 +52,6 @@ import itertools
 import logging
 import math
 import os
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -63,12 +62,13 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ..errors import BrokerError
+from ..observe.redact import redact_url
 from .base import DEFAULT_TTL, Broker, Delivery, Holdings, Replay, check_ttl, new_epoch
 from .redis_outbox import Outbox
 from .redis_pubsub import _ERRORS, RedisSubscriber, _text
 from .redis_scripts import CLAIM, KEEP, LIVE, NUMBERED, REPLAY
 
-__all__ = ["RedisBroker", "redact_url"]
+__all__ = ["RedisBroker"]
 
 log = logging.getLogger("wsgate.broker.redis")
 T = TypeVar("T")
@@ -79,20 +79,6 @@ FRESH_CONNECTION_RETRY = Retry(NoBackoff(), 1, supported_errors=(RedisConnection
 _NUMBERED_SHA = hashlib.sha1(NUMBERED.encode()).hexdigest()
 _REFRESH_BATCH = 256  # presence keys per pipelined round trip
 _REAP_GRACE = 3.0  # seconds after Redis is back during which reap() removes nothing
-
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#@]*)@")
-_SECRET_QUERY = re.compile(r"(?i)([?&]password=)[^&#]*")
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for logs and error messages."""
-    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(_hide_password, url, count=1))
-
-
-def _hide_password(match: re.Match[str]) -> str:
-    user, colon, _ = match.group(2).partition(":")
-    return f"{match.group(1)}{user}:***@" if colon else f"{match.group(1)}***@"
-
 
 def _keys(channel: str) -> list[str]:
     """The counter, history and epoch of a numbered channel."""

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, model_validator
 
+from ..observe.redact import redact_url
 from .base import Duration, StrictModel
 
 __all__ = [
@@ -54,7 +55,7 @@ def _check_http_url(url: str) -> str:
     except ValueError:
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{url!r} is not an http(s) URL, e.g. 'https://auth.example.com/check'")
+        raise ValueError(f"{redact_url(url)!r} is not an http(s) URL, e.g. 'https://auth.example.com/check'")
     return url
 
 

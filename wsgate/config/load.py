@@ -17,10 +17,10 @@ from ..auth.authenticator import AuthenticatorImpl, build_authenticator
 from ..broker.cluster_url import CLUSTER_SCHEMES
 from ..errors import ConfigError, ConfigProblem, HandlerLoadError
 from ..handler import Handler
+from ..observe.redact import redact_url
 from .envvars import expand_env
 from .models import Config, Endpoint, EndpointSpec, Policy, Settings, _LocatedValueError
 from .registry import Registry
-from .units import shown_url
 from .yamlsource import Located, load_yaml
 
 __all__ = ["load_config", "parse_config"]
@@ -108,7 +108,7 @@ def _broker_problem(data: dict[str, Any], src: Located) -> ConfigProblem | None:
         line, column = src.where(("broker",))
         origin = " (from WSGATE_BROKER)" if os.environ.get("WSGATE_BROKER") else ""
         return ConfigProblem(src.file, line, column, "",
-                             f"broker {shown_url(broker)}{origin}: the redis package is not installed: "
+                             f"broker {redact_url(broker)}{origin}: the redis package is not installed: "
                              "pip install 'wsgate[redis]'")
     return None
 

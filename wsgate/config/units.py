@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 import re
-from urllib.parse import urlsplit
 
-__all__ = ["parse_duration", "parse_size", "shown_url"]
+__all__ = ["parse_duration", "parse_size"]
 
 # ASCII digits only: \d would also take Arabic-Indic and other digits.
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$")
@@ -59,11 +58,3 @@ def parse_size(value: object) -> int:
     if size > MAX_SIZE:
         raise ValueError(f"a size must be at most 2**62 bytes, got {value!r}")
     return size
-
-
-def shown_url(url: str) -> str:
-    """``url`` with its password, if any, replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
