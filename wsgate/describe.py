@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from ..auth.identity import display_url
-from ..policy.hosts import HostPolicy
-from ..policy.origin import OriginPolicy
-from .auth import Authenticator
-from .models import Endpoint, Settings
-from .units import shown_url
+from .auth.identity import display_url
+from .config.auth import Authenticator
+from .config.models import Endpoint, Settings
+from .config.units import shown_url
+from .policy.hosts import HostPolicy
+from .policy.origin import OriginPolicy
 
 __all__ = ["describe_routes"]
 
