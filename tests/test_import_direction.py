@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,9 +17,10 @@ import pytest
 
 import wsgate
 from wsgate import ConfigError
-from wsgate.app import build_app
-from wsgate.config import Registry, parse_config
-from wsgate.prepare import check_prepared
+from wsgate.app import GATEWAY, build_app
+from wsgate.config import Registry, load_config, parse_config
+from wsgate.prepare import prepare
+from wsgate.testing import run_gateway
 
 PACKAGE_DIR = Path(wsgate.__file__).resolve().parent
 ROOT = PACKAGE_DIR.parent
@@ -134,7 +136,7 @@ def test_config_imports_neither_auth_nor_tls(module: str) -> None:
 def test_loading_a_config_reads_no_file_it_names_and_loads_no_authenticator(tmp_path: Path) -> None:
     code = f"""
 import json, sys
-from wsgate.config import Registry, parse_config
+from wsgate.config import Registry, load_config, parse_config
 settings = parse_config('''{CONFIG}''', {str(tmp_path / "config.yaml")!r}, Registry(plugins=False))
 print(json.dumps([settings.config.server.tls is not None, sorted(settings.config.auth),
                   sorted(m for m in sys.modules if m in {{"jwt", "cryptography", "aiohttp.client"}}
@@ -157,14 +159,33 @@ endpoints:
 
 async def test_the_app_builds_what_the_config_names_and_reports_it_located(tmp_path: Path) -> None:
     settings = parse_config(CONFIG, str(tmp_path / "config.yaml"), Registry(plugins=False))
+    expected = [(3, "auth.users.jwt"), (4, "auth.hook.python"), (1, "server.tls.cert"), (1, "server.tls.key")]
+    with pytest.raises(ConfigError) as prepared:
+        prepare(settings)  # what `check` and `serve` run before binding
+    assert [(p.line, p.key) for p in prepared.value.problems] == expected
+    assert "cannot read" in prepared.value.problems[0].message
     with pytest.raises(ConfigError) as built:
         build_app(settings)
-    assert [(p.line, p.key) for p in built.value.problems] == [(3, "auth.users.jwt"), (4, "auth.hook.python")]
-    assert "cannot read" in built.value.problems[0].message
-    with pytest.raises(ConfigError) as checked:
-        check_prepared(settings)  # what `check` and `serve` run before binding
-    assert [(p.line, p.key) for p in checked.value.problems] == [
-        (3, "auth.users.jwt"), (4, "auth.hook.python"), (1, "server.tls.cert"), (1, "server.tls.key")]
+    assert [(p.line, p.key) for p in built.value.problems] == expected
+
+
+@pytest.mark.parametrize(("broken", "key"), [
+    ("server: {tls: {cert: missing.pem, key: missing.key}}\n", "server.tls.cert"),
+    ("auth: {users: {jwt: {algorithms: [RS256], public_key: missing.pem}}}\n", "auth.users.jwt"),
+])
+async def test_a_reload_to_a_config_whose_files_do_not_load_keeps_the_old_one(
+        tmp_path: Path, broken: str, key: str) -> None:
+    config = tmp_path / "config.yaml"
+    good = "api: {token: t0ken}\nendpoints:\n  - {path: /ws, handler: echo}\n"
+    config.write_text(good)
+    registry = Registry(plugins=False)
+    async with run_gateway(load_config(config, registry), registry=registry) as gw:
+        config.write_text(broken + good.replace("/ws", "/new"))
+        async with gw.session.post(gw.url + "/api/reload", headers={"Authorization": "Bearer t0ken"}) as response:
+            assert response.status == 400
+            errors = (await response.json())["errors"]
+        assert any(re.search(rf"config\.yaml:1:\d+: {re.escape(key)}: ", error) for error in errors), errors
+        assert list(gw.app[GATEWAY].routes) == ["/ws"]
 
 
 HANDLERS = sorted((ROOT / "handlers").glob("*.py"))

@@ -30,7 +30,7 @@ from .config.schema import config_schema
 from .describe import describe_routes
 from .errors import BrokerError, ConfigError
 from .observe.logs import setup_logging
-from .prepare import check_prepared
+from .prepare import prepare
 from .reloader import run_with_reload
 from .scaffold import init_project
 from .tls import TlsError, server_ssl_context
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _override(load_config(args.config, registry), args)
         settings.check_deployment()
-        check_prepared(settings)  # key files, hooks and the TLS pair: before anything binds
+        prepare(settings)  # key files, hooks and the TLS pair, before anything binds
         server = settings.config.server
     except ConfigError as exc:
         print(exc, file=sys.stderr)

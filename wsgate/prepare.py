@@ -1,10 +1,10 @@
 """What a validated config names outside itself, made real before anything binds.
 
 ``wsgate.config`` is the schema: it reads the text and nothing else. The authenticators
-(their key files read, their hooks imported) and the TLS context (the certificate and
-key loaded) are built here, from ``Settings``, and held by the app that uses them. Each
-failure is a config problem located at the key that names the file or the module, so
-``check`` and ``serve`` report it as they report a typo.
+(their key files read, their hooks imported) are built here from ``Settings`` and held
+by the app's gateway; the TLS certificate and key are loaded here too, so that a broken
+pair fails ``check``, ``serve`` and a reload alike. Each failure is a config problem
+located at the key that names the file or the module, reported as a typo would be.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from .config.models import Settings
 from .errors import ConfigError, ConfigProblem
 from .tls import TlsError, server_ssl_context
 
-__all__ = ["build_authenticators", "check_prepared"]
+__all__ = ["prepare"]
 
 
 def _authenticators(settings: Settings, problems: list[ConfigProblem]) -> dict[str, AuthenticatorImpl]:
@@ -38,26 +38,16 @@ def _check_tls(settings: Settings, problems: list[ConfigProblem]) -> None:
         problems += [settings.source.problem(("server", "tls", key), message) for key, message in exc.problems]
 
 
-def build_authenticators(settings: Settings) -> dict[str, AuthenticatorImpl]:
-    """Every authenticator of ``auth:`` by name; ConfigError if a key file or hook is unusable.
+def prepare(settings: Settings) -> dict[str, AuthenticatorImpl]:
+    """Every authenticator of ``auth:``, by name, once the TLS pair is known to load.
 
-    Opens no connection: their HTTP sessions start on first use and end with ``close()``.
+    Raises ConfigError listing every problem. Opens no connection: an authenticator's
+    HTTP session starts on first use and ends with its ``close()``. The TLS context is
+    not kept: ``serve`` builds its own for the socket.
     """
     problems: list[ConfigProblem] = []
     built = _authenticators(settings, problems)
-    if problems:
-        raise ConfigError(problems)
-    return built
-
-
-def check_prepared(settings: Settings) -> None:
-    """Build the authenticators and the TLS context, and drop them: ConfigError listing every problem.
-
-    What ``check`` and ``serve`` run before binding; ``serve`` builds the TLS context
-    again for its socket, and the app its authenticators.
-    """
-    problems: list[ConfigProblem] = []
-    _authenticators(settings, problems)
     _check_tls(settings, problems)
     if problems:
         raise ConfigError(problems)
+    return built
