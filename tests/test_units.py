@@ -4,12 +4,16 @@ types a plugin's own options use, wsgate.Duration and wsgate.Size."""
 from __future__ import annotations
 
 import re
+import typing
+from collections.abc import Iterator
 
 import pytest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic.fields import FieldInfo
 
 from wsgate import ConfigError, Duration, Handler, Size
 from wsgate.config import Registry, parse_config
+from wsgate.config.models import Config
 from wsgate.config.units import DURATION_PATTERN, SIZE_PATTERN, parse_duration, parse_size
 
 
@@ -205,3 +209,50 @@ def test_the_schema_patterns_take_the_strings_the_parsers_take(text: str) -> Non
         except ValueError:
             parsed = False
         assert (re.search(pattern, text) is not None) == parsed, (pattern, text)
+
+
+# --- every duration and size in config.yaml takes the units --------------------------------
+
+# Names that say "a time" or "an amount of bytes"; counts (max_connections, keep) are neither.
+_TIME_OR_BYTES = re.compile(r"timeout|interval|ttl|_for$|cache|leeway|^per$|bytes|size|queue")
+
+
+def _models(model: type[BaseModel], where: str) -> Iterator[tuple[str, type[BaseModel]]]:
+    yield where, model
+    for name, field in model.model_fields.items():
+        for inner in _types_in(field.annotation):
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                yield from _models(inner, f"{where}.{name}")
+
+
+def _types_in(annotation: object) -> Iterator[object]:
+    yield annotation
+    for arg in typing.get_args(annotation):
+        yield from _types_in(arg)
+
+
+def _parser(field: FieldInfo) -> object:
+    """The before-validator of ``field``, also inside ``X | None`` (an endpoint's policy keys)."""
+    nested = [m for t in _types_in(field.annotation) if typing.get_origin(t) is typing.Annotated
+              for m in t.__metadata__]
+    return next((m.func for m in [*field.metadata, *nested] if isinstance(m, BeforeValidator)), None)
+
+
+def _every_model() -> Iterator[tuple[str, type[BaseModel]]]:
+    yield from _models(Config, "config")
+    registry = Registry(plugins=False)
+    for name in registry.names():
+        yield from _models(registry.resolve(name).Options, f"{name} options")
+
+
+def test_every_duration_and_size_in_config_yaml_takes_units() -> None:
+    checked = []
+    for where, model in _every_model():
+        for name, field in model.model_fields.items():
+            if _TIME_OR_BYTES.search(name):
+                expected = parse_size if re.search("bytes|size|queue", name) else parse_duration
+                assert _parser(field) is expected, f"{where}.{name}: declare it as wsgate.Duration or wsgate.Size"
+                checked.append(f"{where}.{name}")
+    assert {"config.server.handshake_timeout", "config.policy.send_queue", "config.policy.heartbeat.interval",
+            "chat options.keep_for", "chat options.history_bytes", "chat options.presence_ttl",
+            "config.policy.rate_limit.per"} <= set(checked), checked
