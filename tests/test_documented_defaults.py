@@ -165,3 +165,29 @@ def test_the_printed_default_is_accepted_and_is_the_default(row: Row, monkeypatc
         default = effective(row, parse_config(unset[placement], "config.yaml", REGISTRY), placement)
         assert effective(row, settings, placement) == default, (
             f"{row.where}: {row.key} printed as {row.default} under {placement} is not the default {default!r}")
+
+
+# docs/auth.md gives the authenticators' defaults in its prose, not in a table: each is
+# found by the phrase that prints it, then checked as the table rows are.
+AUTH_MD = ROOT / "docs" / "auth.md"
+AUTH_PROSE = {
+    "jwt.jwks_cache": (r"`jwks_cache` \((?P<value>[^)]+)\)",
+                       "jwt: {algorithms: [RS256], jwks_url: 'https://idp.example/jwks', jwks_cache: VALUE}"),
+    "jwt.user_claim": (r"`user_claim` claim\s+\(`(?P<value>[^`]+)`\)",
+                       "jwt: {algorithms: [HS256], secret: s3cret, user_claim: VALUE}"),
+    "http.timeout": (r"\(`timeout`, (?P<value>[^)]+)\)", "http: {url: 'https://auth.example/check', timeout: VALUE}"),
+}
+
+
+@pytest.mark.parametrize("key", list(AUTH_PROSE))
+def test_the_auth_defaults_printed_in_docs_auth_md_are_accepted_and_are_the_defaults(key: str) -> None:
+    pattern, spec = AUTH_PROSE[key]
+    found = re.search(pattern, AUTH_MD.read_text(encoding="utf-8"))
+    assert found, f"docs/auth.md no longer prints the default of {key} as {pattern!r}; update AUTH_PROSE"
+    kind, _, field = key.partition(".")
+
+    def value_of(authenticator: str) -> Any:
+        text = f"auth:\n  users: {{{authenticator}}}\nendpoints:\n" + BASE_ENDPOINT
+        return getattr(getattr(parse_config(text, "config.yaml", REGISTRY).config.auth["users"], kind), field)
+
+    assert value_of(spec.replace("VALUE", found["value"])) == value_of(spec.replace(f", {field}: VALUE", ""))
