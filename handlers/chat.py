@@ -32,8 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from wsgate import BrokerError, CloseCode, Connection, Context, Handler, Handshake, Message, Refuse
-from wsgate.config.base import Duration
+from wsgate import BrokerError, CloseCode, Connection, Context, Duration, Handler, Handshake, Message, Refuse, Size
 
 _ROOM = re.compile(r"[\w.-]{1,64}")
 _MAX_NAME = 32
@@ -47,12 +46,12 @@ class ChatOptions(BaseModel):
     history: int = Field(default=50, ge=0, le=10_000, description="messages sent on a fresh join")
     keep: int = Field(default=1000, ge=0, le=100_000, description="messages a room stores, for history and for "
                                                                   "clients that resume with since and epoch")
-    history_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024,
-                               description="the largest history message sent on join, in bytes; the oldest "
-                                           "messages are left out to fit, and a resume that would need more "
-                                           "is not recovered. Keep it below send_queue")
-    keep_for: float = Field(default=600.0, ge=0, description="seconds a room's history and ids outlive its last "
-                                                              "message; 0 keeps them forever")
+    history_bytes: Size = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024,
+                                description="the largest history message sent on join; the oldest messages are "
+                                            "left out to fit, and a resume that would need more is not "
+                                            "recovered. Keep it below send_queue")
+    keep_for: Duration = Field(default=600.0, ge=0, description="how long a room's history and ids outlive its "
+                                                                 "last message; 0 keeps them forever")
     presence_ttl: Duration = Field(default=30.0, gt=0, description="how soon the names held by an instance that "
                                                                     "died without cleanup (kill -9, a lost host) "
                                                                     "leave their rooms, with a leave event")

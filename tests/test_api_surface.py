@@ -29,6 +29,7 @@ PUBLIC = {
     "Handler",
     "Connection",
     "Context",
+    "Duration",
     "Message",
     "NoOptions",
     "WsgateError",
@@ -41,6 +42,7 @@ PUBLIC = {
     "Identity",
     "Recovery",
     "Refuse",
+    "Size",
 }
 ERRORS = {"WsgateError", "ConfigError", "HandlerLoadError", "BrokerError", "ConnectionClosed", "Refuse"}
 SCRIPTS = {"wsgate.__main__"}  # runs the CLI when imported; not a library module

@@ -21,6 +21,7 @@ from .errors import BrokerError, ConfigError
 from .gateway.hub import Hub
 from .gateway.router import Gateway, host_refusal
 from .observe.stats import GatewayStats
+from .prepare import prepare
 
 __all__ = ["BROKER", "GATEWAY", "STATS", "build_app", "make_runner", "reload_config"]
 
@@ -164,11 +165,12 @@ async def reload_config(app: web.Application) -> None:
     """Re-read the config file; on error keep the current one and raise ConfigError."""
     gateway = app[GATEWAY]
     settings = load_config(gateway.settings.file, app[REGISTRY])
+    authenticators = prepare(settings)  # a broken TLS pair fails the reload too
     server = gateway.settings.config.server
     if settings.config.server != server or settings.config.broker != gateway.settings.config.broker:
         log.warning("reload: server and broker settings change only on restart; kept the current ones")
     config = settings.config.model_copy(update={"server": server, "broker": gateway.settings.config.broker})
-    await gateway.reload(settings.model_copy(update={"config": config}))
+    await gateway.reload(settings.model_copy(update={"config": config}), authenticators)
     log.info("reloaded %s: endpoints %s", settings.file, ", ".join(gateway.routes))
 
 
@@ -206,14 +208,19 @@ def make_runner(app: web.Application) -> web.AppRunner:
 
 
 def build_app(settings: Settings, registry: Registry | None = None) -> web.Application:
-    """The application for validated ``settings``; connects the broker on startup."""
+    """The application for validated ``settings``; connects the broker on startup.
+
+    Builds the authenticators (ConfigError if a file or hook the config names is
+    unusable); the gateway holds them, and closes them when it stops.
+    """
+    authenticators = prepare(settings)
     app = web.Application()
     stats = GatewayStats()
     broker = create_broker(settings.config.broker)
     app[STATS] = stats
     app[BROKER] = broker
     app[REGISTRY] = registry or Registry()
-    app[GATEWAY] = Gateway(settings, Hub(broker, stats), stats)
+    app[GATEWAY] = Gateway(settings, Hub(broker, stats), stats, authenticators)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await broker.start()

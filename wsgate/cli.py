@@ -27,11 +27,12 @@ from . import __version__
 from .app import GATEWAY, build_app, make_runner, reload_config
 from .closecode import CloseCode
 from .config import Registry, Settings, load_config
-from .config.describe import describe_routes
 from .config.models import ServerConfig
 from .config.schema import config_schema
+from .describe import describe_routes
 from .errors import BrokerError, ConfigError
 from .observe.logs import setup_logging
+from .prepare import prepare
 from .reloader import run_with_reload
 from .scaffold import init_project
 from .tls import TlsError, server_ssl_context
@@ -87,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _override(load_config(args.config, registry), args)
         settings.check_deployment()
+        prepare(settings)  # key files, hooks and the TLS pair, before anything binds
         server = settings.config.server
     except ConfigError as exc:
         print(exc, file=sys.stderr)

@@ -13,7 +13,6 @@ from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, ValidationError
 
-from ..auth.authenticator import AuthenticatorImpl, build_authenticator
 from ..broker.cluster_url import CLUSTER_SCHEMES
 from ..errors import ConfigError, ConfigProblem, HandlerLoadError
 from ..handler import Handler
@@ -161,21 +160,12 @@ def _auth_problems(config: Config, spec: EndpointSpec, index: int, policy: Polic
     return problems
 
 
-def _authenticators(config: Config, folder: Path, src: Located,
-                    problems: list[ConfigProblem]) -> dict[str, AuthenticatorImpl]:
-    """Build every authenticator: key files are read and hooks imported before binding."""
-    built = {}
-    for name, spec in config.auth.items():
-        kind = "jwt" if spec.jwt else "http" if spec.http else "python"
-        try:
-            built[name] = build_authenticator(name, spec, folder)
-        except ValueError as exc:
-            problems.append(src.problem(("auth", name, kind), str(exc)))
-    return built
-
-
 def parse_config(text: str, file: str, registry: Registry) -> Settings:
-    """Validate config text completely; raise ConfigError listing every problem."""
+    """Validate config text: its schema, its handlers and their options; raise ConfigError listing every problem.
+
+    Only the text: the files and modules it names (key files, hooks, the TLS pair) are
+    read when the app is built from it (``wsgate.prepare``).
+    """
     src = load_yaml(text, file)
     if not isinstance(src.data, dict):
         raise ConfigError([src.problem((), "the file must be a mapping with at least an 'endpoints:' list")])
@@ -218,11 +208,9 @@ def parse_config(text: str, file: str, registry: Registry) -> Settings:
         problems += _auth_problems(config, spec, index, policy, src)
         endpoints.append(Endpoint(path=spec.path, handler_ref=spec.handler, handler_cls=cls,
                                   options=options, policy=policy))
-    authenticators = _authenticators(config, Path(file).resolve().parent, src, problems)
     if problems:
         raise ConfigError(problems)
-    settings = Settings(file=file, config=config, endpoints=tuple(endpoints), source=src,
-                        authenticators=authenticators)
+    settings = Settings(file=file, config=config, endpoints=tuple(endpoints), source=src)
     settings.check_deployment()
     return settings
 

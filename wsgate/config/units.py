@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["parse_duration", "parse_size"]
+__all__ = ["DURATION_PATTERN", "SIZE_PATTERN", "parse_duration", "parse_size"]
 
 # ASCII digits only: \d would also take Arabic-Indic and other digits.
-_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$")
+DURATION_PATTERN = r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$"
+_DURATION = re.compile(DURATION_PATTERN)
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
+SIZE_PATTERN = r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$"
+_SIZE = re.compile(SIZE_PATTERN)
 MAX_DURATION = 365 * 24 * 3600.0  # a year: longer is a typo, and timers need finite numbers
 MAX_SIZE = 1 << 62
 _SIZE_UNITS = {

@@ -83,8 +83,10 @@ def host_refusal(request: web.Request, server: ServerConfig) -> web.Response | N
 class Gateway:
     """Routes WebSocket handshakes to live endpoints and applies central policy."""
 
-    def __init__(self, settings: Settings, hub: Hub, stats: GatewayStats) -> None:
+    def __init__(self, settings: Settings, hub: Hub, stats: GatewayStats,
+                 authenticators: Mapping[str, AuthenticatorImpl]) -> None:
         self.settings = settings
+        self.authenticators = authenticators  # built from settings.config.auth (wsgate.prepare)
         self.hub = hub
         self.stats = stats
         self.routes: dict[str, LiveEndpoint] = {}
@@ -112,8 +114,10 @@ class Gateway:
         await live.handler.startup()
         return live
 
-    async def reload(self, settings: Settings) -> None:
-        """Apply a new config to new connections; open connections keep their endpoint."""
+    async def reload(self, settings: Settings, authenticators: Mapping[str, AuthenticatorImpl]) -> None:
+        """Apply a new config, and the authenticators built from it, to new connections.
+
+        Open connections keep their endpoint."""
         new: dict[str, LiveEndpoint] = {}
         for endpoint in settings.endpoints:
             current = self.routes.get(endpoint.path)
@@ -126,9 +130,10 @@ class Gateway:
             if new.get(path) is not live:
                 self._retire(live)
         self.routes = new
-        retired = list(self.settings.authenticators.values())
+        retired = list(self.authenticators.values())
         self._retired_authenticators.update(retired)
         self.settings = settings
+        self.authenticators = authenticators
         self.admission.max_total = settings.config.server.max_connections
         for session in list(self.sessions):
             now = new.get(session.live.path)
@@ -222,7 +227,7 @@ class Gateway:
         try:
             for _ in range(3):
                 identity = await identify(request.headers, lambda: request.query, live, policy, remote, offered_token,
-                                          self.settings.authenticators)
+                                          self.authenticators)
                 if live.endpoint.policy is policy:
                     return policy, identity
                 # A reload changed the endpoint while we waited for the verdict: ask again
@@ -297,7 +302,7 @@ class Gateway:
             headers[hdrs.AUTHORIZATION] = f"Bearer {token}"
         try:
             await identify(CIMultiDictProxy(headers), lambda: url.query, live, live.endpoint.policy,
-                           request.remote or "?", None, self.settings.authenticators)
+                           request.remote or "?", None, self.authenticators)
         except AuthFailure as failure:
             return failure.status, refusal_text(failure)
         except Exception:
@@ -343,7 +348,7 @@ class Gateway:
         stops[loop.create_task(self.hub.broker.close())] = "the broker's close"
         for task in self._closers:
             task.cancel()  # their authenticators are closed right here
-        for name, authenticator in self.settings.authenticators.items():
+        for name, authenticator in self.authenticators.items():
             stops[loop.create_task(authenticator.close())] = f"authenticator {name}'s close"
         for authenticator in self._retired_authenticators:
             stops[loop.create_task(authenticator.close())] = f"replaced authenticator {authenticator.name}'s close"

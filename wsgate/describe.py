@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ..observe.redact import redact_url
-from ..policy.hosts import HostPolicy
-from ..policy.origin import OriginPolicy
-from .auth import Authenticator
-from .models import Endpoint, Settings
+from .config.auth import Authenticator
+from .config.models import Endpoint, Settings
+from .observe.redact import redact_url
+from .policy.hosts import HostPolicy
+from .policy.origin import OriginPolicy
 
 __all__ = ["describe_routes"]
 
