@@ -173,6 +173,9 @@ class Services:
             expires_at = time.time() + (2.0 if token.startswith("expiring-") else 600.0)
             return web.json_response({"user": user, "claims": {"role": "user", "via": "http", "team": "blue"},
                                       "expires_at": expires_at})
+        if token.startswith("huge-"):  # an expires_at no float holds: 10**400, 1e400 (read as infinity)
+            expires_at = {"huge-int": "1" + "0" * 400, "huge-float": "1e400"}[token]
+            return web.Response(text=f'{{"user": "bob", "expires_at": {expires_at}}}', content_type="application/json")
         if token == "deny-403":
             return web.Response(status=403)
         if token == "boom":
@@ -213,6 +216,8 @@ async def check(handshake):
         return Identity(token[5:], {"role": "user", "via": "hook"})
     if token.startswith("expiring-"):
         return Identity(token[9:], {"via": "hook"}, expires_at=time.time() + 2.0)
+    if token == "huge-expiry":
+        return Identity("bob", {}, expires_at=10**400)
     if token == "refuse-please":
         raise Refuse(403, "the hook says no")
     raise RuntimeError("the hook crashed on " + token)
@@ -436,6 +441,10 @@ ROWS: dict[str, Row] = {
     "hs-expired": _bad("/hs", lambda: mint(exp=int(time.time()) - 60)),
     "hs-nbf-future": _bad("/hs", lambda: mint(nbf=int(time.time()) + 600)),
     "hs-no-sub": _bad("/hs", lambda: mint(sub=None)),
+    # time claims no float holds: refused as invalid tokens, not a 500 blamed on the handler
+    "hs-exp-huge": _bad("/hs", lambda: mint(exp=10**400)),
+    "hs-nbf-huge": _bad("/hs", lambda: mint(nbf=-(10**400))),
+    "hs-iat-huge": _bad("/hs", lambda: mint(iat=10**400)),
     "hs-authorize-refuses": Row("/hs", lambda: mint(sub="mallory"), 403, authorize_calls=1),
     # RS256 with a public_key PEM next to the config
     "rs-ok": _ok("/rs", lambda: mint(RSA_KEY, "RS256")),
@@ -473,6 +482,8 @@ ROWS: dict[str, Row] = {
     "http-401": _bad("/http", lambda: "who-knows"),
     "http-no-token": Row("/http", lambda: None, 401, www="any"),
     "http-403": Row("/http", lambda: "deny-403", 403),
+    "http-expires-huge-int": _bad("/http", lambda: "huge-int"),
+    "http-expires-huge-float": _bad("/http", lambda: "huge-float"),
     "http-500": Row("/http", lambda: "boom", 503),
     "http-timeout": Row("/http", lambda: "slow", 503),
     "http-unreachable": Row("/down", lambda: "ok-carol", 503),
@@ -482,6 +493,7 @@ ROWS: dict[str, Row] = {
     "hook-no-token": Row("/hook", lambda: None, 401, www="any"),
     "hook-refuse": Row("/hook", lambda: "refuse-please", 403),
     "hook-crash": Row("/hook", lambda: "crash-token-123", 503),
+    "hook-expires-huge": _bad("/hook", lambda: "huge-expiry"),
 }
 
 

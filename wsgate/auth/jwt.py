@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -35,6 +34,7 @@ from jwt.types import Options
 
 from ..config.auth import HMAC_ALGORITHMS, JwtConfig
 from .identity import AuthFailure, Identity, display_url, redact
+from .times import is_number, unix_time
 
 __all__ = ["JwtVerifier"]
 
@@ -46,8 +46,15 @@ VERIFIED_CACHE = 4096  # tokens; a few MiB at most
 _KeyId = str | None
 
 
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+def _claim_time(claims: Mapping[str, Any], name: str) -> float:
+    """The time claim ``name`` in unix seconds; AuthFailure when it is not a number a float holds."""
+    value = claims[name]
+    seconds = unix_time(value)
+    if seconds is not None:
+        return seconds
+    if is_number(value):
+        raise AuthFailure(401, "invalid", f"claim {name!r} is too large for a time")
+    raise AuthFailure(401, "invalid", f"claim {name!r} is not a number")
 
 
 def _show(value: object, token: str) -> str:
@@ -197,16 +204,14 @@ class JwtVerifier:
 
     def _check_times(self, claims: Mapping[str, Any], now: float) -> None:
         leeway = self._config.leeway
-        for name in ("exp", "nbf", "iat"):
-            if name in claims and not _number(claims[name]):
-                raise AuthFailure(401, "invalid", f"claim {name!r} is not a number")
+        times = {name: _claim_time(claims, name) for name in ("exp", "nbf", "iat") if name in claims}
         # Same comparisons as PyJWT: exp is exclusive, nbf and iat inclusive.
-        if "exp" in claims and claims["exp"] <= now - leeway:
-            raise AuthFailure(401, "expired", f"token expired {now - claims['exp']:.0f}s ago")
-        if "nbf" in claims and claims["nbf"] > now + leeway:
-            raise AuthFailure(401, "invalid", f"token not valid for another {claims['nbf'] - now:.0f}s (nbf)")
-        if "iat" in claims and claims["iat"] > now + leeway:
-            raise AuthFailure(401, "invalid", f"token issued {claims['iat'] - now:.0f}s in the future (iat)")
+        if (exp := times.get("exp")) is not None and exp <= now - leeway:
+            raise AuthFailure(401, "expired", f"token expired {now - exp:.0f}s ago")
+        if (nbf := times.get("nbf")) is not None and nbf > now + leeway:
+            raise AuthFailure(401, "invalid", f"token not valid for another {nbf - now:.0f}s (nbf)")
+        if (iat := times.get("iat")) is not None and iat > now + leeway:
+            raise AuthFailure(401, "invalid", f"token issued {iat - now:.0f}s in the future (iat)")
 
     def _user(self, claims: Mapping[str, Any]) -> str:
         name = self._config.user_claim
@@ -218,8 +223,8 @@ class JwtVerifier:
         return str(value)
 
     def _expires_at(self, claims: Mapping[str, Any]) -> float | None:
-        exp = claims.get("exp")
-        return None if exp is None else float(exp) + self._config.leeway
+        exp = _claim_time(claims, "exp") if "exp" in claims else None
+        return None if exp is None else exp + self._config.leeway
 
     # --- JWKS -------------------------------------------------------------------------
 

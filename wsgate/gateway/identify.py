@@ -19,6 +19,7 @@ from multidict import CIMultiDict
 from ..auth.allow import allowed
 from ..auth.authenticator import AuthenticatorImpl
 from ..auth.identity import AuthFailure, Handshake, Identity, redact
+from ..auth.times import unix_time
 from ..auth.tokens import AUTH_PROTOCOL, extract_token, split_offer
 from ..config.models import Policy
 from ..errors import Refuse
@@ -75,7 +76,7 @@ async def identify(headers: Mapping[str, str], query: Callable[[], Mapping[str, 
                           token=extract_token(headers, parsed, offered_token, cookie))
     identity = None
     if authenticator is not None:
-        identity = await authenticator.authenticate(handshake)
+        identity = _with_expiry(await authenticator.authenticate(handshake), authenticator.name)
         if identity.expires_at is not None and identity.expires_at <= time.time():
             raise AuthFailure(401, "expired", f"user {identity.user!r}: the identity has already expired")
         if policy.allow is not None and not allowed(identity.claims, policy.allow):
@@ -90,6 +91,21 @@ async def identify(headers: Mapping[str, str], query: Callable[[], Mapping[str, 
             raise AuthFailure(refused.status, "invalid" if refused.status == 401 else "forbidden",
                               f"refused by the handler: {reason}", body=reason) from None
     return identity
+
+
+def _with_expiry(identity: Identity, authenticator: str) -> Identity:
+    """``identity`` with ``expires_at`` as a float; AuthFailure if no float holds it.
+
+    A hook may return any number (``10**400``); the expiry timer's arithmetic would
+    fail on it later, in the connection's code rather than in the authenticator's.
+    """
+    if identity.expires_at is None:
+        return identity
+    seconds = unix_time(identity.expires_at)
+    if seconds is None:
+        raise AuthFailure(401, "invalid", f"authenticator {authenticator!r} gave user {identity.user!r} an "
+                                          "expires_at that is not a representable time")
+    return dataclasses.replace(identity, expires_at=seconds)
 
 
 def refusal_text(failure: AuthFailure) -> str:
