@@ -43,6 +43,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from wsgate import Connection, Handler, Handshake, Message, Refuse
+from wsgate.auth.jwt import FIRST_RETRY
 from wsgate.config import Registry, load_config
 from wsgate.testing import GatewayServer, run_gateway
 
@@ -618,7 +619,21 @@ async def test_jwks_issuer_down_is_503_then_recovers(world: World) -> None:
     assert outcome.headers.get("Retry-After") == "1"
     assert world.handler("/jwks").connected == []
     world.services.jwks_status = 200
+    await asyncio.sleep(FIRST_RETRY)  # no fetch before the backoff after a failure
     assert (await attempt_via(world, "/jwks", "header", mint(RSA_KEY, "RS256", kid="k1"))).status == 101
+
+
+async def test_an_issuer_outage_is_not_amplified_by_junk_tokens(world: World) -> None:
+    """With the JWKS URL answering 500, fifty handshakes with junk tokens (unknown kids,
+    no valid signature) make one fetch, not fifty: one per backoff interval."""
+    world.services.jwks_status = 500
+    started = time.monotonic()
+    for n in range(50):
+        outcome = await attempt_via(world, "/jwks", "header", mint(RSA_OTHER, "RS256", kid=f"junk{n}"))
+        assert outcome.status == 503, outcome
+    if time.monotonic() - started < FIRST_RETRY:  # else a second fetch was allowed, and right
+        assert world.services.jwks_fetches == 1
+    assert world.services.jwks_fetches <= 1 + (time.monotonic() - started) / FIRST_RETRY
 
 
 async def test_global_auth_and_auth_null_override(tmp_path: Path) -> None:
@@ -820,6 +835,7 @@ async def test_refusal_metrics(tmp_path: Path) -> None:
             # the issuer is down: backend_error
             assert (await attempt(url, headers={"Authorization": f"Bearer {admin}"})).status == 503
             services.jwks_status = 200
+            await asyncio.sleep(FIRST_RETRY)  # no fetch before the backoff after a failure
             expectations = [
                 (admin, 101),
                 (None, 401),  # missing
