@@ -998,6 +998,15 @@ CONFIG_ERRORS: dict[str, tuple[str, str, str, str]] = {
         _auth_yaml(f"{{algorithms: [HS256], secret: {SECRET}}}").replace("auth: users", "allow: {role: admin}"),
         "allow: {role: admin}", "endpoints[0].allow", "needs auth",
     ),
+    # a token from a cookie and any origin: every web site could connect as its visitors
+    "cookie-any-origin": (
+        _auth_yaml(f"{{algorithms: [HS256], secret: {SECRET}}}\n    cookie: sess") + '    origins: "*"\n',
+        "origins:", "endpoints[0].origins", "cross-site WebSocket hijacking",
+    ),
+    "cookie-any-origin-by-policy": (
+        _auth_yaml(f"{{algorithms: [HS256], secret: {SECRET}}}\n    cookie: sess") + 'policy:\n  origins: "*"\n',
+        "origins:", "policy.origins", "takes the token from the cookie 'sess' (auth.users.cookie)",
+    ),
 }
 
 

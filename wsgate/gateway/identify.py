@@ -70,7 +70,9 @@ async def identify(headers: Mapping[str, str], query: Callable[[], Mapping[str, 
     asks = type(live.handler).authorize is not Handler.authorize
     if authenticator is None and not asks:
         return None
-    cookie = authenticator.cookie if authenticator is not None else None
+    # A cookie is sent by the browser whichever site opens the socket: it counts only
+    # where the endpoint names the origins it trusts (config refuses the rest too).
+    cookie = authenticator.cookie if authenticator is not None and policy.origins != "*" else None
     parsed = query()
     handshake = Handshake(path=live.path, query=parsed, headers=headers, remote=remote,
                           token=extract_token(headers, parsed, offered_token, cookie))
