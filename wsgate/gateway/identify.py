@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from aiohttp import hdrs, web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..auth.allow import allowed
 from ..auth.authenticator import AuthenticatorImpl
@@ -70,9 +70,12 @@ async def identify(headers: Mapping[str, str], query: Callable[[], Mapping[str, 
     asks = type(live.handler).authorize is not Handler.authorize
     if authenticator is None and not asks:
         return None
-    # A cookie is sent by the browser whichever site opens the socket: it counts only
-    # where the endpoint names the origins it trusts (config refuses the rest too).
-    cookie = authenticator.cookie if authenticator is not None and policy.origins != "*" else None
+    if policy.origins == "*":
+        # A browser sends cookies whichever site opens the socket: on an endpoint that
+        # trusts every origin, no cookie may vouch for anyone, whoever reads it (the
+        # token lookup, an http backend, a hook, authorize). Config refuses `cookie:` here.
+        headers = _without_cookies(headers)
+    cookie = authenticator.cookie if authenticator is not None else None
     parsed = query()
     handshake = Handshake(path=live.path, query=parsed, headers=headers, remote=remote,
                           token=extract_token(headers, parsed, offered_token, cookie))
@@ -93,6 +96,12 @@ async def identify(headers: Mapping[str, str], query: Callable[[], Mapping[str, 
             raise AuthFailure(refused.status, "invalid" if refused.status == 401 else "forbidden",
                               f"refused by the handler: {reason}", body=reason) from None
     return identity
+
+
+def _without_cookies(headers: Mapping[str, str]) -> Mapping[str, str]:
+    if not any(key.lower() == "cookie" for key in headers):
+        return headers
+    return CIMultiDictProxy(CIMultiDict((key, value) for key, value in headers.items() if key.lower() != "cookie"))
 
 
 def _with_expiry(identity: Identity, authenticator: str) -> Identity:
