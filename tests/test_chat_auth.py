@@ -136,7 +136,7 @@ async def test_a_hostile_rooms_pattern_does_not_stall_the_gateway() -> None:
             await connect(f"{gw.ws_url}/chat?room={room}", additional_headers={"Authorization": "Bearer " + hostile},
                           open_timeout=TIMEOUT)
         assert refused.value.response.status_code == 403
-        assert asyncio.get_running_loop().time() - started < 0.5
+        assert asyncio.get_running_loop().time() - started < 1.0
         ws, welcome = await join(gw, token("u2", rooms=["*a" * 6 + "*"]), f"room={room}")
         assert welcome["room"] == room
         await ws.close()

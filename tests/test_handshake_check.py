@@ -120,17 +120,25 @@ async def test_guesses_are_limited_per_client_counted_and_logged(caplog: pytest.
     caplog.set_level(logging.INFO)
     async with serve_backend() as backend, gateway(backend, {"handshake_check": True}) as gw:
         answers = []
+        started = time.monotonic()
         for n in range(3 * PROBE_BURST):
             answers.append(await ask(gw, "/team", f"guess-{n:04d}", {"X-Forwarded-For": f"198.51.100.{n}"}))
-        assert [status for status, _ in answers] == [200] * PROBE_BURST + [429] * (2 * PROBE_BURST)
-        assert {(body["status"], body["text"]) for _, body in answers[:PROBE_BURST]} == {(401, "invalid token")}
+        elapsed = time.monotonic() - started
+        if elapsed < PROBE_EVERY:  # nothing refilled meanwhile (unless the machine crawls)
+            assert await ask(gw, "/team", RIGHT_KEY) == (429, answers[-1][1])  # the right key waits too
+        budget = PROBE_BURST + int(elapsed / PROBE_EVERY)
+        statuses = [status for status, _ in answers]
+        answered = statuses.count(200)
+        assert statuses[:PROBE_BURST] == [200] * PROBE_BURST
+        assert answered <= budget, statuses
+        assert statuses.count(429) == len(statuses) - answered
+        assert {(body["status"], body["text"]) for status, body in answers if status == 200} == {(401, "invalid token")}
         assert "too many handshake checks" in answers[-1][1]["error"]
-        assert len(backend.asked) == PROBE_BURST
+        assert len(backend.asked) == answered
         assert {asked["remote"] for asked in backend.asked} == {"127.0.0.1"}
-        assert await refusals(gw, "/team", "invalid") == PROBE_BURST
-        assert await ask(gw, "/team", RIGHT_KEY) == (429, answers[-1][1])  # the right key waits too
+        assert await refusals(gw, "/team", "invalid") == answered
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("auth refused")]
-    assert len(lines) == PROBE_BURST, lines
+    assert len(lines) == answered, lines
     assert all("on /team from 127.0.0.1" in line for line in lines)
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "guess-0" not in text
@@ -139,9 +147,10 @@ async def test_guesses_are_limited_per_client_counted_and_logged(caplog: pytest.
 async def test_a_trusted_proxy_gives_each_client_its_own_budget_and_address() -> None:
     async with serve_backend() as backend, gateway(backend, {"handshake_check": True},
                                                     server={"trusted_proxies": ["127.0.0.1/32"]}) as gw:
-        for _ in range(PROBE_BURST):
-            assert (await ask(gw, "/team", "guess", {"X-Forwarded-For": "203.0.113.7"}))[0] == 200
-        assert (await ask(gw, "/team", "guess", {"X-Forwarded-For": "203.0.113.7"}))[0] == 429
+        statuses = [(await ask(gw, "/team", "guess", {"X-Forwarded-For": "203.0.113.7"}))[0]
+                    for _ in range(2 * PROBE_BURST)]
+        assert statuses[:PROBE_BURST] == [200] * PROBE_BURST
+        assert statuses[-1] == 429
         status, body = await ask(gw, "/team", RIGHT_KEY, {"X-Forwarded-For": "203.0.113.8"})
         assert (status, body["status"]) == (200, 101)
         assert {asked["remote"] for asked in backend.asked} == {"203.0.113.7", "203.0.113.8"}
