@@ -5,11 +5,7 @@ and a backtracking match would stall the event loop)."""
 from __future__ import annotations
 
 import fnmatch
-import json
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
+import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,7 +16,7 @@ from handlers.chat import room_allowed
 LITERALS = "ab."
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(pattern=st.text(alphabet=LITERALS + "*", max_size=10), room=st.text(alphabet=LITERALS, max_size=12))
 def test_star_patterns_match_as_fnmatch_does(pattern: str, room: str) -> None:
     assert room_allowed([pattern], room) is fnmatch.fnmatchcase(room, pattern)
@@ -36,25 +32,23 @@ def test_a_room_built_from_the_pattern_matches_it(pieces: list[str], runs: list[
     assert room_allowed([pattern], room)
 
 
-def test_hostile_patterns_against_a_long_name_finish_at_once() -> None:
-    """Patterns of many stars against a 10,000-character name, near misses included.
-    A regex takes hours on these, so they run in a child process that a timeout
-    bounds; inside it each match must take well under a second."""
-    script = textwrap.dedent("""
-        import json, time
-        from handlers.chat import room_allowed
-        name = "a" * 10_000
-        patterns = ["*a" * 40 + "*b", "*a" * 40 + "*b*", "*a" * 40 + "*", "*" + "a*" * 5000 + "b*a",
-                    "a*" * 9_999 + "a", "a*" * 10_000 + "a"]
-        results, longest = [], 0.0
-        for pattern in patterns:
-            started = time.perf_counter()
-            results.append(room_allowed([pattern], name))
-            longest = max(longest, time.perf_counter() - started)
-        print(json.dumps({"results": results, "longest": longest}))
-    """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=20, check=True,
-                          cwd=Path(__file__).resolve().parent.parent)
-    answer = json.loads(done.stdout)
-    assert answer["results"] == [False, False, True, False, True, False]
-    assert answer["longest"] < 0.5, answer
+HOSTILE = [
+    # (pattern, room, admitted): the issue's case first, then 10,000 characters
+    ("*a" * 6 + "*b", "a" * 64, False),
+    ("*a" * 40 + "*b", "a" * 10_000, False),
+    ("*a" * 40 + "*b*", "a" * 10_000, False),
+    ("*a" * 40 + "*", "a" * 10_000, True),
+    ("*" + "a*" * 5_000 + "b*a", "a" * 10_000, False),
+    ("a*" * 9_999 + "a", "a" * 10_000, True),
+    ("a*" * 10_000 + "a", "a" * 10_000, False),
+]
+
+
+def test_hostile_patterns_against_long_names_finish_at_once() -> None:
+    """Patterns of many stars, near misses included, each well under a second. The
+    cases grow: a backtracking matcher spends seconds on the first (64 characters) and
+    fails there, before the ones it would spend hours on."""
+    for pattern, room, admitted in HOSTILE:
+        started = time.perf_counter()
+        assert room_allowed([pattern], room) is admitted, pattern[:20]
+        assert time.perf_counter() - started < 0.5, (pattern[:20], len(room))
