@@ -121,11 +121,28 @@ def clean_room(requested: str) -> str | None:
     return room if _ROOM.fullmatch(room) else None
 
 
-@functools.lru_cache(maxsize=1024)
-def _room_pattern(pattern: str) -> re.Pattern[str]:
-    # fnmatch would also treat '?' and '[...]' as wildcards; room names may contain
-    # them, so only '*' is special here.
-    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
+def _glob_match(pattern: str, name: str) -> bool:
+    """Whether ``name`` is ``pattern`` with each ``*`` replaced by some run of characters.
+
+    Only ``*`` is special (fnmatch would also take ``?`` and ``[...]``, which room names
+    may contain). The pieces between stars are found left to right, each at its first
+    place after the previous one: the earliest match always leaves the most room for
+    the rest, so nothing is ever retried and the time is linear in ``name``, whatever
+    the pattern. A regex (``.*`` per star) backtracks: the client picks the room name.
+    """
+    if "*" not in pattern:
+        return name == pattern
+    head, *middle, tail = pattern.split("*")
+    end = len(name) - len(tail)
+    if end < len(head) or not name.startswith(head) or not name.endswith(tail):
+        return False
+    at = len(head)
+    for piece in middle:
+        found = name.find(piece, at, end)
+        if found < 0:
+            return False
+        at = found + len(piece)
+    return True
 
 
 def room_allowed(rooms_claim: object, room: str) -> bool:
@@ -138,7 +155,7 @@ def room_allowed(rooms_claim: object, room: str) -> bool:
         rooms_claim = [rooms_claim]
     if not isinstance(rooms_claim, list):
         return False
-    return any(isinstance(p, str) and _room_pattern(p).fullmatch(room) is not None for p in rooms_claim)
+    return any(isinstance(p, str) and _glob_match(p, room) for p in rooms_claim)
 
 
 def history_message(events: list[dict[str, Any]], max_bytes: int) -> str:

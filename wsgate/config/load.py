@@ -150,6 +150,7 @@ def _auth_problems(config: Config, spec: EndpointSpec, index: int, policy: Polic
         close = difflib.get_close_matches(policy.auth, list(config.auth), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         problems.append(src.problem(where("auth"), f"no authenticator named {policy.auth!r}; {hint}{known}"))
+    problems += _cookie_origin_problems(config, spec, index, policy, src)
     if policy.allow is not None and policy.auth is None:
         if "auth" in spec.model_fields_set and "allow" not in spec.model_fields_set:
             problems.append(src.problem(where("auth"), "this endpoint is anonymous, but policy.allow applies "
@@ -158,6 +159,26 @@ def _auth_problems(config: Config, spec: EndpointSpec, index: int, policy: Polic
             problems.append(src.problem(where("allow"), "allow checks claims, so it needs auth: NAME "
                                                         "(an authenticator of the auth: section)"))
     return problems
+
+
+def _cookie_origin_problems(config: Config, spec: EndpointSpec, index: int, policy: Policy,
+                            src: Located) -> list[ConfigProblem]:
+    """A token from a cookie needs origins the endpoint names: with ``origins: '*'``
+    any web site could open the endpoint with its visitors' cookies."""
+    authenticator = config.auth.get(policy.auth) if policy.auth is not None else None
+    if authenticator is None or authenticator.cookie is None or policy.origins != "*":
+        return []
+    if "origins" in spec.model_fields_set:
+        where: tuple[str | int, ...] = ("endpoints", index, "origins")
+    elif "origins" in config.policy.model_fields_set:
+        where = ("policy", "origins")
+    else:
+        where = ("endpoints", index, "handler")  # the handler's policy_defaults chose '*'
+    return [src.problem(where, (
+        f"origins '*' with auth {policy.auth!r}, which takes the token from the cookie "
+        f"{authenticator.cookie!r} (auth.{policy.auth}.cookie), would let any web site connect as its "
+        "visitors (cross-site WebSocket hijacking); list the origins that may connect, e.g. "
+        "['https://app.example.com'], keep 'same-origin', or remove the cookie"))]
 
 
 def parse_config(text: str, file: str, registry: Registry) -> Settings:

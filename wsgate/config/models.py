@@ -187,6 +187,9 @@ class ApiConfig(StrictModel):
     """The HTTP API (publish, reload); off unless a token is set."""
 
     token: str | None = None
+    # POST /api/handshake-check, for the page: it tells whoever asks whether a token
+    # is valid, so it is off unless asked for (and then limited like a handshake).
+    handshake_check: bool = False
 
 
 class LoggingConfig(StrictModel):
