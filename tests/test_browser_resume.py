@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import jwt
 import pytest
 import pytest_asyncio
 from conftest import RedisServer, WsgateProcess, free_port
@@ -497,7 +498,6 @@ async def test_a_token_that_expires_is_fetched_anew_and_the_room_resumed(
     """wsgate.js on its own, against a chat with JWT auth: the gateway closes with 3000
     when the first token expires; the module asks its token function again, reconnects
     with the new token in the subprotocol pair, and resumes the room (nothing missed)."""
-    jwt = pytest.importorskip("jwt")
     config = chat_config()
     config["auth"] = {"users": {"jwt": {"algorithms": ["HS256"], "secret": AUTH_SECRET}}}
     config["endpoints"][0]["auth"] = "users"
