@@ -56,6 +56,14 @@ async def test_create_broker_picks_redis_for_a_redis_url(redis_server: RedisServ
     assert broker.name == "redis"
 
 
+async def test_a_started_broker_publishes_at_once(brokers: MakeBroker) -> None:
+    """start() returns once the broker's own subscription is up, so the first publish,
+    made before the loop has run anything else, is numbered rather than refused."""
+    for _ in range(5):
+        broker = await brokers()
+        assert await broker.publish_numbered("first", b"#", b".", 5) >= 1
+
+
 async def test_publish_reaches_subscribers_on_both_instances(brokers: MakeBroker) -> None:
     a, b = await brokers(), await brokers()
     got_a, deliver_a = inbox()

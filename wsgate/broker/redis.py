@@ -156,10 +156,19 @@ class RedisBroker(Broker):
         self._keep = self._client.register_script(KEEP)
         self._live = self._client.register_script(LIVE)
         loop = asyncio.get_running_loop()
+        # Publishes wait for the subscription's first PONG (nothing is numbered that this
+        # instance would not hear): start returns once the broker can publish.
+        up = self._subscriber.when_up()
         self._tasks = [
             loop.create_task(self._subscriber.listen(pubsub), name="wsgate redis listener"),
             loop.create_task(self._watch(), name="wsgate redis health"),
         ]
+        try:
+            async with asyncio.timeout(self._timeout * 3):
+                await up
+        except TimeoutError:
+            await self.close()
+            raise BrokerError(f"cannot reach Redis at {self.shown_url}: no answer on its pub/sub connection") from None
         log.info("broker: Redis at %s", self.shown_url)
 
     async def close(self) -> None:

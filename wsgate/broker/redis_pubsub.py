@@ -116,6 +116,15 @@ class RedisSubscriber:
                 if waiter in self._reopened:
                     self._reopened.remove(waiter)
 
+    def when_up(self) -> asyncio.Future[bool]:
+        """A future that is True once ``up`` (at once if it is): the connection's first PONG."""
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if self.up:
+            waiter.set_result(True)
+        else:
+            self._reopened.append(waiter)
+        return waiter
+
     async def answering(self) -> bool:
         """True if the pub/sub connection is up and answers a PING sent now (within the
         caller's time); False once it is known to be down."""
