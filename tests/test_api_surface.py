@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import json
 import pkgutil
 import re
 import subprocess
@@ -294,3 +295,44 @@ def test_the_gateway_has_no_import_cycle() -> None:
     for module in imports:
         visit(module, ())
     assert {"router", "session", "writer", "closing", "sendqueue"} <= seen
+
+
+# --- what `import wsgate` costs ----------------------------------------------------------------
+
+# What the plugin API is made of: Handler's options are pydantic models.
+PLUGIN_API_PACKAGES = {"pydantic", "pydantic_core", "annotated_types", "typing_extensions", "typing_inspection"}
+PLUGIN_API_MODULES = {
+    "wsgate", "wsgate.handler", "wsgate.connection", "wsgate.closecode", "wsgate.errors",
+    "wsgate.auth", "wsgate.auth.identity", "wsgate.gateway", "wsgate.gateway.frames",
+    "wsgate.config", "wsgate.config.base", "wsgate.config.units",  # Duration and Size
+}
+
+
+def _loaded_by(statement: str) -> set[str]:
+    code = ("import json, sys; before = set(sys.modules); " + statement +
+            "; print(json.dumps(sorted(set(sys.modules) - before)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return set(json.loads(out))
+
+
+def test_importing_wsgate_loads_only_what_the_plugin_api_needs() -> None:
+    """A plugin module imports wsgate for the API: aiohttp's client, PyJWT, cryptography,
+    YAML and the config models load only when a gateway is configured or served."""
+    loaded = _loaded_by("import wsgate")
+    # "_sysconfigdata_..." and the like are the interpreter's own, whatever their names.
+    packages = {m.split(".")[0] for m in loaded if not m.startswith("_")} - set(sys.stdlib_module_names) - {"wsgate"}
+    assert packages <= PLUGIN_API_PACKAGES, sorted(packages - PLUGIN_API_PACKAGES)
+    own = {m for m in loaded if m.split(".")[0] == "wsgate"}
+    assert own <= PLUGIN_API_MODULES, sorted(own - PLUGIN_API_MODULES)
+    assert {"wsgate.handler", "wsgate.connection"} <= own
+
+
+def test_the_lazy_packages_still_export_everything() -> None:
+    """wsgate.auth and wsgate.config load their parts when a name is first asked for."""
+    loaded = _loaded_by("from wsgate.auth import JwtVerifier; from wsgate.config import parse_config")
+    assert {"jwt", "wsgate.auth.jwt", "wsgate.config.load"} <= loaded
+    for name in ("wsgate.auth", "wsgate.config"):
+        module = importlib.import_module(name)
+        assert all(getattr(module, item) is not None for item in module.__all__)
+        with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+            module.nothing_here  # noqa: B018
