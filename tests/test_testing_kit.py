@@ -254,8 +254,12 @@ async def test_user(wsgate_gateway):
 '''
 
 
+PROJECT_CONFIG = "endpoints:\n  - {path: /log, handler: echo}\n"  # what makes a folder a wsgate project
+
+
 def _run_user_project(tmp_path: Path, setup: str) -> subprocess.CompletedProcess[str]:
-    """Run pytest on a one-file project as a user would set it up."""
+    """Run pytest on a wsgate project (its config.yaml and one test file) as a user would set it up."""
+    (tmp_path / "config.yaml").write_text(PROJECT_CONFIG)
     test = USER_TEST
     if setup == "strict-marked":
         test = test.replace("async def test_user", "import pytest\n\n\n@pytest.mark.asyncio\nasync def test_user")
@@ -273,8 +277,8 @@ def _run_user_project(tmp_path: Path, setup: str) -> subprocess.CompletedProcess
 
 @pytest.mark.parametrize("setup", ["nothing", "auto", "strict-marked", "legacy"])
 async def test_the_fixture_in_a_user_project_stops_its_gateway(tmp_path: Path, setup: str) -> None:
-    """Installed with [testing], the plugin needs no configuration: no ini file, no
-    ``pytest_plugins``, no asyncio marks. Projects that configured pytest-asyncio
+    """Installed with [testing], the plugin needs no configuration in a wsgate project: no
+    ini file, no ``pytest_plugins``, no asyncio marks. Projects that configured pytest-asyncio
     themselves, or enabled the kit the old way, keep working. At teardown the fixture
     closes open connections with 1001 and shuts handlers down."""
     proc = await asyncio.to_thread(_run_user_project, tmp_path, setup)
@@ -296,7 +300,9 @@ def pytest_collection_modifyitems(items):
 
 
 async def test_the_plugin_marks_only_unmarked_coroutine_tests(tmp_path: Path) -> None:
-    """A coroutine test marked for anyio is anyio's business; a plain function is nobody's."""
+    """In a wsgate project: a coroutine test marked for anyio is anyio's business; a plain
+    function is nobody's. (Outside one, see test_pytest_plugin.py.)"""
+    (tmp_path / "config.yaml").write_text(PROJECT_CONFIG)
     (tmp_path / "conftest.py").write_text(MARKS_PROBE)
     (tmp_path / "test_marks.py").write_text(
         "import pytest\n\n\n@pytest.mark.anyio\nasync def test_anyio():\n    pass\n\n\n"

@@ -10,8 +10,9 @@
             assert await ws.receive_str() == "HI"
 
 With ``pip install 'wsgate[testing]'``, pytest loads wsgate's plugin by itself
-(``wsgate.pytest_plugin``): async tests run without configuration, and the
-``wsgate_gateway`` fixture is there: ``gw = await wsgate_gateway({...})``.
+(``wsgate.pytest_plugin``): in a wsgate project, async tests run without
+configuration; anywhere, the ``wsgate_gateway`` fixture is there:
+``gw = await wsgate_gateway({...})``.
 """
 
 from __future__ import annotations
