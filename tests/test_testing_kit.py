@@ -206,7 +206,7 @@ async def test_leaving_run_gateway_stops_background_tasks() -> None:
     async with asyncio.timeout(TIMEOUT):
         async with run_gateway({"/t": {"handler": Ticker, "options": {"interval_ms": 10}}}) as gw:
             runtime = gw.gateway.routes["/t"]
-            tasks = set(runtime._tasks)
+            tasks = set(runtime.tasks)
             assert tasks
             assert not any(t.done() for t in tasks)
         assert all(t.cancelled() for t in tasks)

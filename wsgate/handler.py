@@ -49,7 +49,12 @@ class Context:
     Topics are per endpoint. ``publish`` reaches every connection subscribed to the
     topic on every gateway instance sharing the broker; ``broadcast`` reaches local
     connections only and frames the message once for all of them.
+
+    The gateway makes one per endpoint and gives it to the handler as ``self.context``;
+    it has the members documented here and nothing else.
     """
+
+    __slots__ = ()
 
     path: str
     logger: logging.Logger
