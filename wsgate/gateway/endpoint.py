@@ -15,9 +15,12 @@ from ..handler import Context, Handler, Message, Recovery
 from ..observe.stats import EndpointStats
 from ..policy.origin import OriginPolicy
 from .frames import encode
+from .frozen import freeze
 from .hub import Hub
 
 __all__ = ["EndpointContext", "LiveEndpoint"]
+
+_FROZEN_KEPT = 64  # event lists kept frozen per endpoint, for the topics joined most recently
 
 
 class LiveEndpoint:
@@ -86,12 +89,26 @@ class LiveEndpoint:
 class EndpointContext(Context):
     """The ``Context`` a handler is given: the documented members, and nothing of the runtime."""
 
-    __slots__ = ("_live", "logger", "path")
+    __slots__ = ("_frozen", "_live", "logger", "path")
 
     def __init__(self, live: LiveEndpoint) -> None:
         self._live = live
         self.path = live.path
         self.logger = live.logger
+        # The hub hands every fresh join of an unchanged topic the same parsed list:
+        # each is frozen once (keyed by identity; the list is kept, so its id stays its own).
+        self._frozen: dict[int, tuple[list[dict[str, Any]], tuple[Mapping[str, Any], ...]]] = {}
+
+    def _freeze(self, events: list[dict[str, Any]], shared: bool) -> tuple[Mapping[str, Any], ...]:
+        cached = self._frozen.get(id(events))
+        if cached is not None and cached[0] is events:
+            return cached[1]
+        frozen: tuple[Mapping[str, Any], ...] = freeze(events)
+        if shared:
+            if len(self._frozen) >= _FROZEN_KEPT:
+                del self._frozen[next(iter(self._frozen))]
+            self._frozen[id(events)] = (events, frozen)
+        return frozen
 
     @property
     def connections(self) -> Collection[Connection]:
@@ -111,11 +128,11 @@ class EndpointContext(Context):
             replay, events = await live.hub.replay(conn, self.path, topic, since, epoch, history, keep_for)
         except BrokerError as exc:
             self.logger.warning("history of %r unavailable: %s", topic, exc)
-            return Recovery(False, "", [])
+            return Recovery(False, "", ())
         finally:
             if not connecting:
                 live.hub.release(conn)
-        return Recovery(replay.recovered, replay.epoch, events)
+        return Recovery(replay.recovered, replay.epoch, self._freeze(events, shared=since is None))
 
     async def unsubscribe(self, conn: Connection, topic: str) -> None:
         await self._live.hub.unsubscribe(conn, self.path, topic)
@@ -127,8 +144,8 @@ class EndpointContext(Context):
                                keep_for: float = 0.0, *, wait: bool = True) -> int | None:
         return await self._live.hub.publish_numbered(self.path, topic, event, keep, keep_for, wait=wait)
 
-    async def history(self, topic: str, limit: int) -> list[dict[str, Any]]:
-        return await self._live.hub.history(self.path, topic, limit)
+    async def history(self, topic: str, limit: int) -> tuple[Mapping[str, Any], ...]:
+        return self._freeze(await self._live.hub.history(self.path, topic, limit), shared=True)
 
     def _presence_key(self, topic: str) -> str:
         return f"wsgate:{self.path}:{topic}:presence"
