@@ -157,8 +157,8 @@ async def test_run_gateway_validates_like_config_yaml() -> None:
     assert "endpoints[1].handler: unknown handler 'nope'" in lines[1]
 
 
-async def test_run_gateway_with_settings_from_a_config_file(tmp_path: Path) -> None:
-    """A loaded config.yaml, with its own handler module beside it, serves as-is."""
+async def test_run_gateway_with_a_config_file(tmp_path: Path) -> None:
+    """A config.yaml, with its own handler module beside it, serves as-is (loaded, too)."""
     package = tmp_path / "kit_settings_handlers"
     package.mkdir()
     (package / "rev.py").write_text(textwrap.dedent("""\
@@ -170,10 +170,18 @@ async def test_run_gateway_with_settings_from_a_config_file(tmp_path: Path) -> N
     """))
     config = tmp_path / "config.yaml"
     config.write_text("endpoints:\n  - {path: /rev, handler: 'kit_settings_handlers.rev:Reverse'}\n")
-    registry = Registry()
-    settings = load_config(config, registry)
-    async with asyncio.timeout(TIMEOUT), run_gateway(settings, registry=registry) as gw:
+    async with asyncio.timeout(TIMEOUT), run_gateway(config) as gw:
         assert await _echo_roundtrip(gw, "/rev", "abc") == "cba"
+    registry = Registry()
+    async with asyncio.timeout(TIMEOUT), run_gateway(load_config(config, registry), registry=registry) as gw:
+        assert await _echo_roundtrip(gw, "/rev", "abc") == "cba"
+    with pytest.raises(TypeError, match=r"a config file .* says them itself"):
+        async with run_gateway(config, policy={"origins": "*"}):
+            raise AssertionError("policy= was ignored")
+    config.write_text("endpoints:\n  - {path: /rev, handler: 'kit_settings_handlers.rev:Reverse', optons: {}}\n")
+    with pytest.raises(ConfigError, match=r"config.yaml:2:64: endpoints\[0\]\.optons: unknown key"):
+        async with run_gateway(config):
+            raise AssertionError("a bad config file was served")
 
 
 async def test_each_run_gateway_is_its_own_server() -> None:
