@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from wsgate import Connection, Handler, Message
+from wsgate import Connection, Handler, Handshake, Message
 from wsgate.testing import run_gateway
 
 TIMEOUT = 10
@@ -26,9 +26,20 @@ def test_a_connection_is_made_by_the_gateway_only() -> None:
 class Tamper(Handler):
     """Tries to change every handshake attribute, and the mappings inside them."""
 
+    handshake_claims = "untried"
+
+    async def authorize(self, handshake: Handshake) -> None:
+        try:
+            handshake.claims["role"] = "admin"  # type: ignore[index]
+        except TypeError:
+            self.handshake_claims = "read-only"
+        else:
+            self.handshake_claims = "changed"
+
     async def on_connect(self, conn: Connection) -> None:
         report: dict[str, Any] = {
             "seen": {"user": conn.user, "claims": dict(conn.claims), "room": conn.query.get("room")},
+            "handshake.claims[...]": self.handshake_claims,
         }
         for name in ("headers", "query", "claims"):
             try:
@@ -65,6 +76,6 @@ async def test_a_handler_cannot_change_what_the_handshake_said(tmp_path: Path,
                 gw.connect("/t?room=lobby", headers={"Authorization": "Bearer ann"}) as ws):
         report = await ws.receive_json()
     assert {name: report[name] for name in HANDSHAKE} == dict.fromkeys(HANDSHAKE, "read-only")
-    assert {report[f"{name}[...]"] for name in ("headers", "query", "claims")} == {"read-only"}
+    assert {report[f"{name}[...]"] for name in ("headers", "query", "claims", "handshake.claims")} == {"read-only"}
     assert report["state"] == {"mine": True}
     assert report["seen"] == {"user": "ann", "claims": {"role": "reader"}, "room": "lobby"}
