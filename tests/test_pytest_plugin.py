@@ -190,6 +190,7 @@ async def test_runs_in_a_loop():
     })
     if marker == "config.yaml":  # the handlers folder alone would make it a wsgate project
         (tmp_path / "handlers" / "shout.py").write_text("class Shout:\n    accepts = 'any'\n")
-    output = await asyncio.to_thread(_pytest, tmp_path, "-W", "error")
-    assert "PASSED tests/test_project.py::test_runs_in_a_loop" in output, output
-    assert output.startswith("exit status 0"), output
+    for args in ([], ["tests"]):
+        output = await asyncio.to_thread(_pytest, tmp_path, "-W", "error", *args)
+        assert output.startswith("exit status 0"), output
+        assert re.search(r"^PASSED (tests/)?test_project.py::test_runs_in_a_loop$", output, re.MULTILINE), output

@@ -7,11 +7,11 @@ In a wsgate project (pytest's rootdir holds a ``config.yaml`` with ``endpoints:`
 a ``handlers/`` folder whose modules import wsgate):
 
 - unmarked ``async def`` tests run in an event loop: pytest-asyncio's default (strict)
-  mode would skip them with only a warning, so the plugin marks them ``asyncio``;
+  mode would not run them, so the plugin marks them ``asyncio``;
   tests marked for asyncio, anyio or trio are left alone;
 - pytest-asyncio's warning that ``asyncio_default_fixture_loop_scope`` is unset is
   not shown (its default, "function", is what wsgate's fixtures expect);
-- the rootdir is importable, so ``from handlers.shout import Shout`` works in
+- the project folder is importable, so ``from handlers.shout import Shout`` works in
   ``tests/`` just as ``handler: handlers.shout:Shout`` works in config.yaml.
 
 Anywhere, the ``wsgate_gateway`` fixture starts gateways and stops them after the test,
