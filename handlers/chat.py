@@ -32,8 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from wsgate import BrokerError, CloseCode, Connection, Context, Handler, Handshake, Message, Refuse
-from wsgate.config.base import Duration
+from wsgate import BrokerError, CloseCode, Connection, Context, Duration, Handler, Handshake, Message, Refuse, Size
 
 _ROOM = re.compile(r"[\w.-]{1,64}")
 _MAX_NAME = 32
@@ -47,12 +46,12 @@ class ChatOptions(BaseModel):
     history: int = Field(default=50, ge=0, le=10_000, description="messages sent on a fresh join")
     keep: int = Field(default=1000, ge=0, le=100_000, description="messages a room stores, for history and for "
                                                                   "clients that resume with since and epoch")
-    history_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024,
-                               description="the largest history message sent on join, in bytes; the oldest "
-                                           "messages are left out to fit, and a resume that would need more "
-                                           "is not recovered. Keep it below send_queue")
-    keep_for: float = Field(default=600.0, ge=0, description="seconds a room's history and ids outlive its last "
-                                                              "message; 0 keeps them forever")
+    history_bytes: Size = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024,
+                                description="the largest history message sent on join; the oldest messages are "
+                                            "left out to fit, and a resume that would need more is not "
+                                            "recovered. Keep it below send_queue")
+    keep_for: Duration = Field(default=600.0, ge=0, description="how long a room's history and ids outlive its "
+                                                                 "last message; 0 keeps them forever")
     presence_ttl: Duration = Field(default=30.0, gt=0, description="how soon the names held by an instance that "
                                                                     "died without cleanup (kill -9, a lost host) "
                                                                     "leave their rooms, with a leave event")
@@ -122,11 +121,28 @@ def clean_room(requested: str) -> str | None:
     return room if _ROOM.fullmatch(room) else None
 
 
-@functools.lru_cache(maxsize=1024)
-def _room_pattern(pattern: str) -> re.Pattern[str]:
-    # fnmatch would also treat '?' and '[...]' as wildcards; room names may contain
-    # them, so only '*' is special here.
-    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
+def _glob_match(pattern: str, name: str) -> bool:
+    """Whether ``name`` is ``pattern`` with each ``*`` replaced by some run of characters.
+
+    Only ``*`` is special (fnmatch would also take ``?`` and ``[...]``, which room names
+    may contain). The pieces between stars are found left to right, each at its first
+    place after the previous one: the earliest match always leaves the most room for
+    the rest, so nothing is ever retried and the time is linear in ``name``, whatever
+    the pattern. A regex (``.*`` per star) backtracks: the client picks the room name.
+    """
+    if "*" not in pattern:
+        return name == pattern
+    head, *middle, tail = pattern.split("*")
+    end = len(name) - len(tail)
+    if end < len(head) or not name.startswith(head) or not name.endswith(tail):
+        return False
+    at = len(head)
+    for piece in middle:
+        found = name.find(piece, at, end)
+        if found < 0:
+            return False
+        at = found + len(piece)
+    return True
 
 
 def room_allowed(rooms_claim: object, room: str) -> bool:
@@ -139,7 +155,7 @@ def room_allowed(rooms_claim: object, room: str) -> bool:
         rooms_claim = [rooms_claim]
     if not isinstance(rooms_claim, list):
         return False
-    return any(isinstance(p, str) and _room_pattern(p).fullmatch(room) is not None for p in rooms_claim)
+    return any(isinstance(p, str) and _glob_match(p, room) for p in rooms_claim)
 
 
 def history_message(events: Sequence[Mapping[str, Any]], max_bytes: int) -> str:
@@ -241,7 +257,8 @@ class Chat(Handler[ChatOptions]):
         conn.state["chat"] = (room, name)
         since, epoch = resume_point(conn.query)
         options = self.options
-        found = await ctx.subscribe(conn, room, since, epoch, history=options.history, keep_for=options.keep_for)
+        found = await ctx.subscribe(conn, room, since, epoch, history=options.history, keep_for=options.keep_for,
+                                    max_bytes=options.history_bytes)
         recovered = found.recovered
         if recovered:  # all of the missed messages, or none: one encoding, then its size
             history = json.dumps({"type": "history", "messages": found.messages, "recovered": True},

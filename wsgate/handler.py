@@ -85,7 +85,7 @@ class Context:
         return self.broadcast(json.dumps(obj, separators=(",", ":"), ensure_ascii=False), connections)
 
     async def subscribe(self, conn: Connection, topic: str, since: int | None = None, epoch: str | None = None,
-                        *, history: int = 0, keep_for: float = 600.0) -> Recovery:
+                        *, history: int = 0, keep_for: float = 600.0, max_bytes: int = 0) -> Recovery:
         """Deliver what is published on ``topic`` to ``conn`` until it leaves or closes.
 
         For topics published with ``publish_numbered``, this is also how a client
@@ -97,6 +97,9 @@ class Context:
         reaches ``conn`` before ``on_connect`` returns, and none that ``messages``
         already covers, so the handler can send its own preamble first. ``keep_for``
         bounds how long an epoch made for a topic nobody publishes to is kept.
+        ``max_bytes`` (0: no bound) bounds what is read from the broker: the stored
+        payloads of ``messages`` add up to at most that, a resume that needs more is
+        not recovered, and the last ``history`` are then only the newest that fit.
         """
         raise NotImplementedError
 

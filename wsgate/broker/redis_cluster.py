@@ -487,10 +487,10 @@ class RedisClusterBroker(RedisBroker):
         return await super().history(name, limit)
 
     async def replay(self, channel: str, since: int | None, epoch: str | None, limit: int,
-                     keep_for: float = 0.0) -> Replay:
+                     keep_for: float = 0.0, *, max_bytes: int = 0) -> Replay:
         name = cluster_channel(channel)
         self._require(name, "history replay")
-        return await super().replay(name, since, epoch, limit, keep_for)
+        return await super().replay(name, since, epoch, limit, keep_for, max_bytes=max_bytes)
 
     # --- presence: RedisBroker's, on the keys' cluster names ---
 

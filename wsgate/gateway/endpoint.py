@@ -120,12 +120,13 @@ class EndpointContext(Context):
         return sum(1 for conn in targets if conn._deliver(frame))
 
     async def subscribe(self, conn: Connection, topic: str, since: int | None = None, epoch: str | None = None,
-                        *, history: int = 0, keep_for: float = 600.0) -> Recovery:
+                        *, history: int = 0, keep_for: float = 600.0, max_bytes: int = 0) -> Recovery:
         live = self._live
         connecting = conn in live.connecting
         await live.hub.subscribe(conn, self.path, topic, hold=True)
         try:
-            replay, events = await live.hub.replay(conn, self.path, topic, since, epoch, history, keep_for)
+            replay, events = await live.hub.replay(conn, self.path, topic, since, epoch, history, keep_for,
+                                                   max_bytes)
         except BrokerError as exc:
             self.logger.warning("history of %r unavailable: %s", topic, exc)
             return Recovery(False, "", ())
