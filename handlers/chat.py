@@ -27,7 +27,7 @@ import secrets
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -158,7 +158,7 @@ def room_allowed(rooms_claim: object, room: str) -> bool:
     return any(isinstance(p, str) and _glob_match(p, room) for p in rooms_claim)
 
 
-def history_message(events: list[dict[str, Any]], max_bytes: int) -> str:
+def history_message(events: Sequence[Mapping[str, Any]], max_bytes: int) -> str:
     """``{"type": "history", "messages": [...], "recovered": false}`` with the newest
     events that fit in ``max_bytes``."""
     head, tail = '{"type":"history","messages":[', '],"recovered":false}'
@@ -207,7 +207,7 @@ class Chat(Handler[ChatOptions]):
     def __init__(self, options: ChatOptions, context: Context) -> None:
         super().__init__(options, context)
         self._rooms: Counter[str] = Counter()  # local connections per room
-        self._last_history: tuple[list[dict[str, Any]] | None, str] = (None, "")
+        self._last_history: tuple[Sequence[Mapping[str, Any]] | None, str] = (None, "")
         # Tells this instance's connections apart from another's in the shared tab sets.
         self._instance = secrets.token_hex(4)
 
@@ -325,9 +325,9 @@ class Chat(Handler[ChatOptions]):
         with contextlib.suppress(BrokerError):  # no longer held here, so it expires
             await self.context.release(topic, member)
 
-    def _history_text(self, events: list[dict[str, Any]]) -> str:
-        # The context returns the same list to every fresh join until the room changes,
-        # so the text is made once per change, not once per join.
+    def _history_text(self, events: Sequence[Mapping[str, Any]]) -> str:
+        # Recovery.messages is immutable, and fresh joins to an unchanged room often get
+        # the same tuple: then the text is made once per change, not once per join.
         if self._last_history[0] is not events:
             recent = events[-self.options.history:] if self.options.history else []
             self._last_history = (events, history_message(recent, self.options.history_bytes))

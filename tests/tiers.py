@@ -21,6 +21,7 @@ SLOW_MODULES = frozenset({
     "test_first_hour.py",
     "test_nginx.py",
     "test_packaging.py",
+    "test_pytest_plugin.py",
     "test_redis_cluster.py",
     "test_redis_restart.py",
 })

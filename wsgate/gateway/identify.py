@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 
 from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -88,7 +89,8 @@ async def identify(headers: Mapping[str, str], query: Callable[[], Mapping[str, 
             raise AuthFailure(403, "forbidden", f"user {identity.user!r}: claims do not satisfy allow")
     if asks:
         if identity is not None:
-            handshake = dataclasses.replace(handshake, user=identity.user, claims=identity.claims)
+            # Read-only: a JWT's claims are cached and shared by every connection with that token.
+            handshake = dataclasses.replace(handshake, user=identity.user, claims=MappingProxyType(identity.claims))
         try:
             await live.handler.authorize(handshake)
         except Refuse as refused:

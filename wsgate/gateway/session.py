@@ -80,10 +80,8 @@ class Session:
         queue = SendQueue(policy.send_queue, drop=policy.slow_client == "drop")
         self.writer = Writer(transport, services.flusher, queue, live.stats, self._overflow, self.handshake.sent,
                              _deflate(ws))
-        self.conn = Connection(self, self.writer.send, id=conn_id, path=live.path, remote=remote,
-                               headers=request.headers, subprotocol=ws.ws_protocol)
-        if identity is not None:
-            self.conn.user, self.conn.claims = identity.user, identity.claims
+        self.conn = Connection._open(self, self.writer.send, id=conn_id, path=live.path, remote=remote,
+                                     headers=request.headers, subprotocol=ws.ws_protocol, identity=identity)
         self.auth = auth  # the authenticator that admitted the client, by name
         self._expiry: asyncio.TimerHandle | None = None
         if identity is not None and identity.expires_at is not None:
