@@ -20,7 +20,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .base import Delivery
@@ -189,8 +189,11 @@ class RedisSubscriber:
                 while True:
                     # Replies already buffered are read without yielding to the loop, so a
                     # burst is fanned out in one pass and each client's frames share a write.
-                    reply = await connection.read_response(timeout=math.inf, disconnect_on_error=False,
-                                                           push_request=True)
+                    try:
+                        reply = await connection.read_response(timeout=math.inf, disconnect_on_error=False,
+                                                               push_request=True)
+                    except ResponseError as exc:  # one command refused, the connection is fine: _handle decides
+                        reply = exc
                     self._heard = loop.time()
                     self._handle(reply)
         except TimeoutError:
@@ -232,6 +235,8 @@ class RedisSubscriber:
         elif kind in (b"pong", b"PONG") and not self.up:
             self.up = True
             log.info("Redis pub/sub connected to %s (%d channels)", self.shown_url, len(self._channels))
+        elif isinstance(kind, ResponseError):
+            raise kind  # a refused (UN)SUBSCRIBE: reconnect, which subscribes again
 
     def _confirmed(self, channel: str) -> None:
         expected = self._expected.get(channel)
