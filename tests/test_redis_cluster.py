@@ -5,6 +5,11 @@ Chat must give the same gap-free ids on both instances, history and resume; afte
 master is killed (``kill -9``, no replicas), its rooms answer new joins with 1013
 while the rooms of the other masters keep working on both instances, and ``/readyz``
 says which instance depends on the lost master.
+
+With a replica per master (marked slow): while chat and ``POST /api/publish`` traffic
+flows, a master is killed and its replica promoted, or a room's slot is resharded;
+every instance follows, the one that only publishes included, and a move touches only
+the rooms of its slot. A publish made mid-migration follows ASK.
 """
 
 from __future__ import annotations
