@@ -544,7 +544,9 @@ class RedisClusterBroker(RedisBroker):
     async def _reroute(self, dropped: set[str]) -> None:
         """Subscribe every channel on the master that holds its slot now; a channel
         Redis ``dropped`` on a master that still holds it (as the topology read says)
-        is subscribed there again: if the read was behind, Redis answers MOVED again."""
+        is subscribed there again: if the read was behind, Redis answers MOVED again.
+        The channels move side by side: one slow master does not hold up the others."""
+        moves = []
         for channel, current in list(self._routes.items()):
             node = self._master_of(channel)
             deliver = self._deliveries.get(channel)
@@ -552,12 +554,18 @@ class RedisClusterBroker(RedisBroker):
                 continue
             if node.name != current:
                 log.info("Redis Cluster channel %s moves from master %s to %s", channel, current, node.name)
-                if current is not None and current in self._shards:
-                    await self._shards[current].subscriber.unsubscribe(channel)
             shard = self._shard(node.name)
             if shard.task is None:
                 self._listen(shard, None)
             self._routes[channel] = node.name
+            moves.append(self._move(channel, current, shard, deliver))
+        await asyncio.gather(*moves)
+
+    async def _move(self, channel: str, current: str | None, shard: _Shard, deliver: Delivery) -> None:
+        old = self._shards.get(current) if current is not None and current != shard.name else None
+        if old is not None:
+            await old.subscriber.unsubscribe(channel)
+        if self._routes.get(channel) == shard.name and self._deliveries.get(channel) is deliver:  # still wanted
             await shard.subscriber.subscribe(channel, deliver)
 
     async def _retire(self, shard: _Shard) -> None:
