@@ -2,11 +2,11 @@
 
 Each node is a ``redis-server`` child with persistence off; ``redis-cli --cluster
 create`` assigns the slots, with no replicas unless asked (``replicas=1`` gives each
-master one, which the cluster promotes when its master is lost). Slots are moved as
-``redis-cli --cluster reshard`` does (``reshard``), or step by step (``move_slot``), to
-look at a slot while it migrates. Only the processes started here are ever signalled.
-Redis Cluster also listens on port P+10000 (the cluster bus), so each port is chosen
-with its bus port free too, and no port of one node is another's bus port.
+master one, which the cluster promotes when its master is lost). Slots are moved by
+``redis-cli --cluster reshard`` (``reshard``), or step by step (``start_moving``, then
+``finish_moving``) to act while a slot migrates. Only the processes started here are
+ever signalled. Redis Cluster also listens on port P+10000 (the cluster bus), so each
+port is chosen with its bus port free too, and no port of one node is another's bus port.
 """
 
 from __future__ import annotations
