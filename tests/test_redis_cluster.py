@@ -566,10 +566,13 @@ async def test_a_numbered_publish_follows_ask_while_its_slot_migrates(cluster: C
     assert [m["id"] for m in await bob.messages(1)] == [1]
 
     # The room's keys are on the target, its slot still migrating: the old master
-    # answers ASK to the numbering script, which runs on the target.
+    # answers ASK to the numbering script, which runs on the target. Numbered and kept
+    # there, the message is seen live too, where both instances are still subscribed.
     assert await asyncio.to_thread(cluster.start_moving, slot, target) is source
     await alice.say("during")
-    await asyncio.sleep(0.5)
+    (during,) = await bob.messages(1)
+    assert (during["id"], during["text"]) == (2, "during")
+    assert [(m["id"], m["text"]) for m in await alice.messages(2)] == [(1, "one"), (2, "during")]
     await asyncio.to_thread(cluster.finish_moving, slot, source, target)
 
     # Once both instances follow the move, the room goes on at its new master.

@@ -45,6 +45,8 @@ concerned:
   move to it, and a former master that nothing uses any more is let go;
 - a slot moved (resharding): a publish answered MOVED or ASK is sent on to the master
   Redis named (after ASKING for ASK), and MOVED has the topology read again at once.
+  A numbered publish that ran after ASK is also published where the instances are
+  still subscribed (see ``_republish``).
   While some of a slot's publishes are unanswered, later ones take the same way (see
   ``_Lane``): a room's messages keep their order across the move. Redis unsubscribes
   the channels of a slot that left a master; they are subscribed on the new master. A
@@ -685,7 +687,9 @@ class RedisClusterBroker(RedisBroker):
             outbox.put("ASKING", "ASKING")
         result = outbox.put(queued.what, *queued.command, parse=queued.parse)
         self._hops[result] = hops
-        result.add_done_callback(functools.partial(self._redirected, queued.result))
+        if not isinstance(error, MovedError) and queued.command[:2] == ("EVALSHA", _NUMBERED_SHARDED_SHA):
+            result.add_done_callback(functools.partial(self._republish, source, queued.command))
+        result.add_done_callback(functools.partial(self._redirected, queued.result))  # after: see _Lane
 
     def _redirected(self, original: asyncio.Future[Any], result: asyncio.Future[Any]) -> None:
         self._hops.pop(result, None)
@@ -699,6 +703,16 @@ class RedisClusterBroker(RedisBroker):
         else:
             original.set_result(result.result())
 
+    def _republish(self, source: str, command: tuple[Any, ...], result: asyncio.Future[Any]) -> None:
+        """A numbered publish that ran after ASK, on the master importing its slot, was
+        published to the subscribers there; but every instance is still subscribed on
+        ``source``, which serves the channel until the move of the slot ends. Publish it
+        there too, as the script did: numbered and kept, it must also be seen live."""
+        if result.cancelled() or result.exception() is not None or source not in self._shards:
+            return
+        head, tail, name = command[6], command[7], command[9]  # as post_numbered lays them out
+        self._shards[source].outbox.put("SPUBLISH", "SPUBLISH", name, b"%b%d%b" % (head, result.result(), tail))
+
     async def publish(self, channel: str, payload: bytes) -> None:
         name = cluster_channel(channel)
         await self._post_to(name, "SPUBLISH", "SPUBLISH", name, payload)
@@ -706,6 +720,7 @@ class RedisClusterBroker(RedisBroker):
     def post_numbered(self, channel: str, head: bytes, tail: bytes, keep: int,
                       keep_for: float = 0.0) -> asyncio.Future[int]:
         name = cluster_channel(channel)
+        # _republish reads head, tail and the channel back from these places.
         return self._post_to(
             name, "numbered SPUBLISH", "EVALSHA", _NUMBERED_SHARDED_SHA, 3, f"{name}:seq", f"{name}:history",
             f"{name}:epoch", head, tail, max(keep, 0), name, round(keep_for * 1000), self._new_epoch(), parse=int)
