@@ -51,7 +51,9 @@ concerned:
   ``_Lane``): a room's messages keep their order across the move. Redis unsubscribes
   the channels of a slot that left a master; they are subscribed on the new master. A
   MOVED answer to an (UN)SUBSCRIBE concerns only the channels of that slot: the pub/sub
-  connection, and so every other room of that master, stays.
+  connection, and so every other room of that master, stays. Until a room is subscribed
+  again, a numbered publish to it fails (the hub delivers it locally, as during an
+  outage) rather than be kept where no client of this instance sees it.
 
 Health. ``healthy`` (``/readyz``) is False while no master answers, and while any master
 that holds a channel this instance is subscribed to (a room with a client here) is
@@ -236,6 +238,11 @@ class ShardSubscriber(RedisSubscriber):
             self._lost(channels)
         else:
             super()._handle(reply)
+
+    def live(self, channel: str) -> bool:
+        """True while ``channel`` is subscribed here and confirmed by Redis."""
+        confirmed = channel in self._channels and not self._expected.get(channel)
+        return self.up and confirmed and channel not in self._dropped
 
     def _lost(self, channels: list[str]) -> None:
         self.moved.update(channels)
@@ -644,10 +651,12 @@ class RedisClusterBroker(RedisBroker):
         except _ERRORS as exc:
             raise BrokerError(f"{what} on Redis Cluster master {master} failed: {exc or 'timed out'}") from exc
 
-    def _post_to(self, name: str, what: str, *command: Any, parse: Callable[[Any], Any] | None = None
-              ) -> asyncio.Future[Any]:
+    def _post_to(self, name: str, what: str, *command: Any, parse: Callable[[Any], Any] | None = None,
+                 numbered: bool = False) -> asyncio.Future[Any]:
         """Queue ``command`` for ``name``'s master (see ``_Lane``); BrokerError at once if
-        that master is unreachable."""
+        that master is unreachable, or if a ``numbered`` one would not be seen here."""
+        if numbered and not self._seen_here(name):
+            raise BrokerError(f"{what}: the subscription of this instance to {name} is being restored")
         slot = _slot(name)
         lane = self._lanes.get(slot)
         if lane is not None:
@@ -665,6 +674,16 @@ class RedisClusterBroker(RedisBroker):
         result.add_done_callback(functools.partial(self._answered, slot, lane))
         return result
 
+    def _seen_here(self, name: str, master: str | None = None) -> bool:
+        """False when this instance needs ``name`` (a client here is in the room) but is
+        not subscribed to it right now (on ``master``, if given): Redis would number and
+        keep a message that reaches nobody here, so the hub delivers it locally instead."""
+        if name not in self._routes:
+            return True
+        route = self._routes[name]
+        shard = self._shards.get(route) if route is not None else None
+        return shard is not None and master in (None, route) and shard.subscriber.live(name)
+
     def _answered(self, slot: int, lane: _Lane, _: asyncio.Future[Any]) -> None:
         lane.pending -= 1
         if not lane.pending and self._lanes.get(slot) is lane:
@@ -678,18 +697,29 @@ class RedisClusterBroker(RedisBroker):
         target = f"{error.host or source.rpartition(':')[0]}:{error.port}"
         if isinstance(error, MovedError):
             self._slot_moved()
+        numbered = queued.command[:2] == ("EVALSHA", _NUMBERED_SHARDED_SHA)
         if hops > _MAX_REDIRECTS or self._closed:
-            queued.result.set_exception(BrokerError(f"{queued.what}: redirected {hops - 1} times, then {_said(error)}"))
-            queued.result.exception()
+            self._refuse(queued, f"redirected {hops - 1} times, then {_said(error)}")
+            return
+        if numbered and isinstance(error, MovedError) and not self._seen_here(queued.command[9], target):
+            # The slot has left the master this instance is subscribed on (as _republish
+            # explains); until it is subscribed on the new one, as for _post_to.
+            self._refuse(queued, f"{_said(error)}, and the subscription of this instance to "
+                                 f"{queued.command[9]} is moving there")
             return
         outbox = self._shard(target).outbox
         if not isinstance(error, MovedError):
             outbox.put("ASKING", "ASKING")
         result = outbox.put(queued.what, *queued.command, parse=queued.parse)
         self._hops[result] = hops
-        if not isinstance(error, MovedError) and queued.command[:2] == ("EVALSHA", _NUMBERED_SHARDED_SHA):
+        if numbered and not isinstance(error, MovedError):
             result.add_done_callback(functools.partial(self._republish, source, queued.command))
         result.add_done_callback(functools.partial(self._redirected, queued.result))  # after: see _Lane
+
+    @staticmethod
+    def _refuse(queued: _Queued, why: str) -> None:
+        queued.result.set_exception(BrokerError(f"{queued.what}: {why}"))
+        queued.result.exception()  # retrieved here: a caller that did not wait is told elsewhere
 
     def _redirected(self, original: asyncio.Future[Any], result: asyncio.Future[Any]) -> None:
         self._hops.pop(result, None)
@@ -708,10 +738,15 @@ class RedisClusterBroker(RedisBroker):
         published to the subscribers there; but every instance is still subscribed on
         ``source``, which serves the channel until the move of the slot ends. Publish it
         there too, as the script did: numbered and kept, it must also be seen live."""
-        if result.cancelled() or result.exception() is not None or source not in self._shards:
+        if result.cancelled() or result.exception() is not None or self._closed:
             return
         head, tail, name = command[6], command[7], command[9]  # as post_numbered lays them out
-        self._shards[source].outbox.put("SPUBLISH", "SPUBLISH", name, b"%b%d%b" % (head, result.result(), tail))
+        try:
+            # In the slot's lane (its publish is still unanswered, so the lane goes to
+            # ``source``): the room's later publishes cannot overtake it.
+            self._post_to(name, "SPUBLISH", "SPUBLISH", name, b"%b%d%b" % (head, result.result(), tail))
+        except BrokerError as exc:
+            log.warning("publishing %s, numbered after ASK, on master %s failed: %s", name, source, exc)
 
     async def publish(self, channel: str, payload: bytes) -> None:
         name = cluster_channel(channel)
@@ -720,10 +755,11 @@ class RedisClusterBroker(RedisBroker):
     def post_numbered(self, channel: str, head: bytes, tail: bytes, keep: int,
                       keep_for: float = 0.0) -> asyncio.Future[int]:
         name = cluster_channel(channel)
-        # _republish reads head, tail and the channel back from these places.
+        # _redirect and _republish read head, tail and the channel back from these places.
         return self._post_to(
             name, "numbered SPUBLISH", "EVALSHA", _NUMBERED_SHARDED_SHA, 3, f"{name}:seq", f"{name}:history",
-            f"{name}:epoch", head, tail, max(keep, 0), name, round(keep_for * 1000), self._new_epoch(), parse=int)
+            f"{name}:epoch", head, tail, max(keep, 0), name, round(keep_for * 1000), self._new_epoch(), parse=int,
+            numbered=True)
 
     @property
     def backlog(self) -> int:
