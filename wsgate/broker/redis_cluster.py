@@ -199,9 +199,9 @@ class ShardSubscriber(RedisSubscriber):
         self._on_moved = on_moved
         self._dropped: set[str] = set()  # unsubscribed by Redis: no SUNSUBSCRIBE to send
 
-    async def subscribe(self, channel: str, deliver: Delivery) -> None:
+    async def subscribe(self, channel: str, deliver: Delivery, **options: Any) -> None:
         self._dropped.discard(channel)
-        await super().subscribe(channel, deliver)
+        await super().subscribe(channel, deliver, **options)
 
     async def unsubscribe(self, channel: str) -> None:
         if channel in self._dropped:
