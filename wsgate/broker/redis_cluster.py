@@ -113,6 +113,7 @@ _PRESENCE = ":presence"  # the suffix LiveEndpoint gives presence keys
 _TOPOLOGY_EVERY = 1.0  # seconds between two topology reads while a master is unreachable ...
 _TOPOLOGY_SOON = 0.2  # ... and while Redis says a slot moved
 _MAX_REDIRECTS = 5  # MOVED/ASK followed per command before it fails
+_COPY = "SPUBLISH of a message numbered after ASK"  # see RedisClusterBroker._republish
 _REFRESH_BATCH = 256  # presence keys per pipelined round trip
 # RedisClusterException: what the cluster client raises besides RedisError (no node
 # holds a slot, no node answered the topology request).
@@ -701,6 +702,12 @@ class RedisClusterBroker(RedisBroker):
         if hops > _MAX_REDIRECTS or self._closed:
             self._refuse(queued, f"redirected {hops - 1} times, then {_said(error)}")
             return
+        if queued.what == _COPY and isinstance(error, MovedError) and not self._seen_here(queued.command[1], target):
+            # The move ended before the copy went out, and this instance is not yet
+            # subscribed where the copy goes now: its members get it from here.
+            deliver = self._deliveries.get(queued.command[1])
+            if deliver is not None:
+                deliver(queued.command[2])
         if numbered and isinstance(error, MovedError) and not self._seen_here(queued.command[9], target):
             # The slot has left the master this instance is subscribed on (as _republish
             # explains); until it is subscribed on the new one, as for _post_to.
@@ -744,7 +751,7 @@ class RedisClusterBroker(RedisBroker):
         try:
             # In the slot's lane (its publish is still unanswered, so the lane goes to
             # ``source``): the room's later publishes cannot overtake it.
-            self._post_to(name, "SPUBLISH", "SPUBLISH", name, b"%b%d%b" % (head, result.result(), tail))
+            self._post_to(name, _COPY, "SPUBLISH", name, b"%b%d%b" % (head, result.result(), tail))
         except BrokerError as exc:
             log.warning("publishing %s, numbered after ASK, on master %s failed: %s", name, source, exc)
 
