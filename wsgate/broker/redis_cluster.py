@@ -691,35 +691,36 @@ class RedisClusterBroker(RedisBroker):
             del self._lanes[slot]
 
     def _redirect(self, source: str, queued: _Queued, error: AskError) -> None:
-        """Send a publish that master ``source`` answered MOVED or ASK to the master Redis
-        named (after ASKING for ASK), behind the publishes already redirected there; its
-        result becomes the original's."""
-        hops = self._hops.pop(queued.result, 0) + 1
+        """Send a publish that master ``source`` answered MOVED or ASK on to the master
+        Redis named (after ASKING for ASK), behind those already redirected there; its
+        result becomes the original's. After MOVED, to a master where this instance is
+        not subscribed to the room yet, a numbered publish is refused instead (the hub
+        delivers it locally), and the copy of one (``_republish``) is also delivered here."""
+        moved = isinstance(error, MovedError)
         target = f"{error.host or source.rpartition(':')[0]}:{error.port}"
-        if isinstance(error, MovedError):
+        hops = self._hops.pop(queued.result, 0) + 1
+        if moved:
             self._slot_moved()
-        numbered = queued.command[:2] == ("EVALSHA", _NUMBERED_SHARDED_SHA)
         if hops > _MAX_REDIRECTS or self._closed:
             self._refuse(queued, f"redirected {hops - 1} times, then {_said(error)}")
             return
-        if queued.what == _COPY and isinstance(error, MovedError) and not self._seen_here(queued.command[1], target):
-            # The move ended before the copy went out, and this instance is not yet
-            # subscribed where the copy goes now: its members get it from here.
-            deliver = self._deliveries.get(queued.command[1])
-            if deliver is not None:
+        numbered = queued.command[:2] == ("EVALSHA", _NUMBERED_SHARDED_SHA)
+        # Where post_numbered and publish put the channel (and the payload).
+        name = queued.command[9] if numbered else queued.command[1]
+        if moved and not self._seen_here(name, target):
+            if numbered:
+                self._refuse(queued, f"{_said(error)}, where the subscription of this instance to {name} "
+                                     "is not yet")
+                return
+            deliver = self._deliveries.get(name)
+            if queued.what == _COPY and deliver is not None:
                 deliver(queued.command[2])
-        if numbered and isinstance(error, MovedError) and not self._seen_here(queued.command[9], target):
-            # The slot has left the master this instance is subscribed on (as _republish
-            # explains); until it is subscribed on the new one, as for _post_to.
-            self._refuse(queued, f"{_said(error)}, and the subscription of this instance to "
-                                 f"{queued.command[9]} is moving there")
-            return
         outbox = self._shard(target).outbox
-        if not isinstance(error, MovedError):
+        if not moved:
             outbox.put("ASKING", "ASKING")
         result = outbox.put(queued.what, *queued.command, parse=queued.parse)
         self._hops[result] = hops
-        if numbered and not isinstance(error, MovedError):
+        if numbered and not moved:
             result.add_done_callback(functools.partial(self._republish, source, queued.command))
         result.add_done_callback(functools.partial(self._redirected, queued.result))  # after: see _Lane
 
@@ -762,7 +763,7 @@ class RedisClusterBroker(RedisBroker):
     def post_numbered(self, channel: str, head: bytes, tail: bytes, keep: int,
                       keep_for: float = 0.0) -> asyncio.Future[int]:
         name = cluster_channel(channel)
-        # _redirect and _republish read head, tail and the channel back from these places.
+        # _redirect and _republish read the channel, head and tail back from these places.
         return self._post_to(
             name, "numbered SPUBLISH", "EVALSHA", _NUMBERED_SHARDED_SHA, 3, f"{name}:seq", f"{name}:history",
             f"{name}:epoch", head, tail, max(keep, 0), name, round(keep_for * 1000), self._new_epoch(), parse=int,
