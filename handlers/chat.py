@@ -27,13 +27,12 @@ import secrets
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from wsgate import BrokerError, CloseCode, Connection, Context, Handler, Handshake, Message, Refuse
-from wsgate.config.base import Duration
+from wsgate import BrokerError, CloseCode, Connection, Context, Duration, Handler, Handshake, Message, Refuse, Size
 
 _ROOM = re.compile(r"[\w.-]{1,64}")
 _MAX_NAME = 32
@@ -47,12 +46,12 @@ class ChatOptions(BaseModel):
     history: int = Field(default=50, ge=0, le=10_000, description="messages sent on a fresh join")
     keep: int = Field(default=1000, ge=0, le=100_000, description="messages a room stores, for history and for "
                                                                   "clients that resume with since and epoch")
-    history_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024,
-                               description="the largest history message sent on join, in bytes; the oldest "
-                                           "messages are left out to fit, and a resume that would need more "
-                                           "is not recovered. Keep it below send_queue")
-    keep_for: float = Field(default=600.0, ge=0, description="seconds a room's history and ids outlive its last "
-                                                              "message; 0 keeps them forever")
+    history_bytes: Size = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024,
+                                description="the largest history message sent on join; the oldest messages are "
+                                            "left out to fit, and a resume that would need more is not "
+                                            "recovered. Keep it below send_queue")
+    keep_for: Duration = Field(default=600.0, ge=0, description="how long a room's history and ids outlive its "
+                                                                 "last message; 0 keeps them forever")
     presence_ttl: Duration = Field(default=30.0, gt=0, description="how soon the names held by an instance that "
                                                                     "died without cleanup (kill -9, a lost host) "
                                                                     "leave their rooms, with a leave event")
@@ -122,11 +121,28 @@ def clean_room(requested: str) -> str | None:
     return room if _ROOM.fullmatch(room) else None
 
 
-@functools.lru_cache(maxsize=1024)
-def _room_pattern(pattern: str) -> re.Pattern[str]:
-    # fnmatch would also treat '?' and '[...]' as wildcards; room names may contain
-    # them, so only '*' is special here.
-    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
+def _glob_match(pattern: str, name: str) -> bool:
+    """Whether ``name`` is ``pattern`` with each ``*`` replaced by some run of characters.
+
+    Only ``*`` is special (fnmatch would also take ``?`` and ``[...]``, which room names
+    may contain). The pieces between stars are found left to right, each at its first
+    place after the previous one: the earliest match always leaves the most room for
+    the rest, so nothing is ever retried and the time is linear in ``name``, whatever
+    the pattern. A regex (``.*`` per star) backtracks: the client picks the room name.
+    """
+    if "*" not in pattern:
+        return name == pattern
+    head, *middle, tail = pattern.split("*")
+    end = len(name) - len(tail)
+    if end < len(head) or not name.startswith(head) or not name.endswith(tail):
+        return False
+    at = len(head)
+    for piece in middle:
+        found = name.find(piece, at, end)
+        if found < 0:
+            return False
+        at = found + len(piece)
+    return True
 
 
 def room_allowed(rooms_claim: object, room: str) -> bool:
@@ -139,10 +155,10 @@ def room_allowed(rooms_claim: object, room: str) -> bool:
         rooms_claim = [rooms_claim]
     if not isinstance(rooms_claim, list):
         return False
-    return any(isinstance(p, str) and _room_pattern(p).fullmatch(room) is not None for p in rooms_claim)
+    return any(isinstance(p, str) and _glob_match(p, room) for p in rooms_claim)
 
 
-def history_message(events: list[dict[str, Any]], max_bytes: int) -> str:
+def history_message(events: Sequence[Mapping[str, Any]], max_bytes: int) -> str:
     """``{"type": "history", "messages": [...], "recovered": false}`` with the newest
     events that fit in ``max_bytes``."""
     head, tail = '{"type":"history","messages":[', '],"recovered":false}'
@@ -191,7 +207,7 @@ class Chat(Handler[ChatOptions]):
     def __init__(self, options: ChatOptions, context: Context) -> None:
         super().__init__(options, context)
         self._rooms: Counter[str] = Counter()  # local connections per room
-        self._last_history: tuple[list[dict[str, Any]] | None, str] = (None, "")
+        self._last_history: tuple[Sequence[Mapping[str, Any]] | None, str] = (None, "")
         # Tells this instance's connections apart from another's in the shared tab sets.
         self._instance = secrets.token_hex(4)
 
@@ -241,7 +257,8 @@ class Chat(Handler[ChatOptions]):
         conn.state["chat"] = (room, name)
         since, epoch = resume_point(conn.query)
         options = self.options
-        found = await ctx.subscribe(conn, room, since, epoch, history=options.history, keep_for=options.keep_for)
+        found = await ctx.subscribe(conn, room, since, epoch, history=options.history, keep_for=options.keep_for,
+                                    max_bytes=options.history_bytes)
         recovered = found.recovered
         if recovered:  # all of the missed messages, or none: one encoding, then its size
             history = json.dumps({"type": "history", "messages": found.messages, "recovered": True},
@@ -308,9 +325,9 @@ class Chat(Handler[ChatOptions]):
         with contextlib.suppress(BrokerError):  # no longer held here, so it expires
             await self.context.release(topic, member)
 
-    def _history_text(self, events: list[dict[str, Any]]) -> str:
-        # The context returns the same list to every fresh join until the room changes,
-        # so the text is made once per change, not once per join.
+    def _history_text(self, events: Sequence[Mapping[str, Any]]) -> str:
+        # Recovery.messages is immutable, and fresh joins to an unchanged room often get
+        # the same tuple: then the text is made once per change, not once per join.
         if self._last_history[0] is not events:
             recent = events[-self.options.history:] if self.options.history else []
             self._last_history = (events, history_message(recent, self.options.history_bytes))

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
     from wsgate.broker.redis import RedisBroker
 
+# Marks the slow tier, which `bash scripts/test --fast` leaves out.
+pytest_plugins = ["tiers"]
+
 ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = ROOT / "tests" / "node"
 ARTIFACTS = ROOT / "test-artifacts"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import json
 import pkgutil
 import re
 import subprocess
@@ -29,6 +30,7 @@ PUBLIC = {
     "Handler",
     "Connection",
     "Context",
+    "Duration",
     "Message",
     "NoOptions",
     "WsgateError",
@@ -41,6 +43,7 @@ PUBLIC = {
     "Identity",
     "Recovery",
     "Refuse",
+    "Size",
 }
 ERRORS = {"WsgateError", "ConfigError", "HandlerLoadError", "BrokerError", "ConnectionClosed", "Refuse"}
 SCRIPTS = {"wsgate.__main__"}  # runs the CLI when imported; not a library module
@@ -83,10 +86,7 @@ def test_public_names_are_importable_from_the_package() -> None:
 
 def test_public_names_are_documented() -> None:
     """The README sends plugin authors to docs/handlers.md for "the whole API"."""
-    guide = ROOT / "docs" / "handlers.md"
-    if not guide.exists():
-        pytest.skip("docs/handlers.md is not written yet")
-    text = guide.read_text()
+    text = (ROOT / "docs" / "handlers.md").read_text()
     missing = sorted(name for name in PUBLIC if not re.search(rf"\b{name}\b", text))
     assert missing == [], f"exported by wsgate but never mentioned in docs/handlers.md: {missing}"
 
@@ -294,3 +294,127 @@ def test_the_gateway_has_no_import_cycle() -> None:
     for module in imports:
         visit(module, ())
     assert {"router", "session", "writer", "closing", "sendqueue"} <= seen
+
+
+# --- what `import wsgate` costs ----------------------------------------------------------------
+
+# What the plugin API is made of: Handler's options are pydantic models.
+PLUGIN_API_PACKAGES = {"pydantic", "pydantic_core", "annotated_types", "typing_extensions", "typing_inspection"}
+PLUGIN_API_MODULES = {
+    "wsgate", "wsgate.handler", "wsgate.connection", "wsgate.closecode", "wsgate.errors",
+    "wsgate.auth", "wsgate.auth.identity", "wsgate.gateway", "wsgate.gateway.frames",
+    "wsgate.config", "wsgate.config.base", "wsgate.config.units",  # Duration and Size
+    "wsgate.observe", "wsgate.observe.redact",  # how auth.identity shows a URL: pure, stdlib only
+}
+
+
+def _loaded_by(statement: str) -> set[str]:
+    code = ("import json, sys; before = set(sys.modules); " + statement +
+            "; print(json.dumps(sorted(set(sys.modules) - before)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return set(json.loads(out))
+
+
+def test_importing_wsgate_loads_only_what_the_plugin_api_needs() -> None:
+    """A plugin module imports wsgate for the API: aiohttp's client, PyJWT, cryptography,
+    YAML and the config models load only when a gateway is configured or served."""
+    loaded = _loaded_by("import wsgate")
+    # "_sysconfigdata_..." and the like are the interpreter's own, whatever their names.
+    packages = {m.split(".")[0] for m in loaded if not m.startswith("_")} - set(sys.stdlib_module_names) - {"wsgate"}
+    assert packages <= PLUGIN_API_PACKAGES, sorted(packages - PLUGIN_API_PACKAGES)
+    own = {m for m in loaded if m.split(".")[0] == "wsgate"}
+    assert own <= PLUGIN_API_MODULES, sorted(own - PLUGIN_API_MODULES)
+    assert {"wsgate.handler", "wsgate.connection"} <= own
+
+
+def test_the_lazy_packages_still_export_everything() -> None:
+    """wsgate.auth and wsgate.config load their parts when a name is first asked for."""
+    loaded = _loaded_by("from wsgate.auth import JwtVerifier; from wsgate.config import parse_config")
+    assert {"jwt", "wsgate.auth.jwt", "wsgate.config.load"} <= loaded
+    for name in ("wsgate.auth", "wsgate.config"):
+        module = importlib.import_module(name)
+        assert all(getattr(module, item) is not None for item in module.__all__)
+        with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+            module.nothing_here  # noqa: B018
+
+
+# --- what the docs, the built-ins and the examples use --------------------------------------
+
+# The public modules: the plugin API, and the test kit.
+PUBLIC_MODULES = {"wsgate": PUBLIC, "wsgate.testing": {"GatewayServer", "eventually", "run_gateway", "wait_until"}}
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "examples").rglob("*.md"))]
+PLUGIN_CODE = [
+    *sorted((ROOT / "handlers").glob("*.py")),
+    *sorted(p for p in (ROOT / "examples").rglob("*.py") if ".egg-info" not in str(p)),
+    *sorted(TEMPLATES.rglob("*.py")),
+]
+_INLINE_CODE = re.compile(r"`+([^`]+)`+")
+_DOTTED = re.compile(r"\bwsgate((?:\.\w+)+)")
+
+
+def _dotted_uses(tree: ast.AST) -> Iterator[tuple[str, str]]:
+    """(module, name) for every ``from wsgate... import name`` and ``wsgate.x.y`` in ``tree``."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "wsgate":
+            for alias in node.names:
+                yield str(node.module), alias.name
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("wsgate."):
+                    module, _, name = alias.name.rpartition(".")
+                    yield module, name
+        elif isinstance(node, ast.Attribute):
+            yield from _dotted_text(ast.unparse(node))
+
+
+def _dotted_text(text: str, *, top: bool = True) -> Iterator[tuple[str, str]]:
+    """(module, name) for every ``wsgate.a.b`` in ``text``, taking the longest module prefix.
+
+    Without ``top``, names right under ``wsgate`` are left out: in prose ``wsgate.js`` or
+    ``wsgate.service`` is a file and ``wsgate.handlers`` an entry-point group.
+    """
+    for match in _DOTTED.finditer(text):
+        parts = ["wsgate", *match[1].lstrip(".").split(".")]
+        for cut in range(len(parts) - 1, 0 if top else 1, -1):
+            module = ".".join(parts[:cut])
+            if module in MODULES:
+                yield module, parts[cut]
+                break
+
+
+def _outside_the_public_api(uses: Iterator[tuple[str, str]]) -> set[str]:
+    return {f"{module}.{name}" for module, name in uses
+            if name not in PUBLIC_MODULES.get(module, set()) and not (module == "wsgate" and name == "testing")}
+
+
+def test_the_public_modules_export_what_this_test_allows() -> None:
+    import wsgate.testing
+
+    assert set(wsgate.testing.__all__) == PUBLIC_MODULES["wsgate.testing"]
+
+
+@pytest.mark.parametrize("path", PLUGIN_CODE, ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_built_ins_examples_and_template_use_only_the_public_api(path: Path) -> None:
+    """The built-in handlers, the example plugin and the project `wsgate init` writes
+    are plugins like any other: what they import from wsgate is what __all__ offers."""
+    assert _outside_the_public_api(_dotted_uses(ast.parse(path.read_text()))) == set()
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_docs_use_only_the_public_api(path: Path) -> None:
+    from test_docs import code_blocks
+
+    text = path.read_text()
+    uses = [use for block in code_blocks(text) if block.lang in {"python", "py", "python3"}
+            for use in _dotted_uses(ast.parse(block.code))]
+    uses += [use for span in _INLINE_CODE.findall(text) for use in _dotted_text(span, top=False)]
+    assert _outside_the_public_api(iter(uses)) == set()
+
+
+def test_the_api_use_checks_see_a_private_name() -> None:
+    tree = ast.parse("from wsgate.config import parse_config\nimport wsgate.app\nwsgate.app.GATEWAY\n"
+                     "from wsgate import Handler\nfrom wsgate.testing import run_gateway\n")
+    assert _outside_the_public_api(_dotted_uses(tree)) == {"wsgate.config.parse_config", "wsgate.app",
+                                                           "wsgate.app.GATEWAY"}
+    prose = "`await app[wsgate.app.GATEWAY].publish()` and `wsgate.js`"
+    assert _outside_the_public_api(_dotted_text(prose, top=False)) == {"wsgate.app.GATEWAY"}

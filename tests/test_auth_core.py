@@ -54,6 +54,7 @@ from wsgate.auth import (
     split_offer,
 )
 from wsgate.auth.identity import AuthFailure
+from wsgate.auth.jwt import FIRST_RETRY
 from wsgate.errors import WsgateError
 
 NOW = 1_700_000_000.0
@@ -929,13 +930,57 @@ async def test_jwks_timeout_is_a_backend_error(keys: Keys, jwks_server: JwksServ
     assert time.monotonic() - started < 1.5
 
 
+async def test_a_failed_jwks_fetch_is_not_repeated_before_the_backoff_whatever_the_traffic(
+    keys: Keys, jwks_server: JwksServer, jwks_verifier: Callable[..., JwtVerifier]
+) -> None:
+    """The issuer answers 500: junk tokens (unknown kids, bad signatures), sequential or
+    at once, cause one fetch per backoff interval (1 s, then 2 s, ...), not one each."""
+    jwks_server.status = 500
+    clock = FakeClock()
+    verifier = jwks_verifier(clock)
+    junk = [rs256(keys, f"junk{n}", key=keys.rsa_other) for n in range(50)]
+
+    async def refused_all() -> None:
+        for token in junk:
+            failure = await refusal(verifier.verify(token, now=NOW))
+            assert (failure.status, failure.reason) == (503, "backend_error"), failure
+            assert "answered HTTP 500" in failure.detail
+        failures = await asyncio.gather(*(refusal(verifier.verify(token, now=NOW)) for token in junk))
+        assert {f.status for f in failures} == {503}
+
+    await refused_all()
+    assert jwks_server.fetches == 1
+    clock.now += FIRST_RETRY - 0.01
+    await refused_all()
+    assert jwks_server.fetches == 1
+    clock.now += 0.01  # the first backoff has passed: one more fetch, then twice as long
+    await refused_all()
+    assert jwks_server.fetches == 2
+    clock.now += 2 * FIRST_RETRY - 0.01
+    await refused_all()
+    assert jwks_server.fetches == 2
+    clock.now += 0.01
+    await refused_all()
+    assert jwks_server.fetches == 3
+    for _ in range(10):  # the backoff stops growing at min_refetch_interval (30 s)
+        clock.now += 30
+        await refused_all()
+    assert jwks_server.fetches == 13
+    jwks_server.status = 200  # the issuer is back: the next fetch after the backoff succeeds
+    clock.now += 30
+    assert (await verifier.verify(rs256(keys, "k1"), now=NOW)).user == "alice"
+    assert jwks_server.fetches == 14
+
+
 async def test_jwks_recovers_after_a_failure(
     keys: Keys, jwks_server: JwksServer, jwks_verifier: Callable[..., JwtVerifier]
 ) -> None:
-    verifier = jwks_verifier()
+    clock = FakeClock()
+    verifier = jwks_verifier(clock)
     jwks_server.status = 502
     assert (await refusal(verifier.verify(rs256(keys, "k1"), now=NOW))).status == 503
     jwks_server.status = 200
+    clock.now += FIRST_RETRY  # the wait after a failed fetch
     assert (await verifier.verify(rs256(keys, "k1"), now=NOW)).user == "alice"
 
 

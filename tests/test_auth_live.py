@@ -43,6 +43,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from wsgate import Connection, Handler, Handshake, Message, Refuse
+from wsgate.auth.jwt import FIRST_RETRY
 from wsgate.config import Registry, load_config
 from wsgate.testing import GatewayServer, run_gateway
 
@@ -173,6 +174,9 @@ class Services:
             expires_at = time.time() + (2.0 if token.startswith("expiring-") else 600.0)
             return web.json_response({"user": user, "claims": {"role": "user", "via": "http", "team": "blue"},
                                       "expires_at": expires_at})
+        if token.startswith("huge-"):  # an expires_at no float holds: 10**400, 1e400 (read as infinity)
+            expires_at = {"huge-int": "1" + "0" * 400, "huge-float": "1e400"}[token]
+            return web.Response(text=f'{{"user": "bob", "expires_at": {expires_at}}}', content_type="application/json")
         if token == "deny-403":
             return web.Response(status=403)
         if token == "boom":
@@ -213,6 +217,8 @@ async def check(handshake):
         return Identity(token[5:], {"role": "user", "via": "hook"})
     if token.startswith("expiring-"):
         return Identity(token[9:], {"via": "hook"}, expires_at=time.time() + 2.0)
+    if token == "huge-expiry":
+        return Identity("bob", {}, expires_at=10**400)
     if token == "refuse-please":
         raise Refuse(403, "the hook says no")
     raise RuntimeError("the hook crashed on " + token)
@@ -436,6 +442,10 @@ ROWS: dict[str, Row] = {
     "hs-expired": _bad("/hs", lambda: mint(exp=int(time.time()) - 60)),
     "hs-nbf-future": _bad("/hs", lambda: mint(nbf=int(time.time()) + 600)),
     "hs-no-sub": _bad("/hs", lambda: mint(sub=None)),
+    # time claims no float holds: refused as invalid tokens, not a 500 blamed on the handler
+    "hs-exp-huge": _bad("/hs", lambda: mint(exp=10**400)),
+    "hs-nbf-huge": _bad("/hs", lambda: mint(nbf=-(10**400))),
+    "hs-iat-huge": _bad("/hs", lambda: mint(iat=10**400)),
     "hs-authorize-refuses": Row("/hs", lambda: mint(sub="mallory"), 403, authorize_calls=1),
     # RS256 with a public_key PEM next to the config
     "rs-ok": _ok("/rs", lambda: mint(RSA_KEY, "RS256")),
@@ -473,6 +483,8 @@ ROWS: dict[str, Row] = {
     "http-401": _bad("/http", lambda: "who-knows"),
     "http-no-token": Row("/http", lambda: None, 401, www="any"),
     "http-403": Row("/http", lambda: "deny-403", 403),
+    "http-expires-huge-int": _bad("/http", lambda: "huge-int"),
+    "http-expires-huge-float": _bad("/http", lambda: "huge-float"),
     "http-500": Row("/http", lambda: "boom", 503),
     "http-timeout": Row("/http", lambda: "slow", 503),
     "http-unreachable": Row("/down", lambda: "ok-carol", 503),
@@ -482,6 +494,7 @@ ROWS: dict[str, Row] = {
     "hook-no-token": Row("/hook", lambda: None, 401, www="any"),
     "hook-refuse": Row("/hook", lambda: "refuse-please", 403),
     "hook-crash": Row("/hook", lambda: "crash-token-123", 503),
+    "hook-expires-huge": _bad("/hook", lambda: "huge-expiry"),
 }
 
 
@@ -606,7 +619,21 @@ async def test_jwks_issuer_down_is_503_then_recovers(world: World) -> None:
     assert outcome.headers.get("Retry-After") == "1"
     assert world.handler("/jwks").connected == []
     world.services.jwks_status = 200
+    await asyncio.sleep(FIRST_RETRY)  # no fetch before the backoff after a failure
     assert (await attempt_via(world, "/jwks", "header", mint(RSA_KEY, "RS256", kid="k1"))).status == 101
+
+
+async def test_an_issuer_outage_is_not_amplified_by_junk_tokens(world: World) -> None:
+    """With the JWKS URL answering 500, fifty handshakes with junk tokens (unknown kids,
+    no valid signature) make one fetch, not fifty: one per backoff interval."""
+    world.services.jwks_status = 500
+    started = time.monotonic()
+    for n in range(50):
+        outcome = await attempt_via(world, "/jwks", "header", mint(RSA_OTHER, "RS256", kid=f"junk{n}"))
+        assert outcome.status == 503, outcome
+    if time.monotonic() - started < FIRST_RETRY:  # else a second fetch was allowed, and right
+        assert world.services.jwks_fetches == 1
+    assert world.services.jwks_fetches <= 1 + (time.monotonic() - started) / FIRST_RETRY
 
 
 async def test_global_auth_and_auth_null_override(tmp_path: Path) -> None:
@@ -808,6 +835,7 @@ async def test_refusal_metrics(tmp_path: Path) -> None:
             # the issuer is down: backend_error
             assert (await attempt(url, headers={"Authorization": f"Bearer {admin}"})).status == 503
             services.jwks_status = 200
+            await asyncio.sleep(FIRST_RETRY)  # no fetch before the backoff after a failure
             expectations = [
                 (admin, 101),
                 (None, 401),  # missing
@@ -969,6 +997,15 @@ CONFIG_ERRORS: dict[str, tuple[str, str, str, str]] = {
     "allow-without-auth": (
         _auth_yaml(f"{{algorithms: [HS256], secret: {SECRET}}}").replace("auth: users", "allow: {role: admin}"),
         "allow: {role: admin}", "endpoints[0].allow", "needs auth",
+    ),
+    # a token from a cookie and any origin: every web site could connect as its visitors
+    "cookie-any-origin": (
+        _auth_yaml(f"{{algorithms: [HS256], secret: {SECRET}}}\n    cookie: sess") + '    origins: "*"\n',
+        "origins:", "endpoints[0].origins", "cross-site WebSocket hijacking",
+    ),
+    "cookie-any-origin-by-policy": (
+        _auth_yaml(f"{{algorithms: [HS256], secret: {SECRET}}}\n    cookie: sess") + 'policy:\n  origins: "*"\n',
+        "origins:", "policy.origins", "takes the token from the cookie 'sess' (auth.users.cookie)",
     ),
 }
 

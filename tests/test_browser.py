@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 import pytest_asyncio
 from conftest import WsgateProcess, free_port
@@ -369,11 +370,12 @@ async def test_raw_json_toggle_on_the_echo_endpoint(
 AUTH_SECRET = "browser-auth-secret-0123456789abcdef"
 
 
-def auth_config() -> dict[str, Any]:
+def auth_config(*, handshake_check: bool = True) -> dict[str, Any]:
     config = gateway_config()
     config["auth"] = {"users": {"jwt": {"algorithms": ["HS256"], "secret": AUTH_SECRET}}}
     config["endpoints"][1].update({"auth": "users"})
     config["logging"] = {"level": "debug"}
+    config["api"] = {"handshake_check": handshake_check}
     return config
 
 
@@ -383,7 +385,6 @@ async def test_the_page_sends_a_token_in_the_subprotocol_pair_and_shows_refusals
     """A chat endpoint with JWT auth: the token field appears only for it; a good token
     connects (the name comes from its claim, the token stays out of the URL); a bad one
     is reported as 401, a room outside the ``rooms`` claim as 403."""
-    jwt = pytest.importorskip("jwt")
     good = jwt.encode({"sub": "u1", "name": "Ann", "rooms": ["garden"]}, AUTH_SECRET, algorithm="HS256")
     gw = wsgate_process(write_config(auth_config()))
     async with open_page(browser, gw.url + "/") as page:
@@ -410,3 +411,17 @@ async def test_the_page_sends_a_token_in_the_subprotocol_pair_and_shows_refusals
         await page.screenshot(path=artifacts / "browser-auth.png", full_page=True)
     assert good not in gw.output
     assert AUTH_SECRET not in gw.output
+
+
+async def test_without_the_handshake_check_the_page_still_says_the_server_refused(
+    browser: Browser, wsgate_process: Start, write_config: WriteConfig
+) -> None:
+    """api.handshake_check off (the default): the check answers 404 and the page falls
+    back to the general diagnosis instead of failing."""
+    gw = wsgate_process(write_config(auth_config(handshake_check=False)))
+    async with open_page(browser, gw.url + "/") as page:
+        await page.select_option("#endpointPicker", "/chat")
+        await page.fill("#token", "not-a-valid-token")
+        await page.click("#connectButton")
+        await expect(page.locator("body")).to_have_attribute("data-socket-state", "failed")
+        await expect(logged(page, "error").last).to_contain_text("the server refused the WebSocket handshake")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import jwt
 import pytest
 import pytest_asyncio
 from conftest import RedisServer, WsgateProcess, free_port
@@ -42,7 +43,9 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 Start = Callable[..., WsgateProcess]
 WriteConfig = Callable[..., Path]
-RECONNECT_MS = 20_000  # a reconnect waits up to 2^n * 0.5 s, with jitter, for a server to come back
+# A reconnect waits up to 2^n * 0.5 s (30 s at most), with jitter, for a server to come back;
+# n goes on growing across a connection that was open for less than 5 s.
+RECONNECT_MS = 45_000
 
 # Every WebSocket the page makes: its URL and offered subprotocols (after RECORD_CLOSES).
 RECORD_SOCKETS = """
@@ -423,6 +426,69 @@ async def test_a_close_that_means_do_not_retry_is_not_retried(
         await expect(page.locator("#connectButton")).to_be_enabled()
 
 
+SLAM = """
+from pydantic import BaseModel
+
+from wsgate import Connection, Handler
+
+
+class SlamOptions(BaseModel):
+    code: int = 1011
+
+
+class Slam(Handler):
+    \"\"\"Accepts every connection, then closes it at once with ``code``.\"\"\"
+
+    Options = SlamOptions
+
+    async def on_connect(self, conn: Connection) -> None:
+        await conn.close(self.options.code, "go away")
+"""
+STORM_CODES = (1011, 1013, 3000)
+WINDOW_S = 6.0
+
+
+async def test_a_server_that_accepts_and_closes_at_once_is_retried_ever_more_slowly(
+    chromium: Browser, wsgate_process: Start, write_config: WriteConfig, tmp_path: Path,
+) -> None:
+    """wsgate.js against a gateway whose endpoints accept and then close with 1011, 1013 or
+    3000: connections in a window, counted by the gateway, stay few (they grew without
+    bound when every open reset the backoff)."""
+    (tmp_path / "handlers").mkdir()
+    (tmp_path / "handlers" / "slam.py").write_text(SLAM)
+    gw = wsgate_process(write_config({
+        "server": {"host": "127.0.0.1"},
+        "endpoints": [{"path": f"/c{code}", "handler": "handlers.slam:Slam", "options": {"code": code}}
+                      for code in STORM_CODES],
+    }))
+    async with resume_page(chromium, gw.url + "/") as page:
+        events = await page.evaluate("""async ([base, codes, windowMs]) => {
+            const { connect } = await import("/static/wsgate.js");
+            Math.random = () => 0.5;  // this page is the test's own: the median wait, every time
+            const conns = codes.map((code) => connect(`${base}/c${code}`));
+            const events = Object.fromEntries(codes.map((code) => [code, []]));
+            conns.forEach((conn, i) => {
+              for (const type of ["open", "reconnecting"]) {
+                conn.addEventListener(type, (e) => events[codes[i]].push({ type, delay: e.delay ?? null }));
+              }
+            });
+            await new Promise((r) => setTimeout(r, windowMs));
+            conns.forEach((conn) => conn.close());
+            return events;
+        }""", [gw.ws_url, list(STORM_CODES), WINDOW_S * 1000])
+    accepted = {code: await gw.metric("wsgate_connections_total", f"/c{code}") for code in STORM_CODES}
+    opens = {code: sum(e["type"] == "open" for e in events[str(code)]) for code in STORM_CODES}
+    delays = {code: [e["delay"] for e in events[str(code)] if e["type"] == "reconnecting"] for code in STORM_CODES}
+    # waits of 250, 500, 1000, 2000 ms (half of 0.5 s * 2^n): 5 connections in 6 s, not 24
+    for code in (1011, 3000):
+        assert delays[code][:4] == [250, 500, 1000, 2000], delays
+        assert 4 <= opens[code] <= 5, opens
+    # 1013: the floor (5 s) plus the jitter before the one retry
+    assert delays[1013][0] == 5000 + 250, delays
+    assert 1 <= opens[1013] <= 2, opens
+    assert accepted == {code: float(n) for code, n in opens.items()}
+
+
 AUTH_SECRET = "resume-auth-secret-0123456789abcdef"
 
 
@@ -432,14 +498,16 @@ async def test_a_token_that_expires_is_fetched_anew_and_the_room_resumed(
     """wsgate.js on its own, against a chat with JWT auth: the gateway closes with 3000
     when the first token expires; the module asks its token function again, reconnects
     with the new token in the subprotocol pair, and resumes the room (nothing missed)."""
-    jwt = pytest.importorskip("jwt")
     config = chat_config()
     config["auth"] = {"users": {"jwt": {"algorithms": ["HS256"], "secret": AUTH_SECRET}}}
     config["endpoints"][0]["auth"] = "users"
     gw = wsgate_process(write_config(config))
-    tokens = [jwt.encode({"sub": "u1", "name": "Ann", "exp": int(time.time()) + 2}, AUTH_SECRET, algorithm="HS256"),
-              jwt.encode({"sub": "u1", "name": "Ann", "exp": int(time.time()) + 600}, AUTH_SECRET, algorithm="HS256")]
     async with resume_page(chromium, gw.url + "/") as page:
+        # Made once the page is up: a slow page load must not outlast the short-lived token.
+        tokens = [jwt.encode({"sub": "u1", "name": "Ann", "exp": int(time.time()) + 2}, AUTH_SECRET,
+                             algorithm="HS256"),
+                  jwt.encode({"sub": "u1", "name": "Ann", "exp": int(time.time()) + 600}, AUTH_SECRET,
+                             algorithm="HS256")]
         await page.evaluate("""async ([url, tokens]) => {
             const { connect } = await import("/static/wsgate.js");
             window.__events = [];
@@ -597,19 +665,25 @@ async def test_wsgate_js_resume_parameters_and_events(scripted: Page) -> None:
     assert [e["attempt"] for e in events if e["type"] == "connecting"] == [0, 1, 1, 1]
 
 
-async def test_wsgate_js_backoff_is_full_jitter_capped_and_reset_on_open(scripted: Page) -> None:
+async def test_wsgate_js_backoff_is_full_jitter_capped_and_reset_only_by_a_healthy_connection(
+    scripted: Page,
+) -> None:
     result = await scripted.evaluate("""async () => {
         const { connect, backoffDelay } = await import("/static/wsgate.js");
         const realRandom = Math.random;
         Math.random = () => 0.999;
         try {
-          const conn = connect("ws://gw.test/ws", { WebSocket: FakeSocket, minDelay: 10, maxDelay: 80 });
+          const conn = connect("ws://gw.test/ws", { WebSocket: FakeSocket, minDelay: 10, maxDelay: 80,
+                                                    healthyAfter: 100 });
           const events = record(conn);
           (await socketNumber(1)).open();
           FakeSocket.made[0].drop(1006);
           for (let n = 2; n <= 6; n++) (await socketNumber(n)).drop(1006);  // five attempts that never open
           (await socketNumber(7)).open();
-          FakeSocket.made[6].drop(1001);
+          FakeSocket.made[6].drop(1011);  // accepted, then closed at once: not healthy
+          (await socketNumber(8)).open();
+          await new Promise((r) => setTimeout(r, 150));  // open for longer than healthyAfter
+          FakeSocket.made[7].drop(1001);
           await new Promise((r) => setTimeout(r, 0));
           const waiting = conn.state;
           conn.close(4100, "bye");  // while waiting to retry
@@ -622,15 +696,45 @@ async def test_wsgate_js_backoff_is_full_jitter_capped_and_reset_on_open(scripte
         }
     }""")
     retries = [(e["delay"], e["attempt"]) for e in result["events"] if e["type"] == "reconnecting"]
-    # ceilings 10, 20, 40, 80 (maxDelay), 80, 80; back to 10 after the open
-    assert retries == [(9, 1), (19, 2), (39, 3), (79, 4), (79, 5), (79, 6), (9, 1)]
+    # ceilings 10, 20, 40, 80 (maxDelay), 80, 80; still 80 after a socket that opened and
+    # closed at once (attempt counts from that open); back to 10 after one that stayed open
+    assert retries == [(9, 1), (19, 2), (39, 3), (79, 4), (79, 5), (79, 6), (79, 1), (9, 1)]
     assert result["waiting"] == "reconnecting"
     assert result["state"] == "closed"
-    assert result["made"] == 7  # close() cancelled the pending retry
+    assert result["made"] == 8  # close() cancelled the pending retry
     last = result["events"][-1]
     assert (last["type"], last["code"], last["willReconnect"]) == ("close", 4100, False)
     assert result["low"] == [0, 0, 0, 0]
     assert result["high"] == [499, 999, 1999, 3999, 7999, 15999, 29999, 29999, 29999]
+
+
+async def test_wsgate_js_waits_at_least_try_again_delay_after_1013(scripted: Page) -> None:
+    """1013 "try again later": the floor plus the usual jitter, and "online" does not cut it short."""
+    result = await scripted.evaluate("""async () => {
+        const { connect } = await import("/static/wsgate.js");
+        const realRandom = Math.random;
+        Math.random = () => 0;  // no jitter at all
+        try {
+          const first = FakeSocket.made.length;
+          const conn = connect("ws://gw.test/ws", { WebSocket: FakeSocket, tryAgainDelay: 300 });
+          const events = record(conn);
+          (await socketNumber(first + 1)).open();
+          FakeSocket.made[first].drop(1013);
+          await new Promise((r) => setTimeout(r, 50));
+          window.dispatchEvent(new Event("online"));
+          await new Promise((r) => setTimeout(r, 100));
+          const early = FakeSocket.made.length - first;
+          (await socketNumber(first + 2)).open();
+          FakeSocket.made[first + 1].drop(1011);  // another code: no floor
+          await new Promise((r) => setTimeout(r, 0));
+          conn.close();
+          return { early, delays: events.filter((e) => e.type === "reconnecting").map((e) => e.delay) };
+        } finally {
+          Math.random = realRandom;
+        }
+    }""")
+    assert result["delays"] == [300, 0]
+    assert result["early"] == 1
 
 
 async def test_wsgate_js_which_closes_reconnect(scripted: Page) -> None:

@@ -124,6 +124,24 @@ async def test_the_rooms_claim_limits_joins_before_the_upgrade(rooms: list[str],
         assert gw.stats.endpoints["/chat"].connections == 0
 
 
+async def test_a_hostile_rooms_pattern_does_not_stall_the_gateway() -> None:
+    """A claim pattern with many stars against the longest room name a client may pick:
+    refused (or admitted) at once, and the event loop stays free for others meanwhile.
+    As a regex (``.*`` per star) this took seconds per handshake."""
+    hostile = token("u1", rooms=["*a" * 6 + "*b"])
+    room = "a" * 64
+    async with chat_gateway() as gw:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(f"{gw.ws_url}/chat?room={room}", additional_headers={"Authorization": "Bearer " + hostile},
+                          open_timeout=TIMEOUT)
+        assert refused.value.response.status_code == 403
+        assert asyncio.get_running_loop().time() - started < 1.0
+        ws, welcome = await join(gw, token("u2", rooms=["*a" * 6 + "*"]), f"room={room}")
+        assert welcome["room"] == room
+        await ws.close()
+
+
 async def test_tabs_on_two_instances_sharing_redis_are_one_member(redis_server: RedisServer) -> None:
     async with chat_gateway(broker=redis_server.url) as one, chat_gateway(broker=redis_server.url) as two:
         watcher, _ = await join(one, token("w", name="watcher"))

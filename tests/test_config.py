@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any, ClassVar
 
+import jsonschema
 import pytest
 import yaml
 
@@ -675,7 +676,6 @@ def test_schema_command_prints_the_schema(tmp_path: Path) -> None:
 
 
 def test_shipped_config_is_valid_against_the_schema(tmp_path: Path) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
     schema = json.loads(_run(["schema"], tmp_path).stdout)
     validator = jsonschema.Draft202012Validator(schema)
     config = yaml.safe_load(SHIPPED.read_text())

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from test_docs import python_blocks
 
 from wsgate.config import Registry
@@ -107,7 +106,6 @@ endpoints:
 
 
 async def test_reload_restarts_on_an_edited_handler(tmp_path: Path, wsgate_process: Callable[..., Any]) -> None:
-    pytest.importorskip("watchfiles")
     (tmp_path / "handlers").mkdir()
     (tmp_path / "handlers" / "greeter.py").write_text(GREETER.replace("{prefix}", "v1:"))
     (tmp_path / "config.yaml").write_text(RELOAD_CONFIG)

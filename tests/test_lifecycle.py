@@ -9,13 +9,18 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import WSMsgType
+from conftest import free_port
 
 PROBE = '''
 import asyncio
@@ -273,3 +278,84 @@ async def test_a_hanging_on_disconnect_does_not_outlive_shutdown_timeout(
     assert await _sigterm_exit_time(proc) < 2 + 1
     assert "shutdown timeout (2s): cancelled on_disconnect of c1 (/probe)" in proc.output
     assert (tmp_path / "shutdown.txt").read_text() == "shutdown ran"
+
+
+# --- signals at the first moment the port accepts ---------------------------------------------
+
+TRIALS = 20
+PARALLEL = 5  # starts at once: each is mostly import time
+
+
+def _start_and_signal_at_first_accept(config: Path, signum: int) -> tuple[subprocess.Popen[str], int]:
+    """Start ``python -m wsgate`` on a free port; signal it the moment a connect succeeds.
+
+    Returns the process and its port.
+    """
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wsgate", "--config", str(config), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=config.parent,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"wsgate never listened on {port}: {proc.communicate()[0]}") from None
+            time.sleep(0.001)
+    proc.send_signal(signum)
+    return proc, port
+
+
+def _sigterm_trial(config: Path) -> tuple[int | None, str]:
+    proc, _ = _start_and_signal_at_first_accept(config, signal.SIGTERM)
+    try:
+        output = proc.communicate(timeout=20)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return None, proc.communicate()[0]
+    return proc.returncode, output
+
+
+def _sighup_trial(config: Path) -> tuple[int | None, int | None, str]:
+    """(healthz status after the SIGHUP, exit code after a later SIGTERM, output)."""
+    proc, port = _start_and_signal_at_first_accept(config, signal.SIGHUP)
+    status = None
+    try:
+        time.sleep(0.3)  # long enough for SIGHUP's default action, had it no handler
+        if proc.poll() is None:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
+                status = response.status
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=20)[0]
+    except (subprocess.TimeoutExpired, OSError):
+        proc.kill()
+        output = proc.communicate()[0]
+    return status, proc.returncode, output
+
+
+@pytest.mark.slow
+def test_sigterm_at_the_first_accepted_connection_drains_and_exits_0(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    config = probe_config(tmp_path, write_config)
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        results = list(pool.map(_sigterm_trial, [config] * TRIALS))
+    failed = [(code, output) for code, output in results if code != 0 or "draining: closing" not in output]
+    assert not failed, f"{len(failed)} of {TRIALS} did not drain and exit 0; first: {failed[0]}"
+
+
+@pytest.mark.slow
+def test_sighup_at_the_first_accepted_connection_never_kills(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    config = probe_config(tmp_path, write_config)
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        results = list(pool.map(_sighup_trial, [config] * TRIALS))
+    failed = [r for r in results if r[:2] != (200, 0)]
+    assert not failed, f"{len(failed)} of {TRIALS} died or stopped serving after SIGHUP; first: {failed[0]}"
+    # a reload asked for during startup is done once the gateway serves, not lost
+    assert all("reloaded " in output for _, _, output in results)

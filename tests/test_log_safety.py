@@ -220,6 +220,7 @@ def test_no_code_path_logs_request_headers() -> None:
                     offenders.append(f"{path.relative_to(root)}:{node.lineno}")
     assert not offenders, offenders
     link: Any = object()
-    conn = Connection(link, lambda frame: True, id="c1", path="/ws", remote="127.0.0.1",
-                      headers={"Authorization": "Bearer SECRET", "Cookie": "SECRET"}, query={}, subprotocol=None)
+    conn = Connection._open(link, lambda frame: True, id="c1", path="/ws", remote="127.0.0.1",
+                            headers={"Authorization": "Bearer SECRET", "Cookie": "SECRET"}, query={},
+                            subprotocol=None)
     assert "SECRET" not in repr(conn)

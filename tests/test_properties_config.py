@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from wsgate import ConfigError
 from wsgate.config import Registry, Settings, parse_config
-from wsgate.config.describe import describe_routes
+from wsgate.describe import describe_routes
 
 FILE = "cfg/config.yaml"
 # One registry for every example: a fresh one re-reads every installed package's entry

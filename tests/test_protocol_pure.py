@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from wsgate import CloseCode
-from wsgate.gateway.closing import CloseHandshake, Phase, valid_close_code
+from wsgate.gateway.closing import CloseHandshake, Phase, Reply, valid_close_code
 from wsgate.gateway.frames import BINARY, CLOSE, PING, PONG, TEXT, close_payload, encode, encode_frame, split_frame
 from wsgate.gateway.sendqueue import MAX_PONGS, Push, SendQueue
 
@@ -34,13 +34,13 @@ def test_invalid_close_codes(code: int) -> None:
 
 def test_client_close_is_echoed_and_reported() -> None:
     hs = CloseHandshake()
-    assert hs.received(4001, "bye") == (4001, "bye")
+    assert hs.received(4001, "bye") == Reply(4001, "bye", drop_queued=False)
     assert (hs.phase, hs.code, hs.reason) == (Phase.CLOSED, 4001, "bye")
 
 
 def test_client_close_without_code_is_answered_1000_and_reported_1005() -> None:
     hs = CloseHandshake()
-    assert hs.received(None, "") == (CloseCode.NORMAL, "")
+    assert hs.received(None, "") == Reply(CloseCode.NORMAL, "")
     assert hs.code == CloseCode.NO_STATUS
 
 
@@ -56,9 +56,11 @@ def test_invalid_client_close_code_is_a_protocol_error(code: int) -> None:
 def test_server_close_waits_for_the_answer_and_keeps_its_code() -> None:
     hs = CloseHandshake()
     assert hs.start(1008, "rate limit exceeded")
-    assert hs.phase is Phase.CLOSING
+    assert hs.phase is Phase.CLOSE_QUEUED
     assert not hs.open
     assert not hs.start(1000, "again")  # a second close sends nothing
+    hs.sent()
+    assert hs.phase is Phase.CLOSING
     assert hs.received(1008, "rate limit exceeded") is None  # the answer completes it: no reply
     assert (hs.phase, hs.code, hs.reason) == (Phase.CLOSED, 1008, "rate limit exceeded")
 
@@ -66,8 +68,36 @@ def test_server_close_waits_for_the_answer_and_keeps_its_code() -> None:
 def test_server_close_answered_with_another_code_keeps_the_sent_one() -> None:
     hs = CloseHandshake()
     hs.start(1001, "server shutting down")
+    hs.sent()
     assert hs.received(1000, "") is None
     assert hs.code == 1001
+
+
+@pytest.mark.parametrize("peer", [1000, None, 5000])
+def test_peer_close_before_ours_was_sent_is_answered_with_ours_at_once(peer: int | None) -> None:
+    """RFC 6455 5.5.1: our close frame was only queued, so it is still owed; the queued data is not."""
+    hs = CloseHandshake()
+    hs.start(4000, "done")
+    assert hs.received(peer, "bye") == Reply(4000, "done", drop_queued=True)
+    assert (hs.phase, hs.code, hs.reason) == (Phase.CLOSED, 4000, "done")
+    hs.sent()  # the answer reaching the transport changes nothing
+    assert (hs.phase, hs.code) == (Phase.CLOSED, 4000)
+
+
+def test_close_frame_sent_before_the_peer_closed_is_not_sent_again() -> None:
+    hs = CloseHandshake()
+    hs.start(1008, "slow consumer")
+    hs.sent()
+    hs.sent()
+    assert hs.received(1000, "") is None
+    assert not hs.start(1000, "again")
+    assert (hs.phase, hs.code, hs.reason) == (Phase.CLOSED, 1008, "slow consumer")
+
+
+def test_sent_before_any_close_changes_nothing() -> None:
+    hs = CloseHandshake()
+    hs.sent()
+    assert (hs.phase, hs.open, hs.code) == (Phase.OPEN, True, None)
 
 
 def test_parse_failure_sends_one_close_frame() -> None:

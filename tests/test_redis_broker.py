@@ -56,6 +56,14 @@ async def test_create_broker_picks_redis_for_a_redis_url(redis_server: RedisServ
     assert broker.name == "redis"
 
 
+async def test_a_started_broker_publishes_at_once(brokers: MakeBroker) -> None:
+    """start() returns once the broker's own subscription is up, so the first publish,
+    made before the loop has run anything else, is numbered rather than refused."""
+    for _ in range(5):
+        broker = await brokers()
+        assert await broker.publish_numbered("first", b"#", b".", 5) >= 1
+
+
 async def test_publish_reaches_subscribers_on_both_instances(brokers: MakeBroker) -> None:
     a, b = await brokers(), await brokers()
     got_a, deliver_a = inbox()
@@ -203,8 +211,8 @@ def test_redact_url() -> None:
     assert redact_url("redis://:pw@h:1/0") == "redis://:***@h:1/0"
     assert redact_url("redis://h:1/0") == "redis://h:1/0"
     assert redact_url("redis://pw@h:1/0") == "redis://***@h:1/0"
-    assert redact_url("unix:///tmp/r.sock?db=1&password=pw") == "unix:///tmp/r.sock?db=1&password=***"
-    assert redact_url("redis://h:1/0?Password=pw&db=2") == "redis://h:1/0?Password=***&db=2"
+    assert redact_url("unix:///tmp/r.sock?db=1&password=pw") == "unix:///tmp/r.sock?db=***&password=***"
+    assert redact_url("redis://h:1/0?Password=pw&db=2") == "redis://h:1/0?Password=***&db=***"
 
 
 async def test_close_leaves_no_task_or_connection_behind(redis_server: RedisServer, rds: Redis) -> None:
@@ -284,6 +292,36 @@ async def test_a_killed_subscription_connection_is_restored(brokers: MakeBroker,
     await rds.publish("other", "o")
     assert await take(room) == b"r"
     assert await take(other) == b"o"
+
+
+async def test_subscribe_while_the_subscription_is_restored_returns_once_redis_has_it(
+        brokers: MakeBroker, rds: Redis) -> None:
+    """A join subscribes, then reads the history: a subscribe() that returned before the
+    listener had subscribed again would let what is published meanwhile fall between."""
+    a = await brokers()
+    await a.subscribe("room", inbox()[1])
+    for i in range(3):
+        assert await rds.client_kill_filter(_type="pubsub") == 1
+        await wait_until(lambda: not a.healthy, 3, "noticed")
+        got, deliver = inbox()
+        await a.subscribe(f"new{i}", deliver)
+        assert await rds.publish(f"new{i}", f"m{i}") == 1
+        assert await take(got) == f"m{i}".encode()
+
+
+async def test_no_publish_is_numbered_while_the_own_subscription_is_restored(
+        brokers: MakeBroker, rds: Redis) -> None:
+    """Redis is up, this instance's subscription is not yet: a numbered publish would be
+    stored and reach nobody here, so it fails (the hub then delivers it locally)."""
+    a = await brokers()
+    await a.subscribe("room", inbox()[1])
+    assert await rds.client_kill_filter(_type="pubsub") == 1
+    await wait_until(lambda: not a.healthy, 3, "noticed")
+    with pytest.raises(BrokerError, match="subscription of this instance"):
+        await a.publish_numbered("room", b"t[", b"]", keep=10)
+    assert await rds.get("room:seq") is None
+    await wait_until(lambda: a.healthy, 3, "healthy again")
+    assert await a.publish_numbered("room", b"t[", b"]", keep=10) == 1
 
 
 # --- through the gateway ------------------------------------------------------------

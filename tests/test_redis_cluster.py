@@ -6,7 +6,7 @@ master is killed (``kill -9``, no replicas), its rooms answer new joins with 101
 while the rooms of the other masters keep working on both instances, and ``/readyz``
 says which instance depends on the lost master.
 
-With a replica per master (marked slow): while chat and ``POST /api/publish`` traffic
+With a replica per master: while chat and ``POST /api/publish`` traffic
 flows, a master is killed and its replica promoted, or a room's slot is resharded;
 every instance follows, the one that only publishes included, and a move touches only
 the rooms of its slot. A publish made mid-migration follows ASK.
@@ -439,7 +439,6 @@ async def wait_for(check: Callable[[], bool], what: str, within: float = WAIT) -
         await asyncio.sleep(0.05)
 
 
-@pytest.mark.slow
 async def test_every_instance_follows_a_promoted_replica(replicated: Cluster, gateways: Gateways,
                                                          session: aiohttp.ClientSession) -> None:
     a, b, api_only = gateways(replicated)
@@ -491,7 +490,6 @@ def room_in_slot(slot: int, prefix: str) -> str:
                 if key_slot(cluster_channel(f"wsgate:/chat:{prefix}{i}").encode()) == slot)
 
 
-@pytest.mark.slow
 async def test_a_reshard_moves_only_the_rooms_of_its_slot(replicated: Cluster, gateways: Gateways,
                                                           session: aiohttp.ClientSession) -> None:
     a, b, api_only = gateways(replicated)
@@ -557,7 +555,6 @@ async def test_a_reshard_moves_only_the_rooms_of_its_slot(replicated: Cluster, g
         await eventually(lambda i=instance: ready(session, i), 200, within=WAIT)
 
 
-@pytest.mark.slow
 async def test_a_numbered_publish_follows_ask_while_its_slot_migrates(cluster: Cluster, gateways: Gateways,
                                                                      session: aiohttp.ClientSession) -> None:
     a, b = gateways(cluster, 2)
@@ -593,7 +590,6 @@ async def test_a_numbered_publish_follows_ask_while_its_slot_migrates(cluster: C
     ids_in_order(seen.messages())
 
 
-@pytest.mark.slow
 async def test_a_master_s_rooms_of_several_slots_are_subscribed_again_after_a_reconnect(
         cluster: Cluster, instances: list[WsgateProcess], session: aiohttp.ClientSession) -> None:
     a, b = instances

@@ -157,8 +157,8 @@ async def test_run_gateway_validates_like_config_yaml() -> None:
     assert "endpoints[1].handler: unknown handler 'nope'" in lines[1]
 
 
-async def test_run_gateway_with_settings_from_a_config_file(tmp_path: Path) -> None:
-    """A loaded config.yaml, with its own handler module beside it, serves as-is."""
+async def test_run_gateway_with_a_config_file(tmp_path: Path) -> None:
+    """A config.yaml, with its own handler module beside it, serves as-is (loaded, too)."""
     package = tmp_path / "kit_settings_handlers"
     package.mkdir()
     (package / "rev.py").write_text(textwrap.dedent("""\
@@ -170,10 +170,18 @@ async def test_run_gateway_with_settings_from_a_config_file(tmp_path: Path) -> N
     """))
     config = tmp_path / "config.yaml"
     config.write_text("endpoints:\n  - {path: /rev, handler: 'kit_settings_handlers.rev:Reverse'}\n")
-    registry = Registry()
-    settings = load_config(config, registry)
-    async with asyncio.timeout(TIMEOUT), run_gateway(settings, registry=registry) as gw:
+    async with asyncio.timeout(TIMEOUT), run_gateway(config) as gw:
         assert await _echo_roundtrip(gw, "/rev", "abc") == "cba"
+    registry = Registry()
+    async with asyncio.timeout(TIMEOUT), run_gateway(load_config(config, registry), registry=registry) as gw:
+        assert await _echo_roundtrip(gw, "/rev", "abc") == "cba"
+    with pytest.raises(TypeError, match=r"a config file .* says them itself"):
+        async with run_gateway(config, policy={"origins": "*"}):
+            raise AssertionError("policy= was ignored")
+    config.write_text("endpoints:\n  - {path: /rev, handler: 'kit_settings_handlers.rev:Reverse', optons: {}}\n")
+    with pytest.raises(ConfigError, match=r"config.yaml:2:64: endpoints\[0\]\.optons: unknown key"):
+        async with run_gateway(config):
+            raise AssertionError("a bad config file was served")
 
 
 async def test_each_run_gateway_is_its_own_server() -> None:
@@ -206,7 +214,7 @@ async def test_leaving_run_gateway_stops_background_tasks() -> None:
     async with asyncio.timeout(TIMEOUT):
         async with run_gateway({"/t": {"handler": Ticker, "options": {"interval_ms": 10}}}) as gw:
             runtime = gw.gateway.routes["/t"]
-            tasks = set(runtime._tasks)
+            tasks = set(runtime.tasks)
             assert tasks
             assert not any(t.done() for t in tasks)
         assert all(t.cancelled() for t in tasks)
@@ -254,8 +262,12 @@ async def test_user(wsgate_gateway):
 '''
 
 
+PROJECT_CONFIG = "endpoints:\n  - {path: /log, handler: echo}\n"  # what makes a folder a wsgate project
+
+
 def _run_user_project(tmp_path: Path, setup: str) -> subprocess.CompletedProcess[str]:
-    """Run pytest on a one-file project as a user would set it up."""
+    """Run pytest on a wsgate project (its config.yaml and one test file) as a user would set it up."""
+    (tmp_path / "config.yaml").write_text(PROJECT_CONFIG)
     test = USER_TEST
     if setup == "strict-marked":
         test = test.replace("async def test_user", "import pytest\n\n\n@pytest.mark.asyncio\nasync def test_user")
@@ -273,8 +285,8 @@ def _run_user_project(tmp_path: Path, setup: str) -> subprocess.CompletedProcess
 
 @pytest.mark.parametrize("setup", ["nothing", "auto", "strict-marked", "legacy"])
 async def test_the_fixture_in_a_user_project_stops_its_gateway(tmp_path: Path, setup: str) -> None:
-    """Installed with [testing], the plugin needs no configuration: no ini file, no
-    ``pytest_plugins``, no asyncio marks. Projects that configured pytest-asyncio
+    """Installed with [testing], the plugin needs no configuration in a wsgate project: no
+    ini file, no ``pytest_plugins``, no asyncio marks. Projects that configured pytest-asyncio
     themselves, or enabled the kit the old way, keep working. At teardown the fixture
     closes open connections with 1001 and shuts handlers down."""
     proc = await asyncio.to_thread(_run_user_project, tmp_path, setup)
@@ -296,7 +308,9 @@ def pytest_collection_modifyitems(items):
 
 
 async def test_the_plugin_marks_only_unmarked_coroutine_tests(tmp_path: Path) -> None:
-    """A coroutine test marked for anyio is anyio's business; a plain function is nobody's."""
+    """In a wsgate project: a coroutine test marked for anyio is anyio's business; a plain
+    function is nobody's. (Outside one, see test_pytest_plugin.py.)"""
+    (tmp_path / "config.yaml").write_text(PROJECT_CONFIG)
     (tmp_path / "conftest.py").write_text(MARKS_PROBE)
     (tmp_path / "test_marks.py").write_text(
         "import pytest\n\n\n@pytest.mark.anyio\nasync def test_anyio():\n    pass\n\n\n"

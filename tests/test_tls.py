@@ -305,3 +305,50 @@ def test_the_context_refuses_tls_below_1_2(pki: Pki) -> None:
     context = server_ssl_context(tls, pki.folder)
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
     assert context.verify_mode == ssl.CERT_NONE  # clients are not asked for certificates
+
+
+# --- handshake_timeout covers the TLS handshake --------------------------------------------
+
+
+async def _seconds_until_dropped(port: int, send: bytes, within: float) -> float:
+    """Open TCP to ``port``, send ``send`` (maybe nothing), then read until the server closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    opened = asyncio.get_running_loop().time()
+    try:
+        writer.write(send)
+        async with asyncio.timeout(within):
+            while await reader.read(4096):
+                pass
+    except ConnectionResetError:
+        pass
+    finally:
+        writer.close()
+    return asyncio.get_running_loop().time() - opened
+
+
+async def test_a_client_that_never_finishes_the_tls_handshake_is_dropped_after_handshake_timeout(
+    pki: Pki, write_config: Callable[..., Path], wsgate_process: Callable[..., WsgateProcess]
+) -> None:
+    config = write_config(_config("tls/server.pem", "tls/server.key").replace(
+        "server:\n", "server:\n  handshake_timeout: 1s\n", 1))
+    gateway = _start_tls(wsgate_process, config)
+    # a ClientHello record header that promises 512 bytes, then nothing more
+    partial_hello = bytes([0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+    silent, partial = await asyncio.gather(
+        _seconds_until_dropped(gateway.port, b"", within=10),
+        _seconds_until_dropped(gateway.port, partial_hello, within=10),
+    )
+    # 60 s before handshake_timeout covered the TLS handshake
+    assert 0.9 < silent < 5, f"a client that sent nothing was held {silent:.1f}s"
+    assert 0.9 < partial < 5, f"a client that sent part of a ClientHello was held {partial:.1f}s"
+    # past the TLS handshake, a request that never comes has the same bound
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port, ssl=_trusting(pki))
+    try:
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""
+    finally:
+        writer.close()
+    # and the port still serves those who do finish
+    async with (asyncio.timeout(15), aiohttp.ClientSession() as session,
+                session.get(_base(gateway, "https") + "/healthz", ssl=_trusting(pki)) as resp):
+        assert resp.status == 200

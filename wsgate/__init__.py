@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .auth.identity import Handshake, Identity
 from .closecode import CloseCode
+from .config.base import Duration, Size
 from .connection import Connection
 from .errors import (
     BrokerError,
@@ -29,6 +30,7 @@ __all__ = [
     "Connection",
     "ConnectionClosed",
     "Context",
+    "Duration",
     "Handler",
     "HandlerLoadError",
     "Handshake",
@@ -37,6 +39,7 @@ __all__ = [
     "NoOptions",
     "Recovery",
     "Refuse",
+    "Size",
     "WsgateError",
 ]
 

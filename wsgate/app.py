@@ -21,6 +21,8 @@ from .errors import BrokerError, ConfigError
 from .gateway.hub import Hub
 from .gateway.router import Gateway, host_refusal
 from .observe.stats import GatewayStats
+from .policy.probes import PROBE_EVERY
+from .prepare import prepare
 
 __all__ = ["BROKER", "GATEWAY", "STATS", "build_app", "make_runner", "reload_config"]
 
@@ -112,7 +114,18 @@ async def _read_body(request: web.Request) -> bytes | web.Response:
 
 
 async def probe_identity(request: web.Request) -> web.Response:
-    """``POST /api/handshake-check``: how the endpoint's auth would answer a handshake."""
+    """``POST /api/handshake-check``: how the endpoint would answer a handshake.
+
+    404 unless ``api.handshake_check`` is on; 429 when the client asked too often.
+    """
+    gateway = request.app[GATEWAY]
+    if not gateway.settings.config.api.handshake_check:
+        return web.json_response({"error": "POST /api/handshake-check is off; it answers with "
+                                  "api: {handshake_check: true} in the config"}, status=404)
+    if not gateway.may_probe(request):
+        return web.json_response({"error": "too many handshake checks from your address; retry in a minute"},
+                                 status=429, headers={hdrs.RETRY_AFTER: f"{PROBE_EVERY:g}"})
+    unread = request.clone()  # the handshake is made from it: aiohttp clones only unread requests
     raw = await _read_body(request)
     if isinstance(raw, web.Response):
         return raw
@@ -120,7 +133,7 @@ async def probe_identity(request: web.Request) -> web.Response:
         body = IdentityProbe.model_validate_json(raw)
     except ValidationError:
         return web.json_response({"error": 'send {"path": "/endpoint?query", "token": "..." or null}'}, status=400)
-    status, text = await request.app[GATEWAY].probe_identity(request, body.path, body.token)
+    status, text = await gateway.probe_identity(unread, body.path, body.token)
     return web.json_response({"status": status, "text": text})
 
 
@@ -164,11 +177,12 @@ async def reload_config(app: web.Application) -> None:
     """Re-read the config file; on error keep the current one and raise ConfigError."""
     gateway = app[GATEWAY]
     settings = load_config(gateway.settings.file, app[REGISTRY])
+    authenticators = prepare(settings)  # a broken TLS pair fails the reload too
     server = gateway.settings.config.server
     if settings.config.server != server or settings.config.broker != gateway.settings.config.broker:
         log.warning("reload: server and broker settings change only on restart; kept the current ones")
     config = settings.config.model_copy(update={"server": server, "broker": gateway.settings.config.broker})
-    await gateway.reload(settings.model_copy(update={"config": config}))
+    await gateway.reload(settings.model_copy(update={"config": config}), authenticators)
     log.info("reloaded %s: endpoints %s", settings.file, ", ".join(gateway.routes))
 
 
@@ -206,14 +220,19 @@ def make_runner(app: web.Application) -> web.AppRunner:
 
 
 def build_app(settings: Settings, registry: Registry | None = None) -> web.Application:
-    """The application for validated ``settings``; connects the broker on startup."""
+    """The application for validated ``settings``; connects the broker on startup.
+
+    Builds the authenticators (ConfigError if a file or hook the config names is
+    unusable); the gateway holds them, and closes them when it stops.
+    """
+    authenticators = prepare(settings)
     app = web.Application()
     stats = GatewayStats()
     broker = create_broker(settings.config.broker)
     app[STATS] = stats
     app[BROKER] = broker
     app[REGISTRY] = registry or Registry()
-    app[GATEWAY] = Gateway(settings, Hub(broker, stats), stats)
+    app[GATEWAY] = Gateway(settings, Hub(broker, stats), stats, authenticators)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await broker.start()

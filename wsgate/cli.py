@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -26,10 +27,12 @@ from . import __version__
 from .app import GATEWAY, build_app, make_runner, reload_config
 from .closecode import CloseCode
 from .config import Registry, Settings, load_config
-from .config.describe import describe_routes
+from .config.models import ServerConfig
 from .config.schema import config_schema
+from .describe import describe_routes
 from .errors import BrokerError, ConfigError
 from .observe.logs import setup_logging
+from .prepare import prepare
 from .reloader import run_with_reload
 from .scaffold import init_project
 from .tls import TlsError, server_ssl_context
@@ -85,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _override(load_config(args.config, registry), args)
         settings.check_deployment()
+        prepare(settings)  # key files, hooks and the TLS pair, before anything binds
         server = settings.config.server
     except ConfigError as exc:
         print(exc, file=sys.stderr)
@@ -136,20 +140,64 @@ async def _serve(settings: Settings, registry: Registry, *, reuse_port: bool) ->
     server = settings.config.server
     ssl_context = server_ssl_context(server.tls, settings.folder) if server.tls else None
     app = build_app(settings, registry)
+    gateway = app[GATEWAY]
+    stop = asyncio.Event()
+    serving = asyncio.Event()
+    # Before anything listens: a supervisor (or test) that signals as soon as the port
+    # accepts must find the handlers in place, or SIGTERM's and SIGHUP's default action
+    # would end the process with no drain.
+    _install_signal_handlers(app, stop, serving)
     runner = make_runner(app)
     await runner.setup()
-    site = web.TCPSite(runner, server.host, server.port, ssl_context=ssl_context, reuse_port=reuse_port or None,
-                       backlog=4096)
+    listener = None
     try:
-        await site.start()
+        if not stop.is_set():  # stopped while the broker connected: never listen
+            listener = await _listen(runner, server, ssl_context, reuse_port=reuse_port)
     except OSError as exc:
         print(listen_error_message(server.host, server.port, exc), file=sys.stderr, flush=True)
         await runner.cleanup()
         return 2
     _tune_gc()
+    if listener is not None:  # a reload asked for during a stop before listening is moot
+        serving.set()
+    for sock in listener.sockets if listener else ():
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"wsgate listening on {'https' if ssl_context else 'http'}://{shown}:{port}/ "
+              f"({', '.join(f'{p} {r.endpoint.handler_ref}' for p, r in gateway.routes.items())})", flush=True)
+    await stop.wait()
+    log.info("draining: closing %d connection(s) with %d", len(gateway.sessions), gateway.shutdown_code)
+    await gateway.shutdown(gateway.shutdown_code, server.shutdown_timeout)
+    if listener is not None:
+        listener.close()
+    await runner.cleanup()
+    return 0
+
+
+async def _listen(runner: web.AppRunner, server: ServerConfig, ssl_context: ssl.SSLContext | None, *,
+                  reuse_port: bool) -> asyncio.Server:
+    """Listen on server.host:port with the runner's protocol (what aiohttp's TCPSite does).
+
+    Not with TCPSite: it cannot bound the TLS handshake, and asyncio's default lets a
+    client that never sends a ClientHello hold a socket for 60 s. Here the handshake
+    gets ``handshake_timeout``, as the request that follows it does (aiohttp's timer
+    starts when the TLS handshake is done).
+    """
+    protocol = runner.server
+    assert protocol is not None, "runner.setup() makes the protocol factory"
+    return await asyncio.get_running_loop().create_server(
+        protocol, server.host, server.port, backlog=4096, reuse_port=reuse_port or None, ssl=ssl_context,
+        ssl_handshake_timeout=(server.handshake_timeout or None) if ssl_context else None,
+    )
+
+
+def _install_signal_handlers(app: web.Application, stop: asyncio.Event, serving: asyncio.Event) -> None:
+    """SIGTERM/SIGINT/SIGUSR1 set ``stop`` (a second one exits at once); SIGHUP reloads.
+
+    A reload asked for during startup waits until ``serving`` is set.
+    """
     gateway = app[GATEWAY]
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
     reloads: set[asyncio.Task[None]] = set()
 
     def request_stop(code: int) -> None:
@@ -159,13 +207,14 @@ async def _serve(settings: Settings, registry: Registry, *, reuse_port: bool) ->
         gateway.shutdown_code = code
         stop.set()
 
-    def request_reload() -> None:
-        async def reload() -> None:
-            try:
-                await reload_config(app)
-            except ConfigError as exc:
-                log.error("reload failed, still serving the previous config:\n%s", exc)
+    async def reload() -> None:
+        await serving.wait()
+        try:
+            await reload_config(app)
+        except ConfigError as exc:
+            log.error("reload failed, still serving the previous config:\n%s", exc)
 
+    def request_reload() -> None:
         task = loop.create_task(reload())
         reloads.add(task)
         task.add_done_callback(reloads.discard)
@@ -174,18 +223,6 @@ async def _serve(settings: Settings, registry: Registry, *, reuse_port: bool) ->
     loop.add_signal_handler(signal.SIGINT, request_stop, CloseCode.GOING_AWAY)
     loop.add_signal_handler(signal.SIGUSR1, request_stop, CloseCode.SERVICE_RESTART)
     loop.add_signal_handler(signal.SIGHUP, request_reload)
-    # Announced only now: a supervisor (or test) that signals on this line must find the
-    # handlers in place, or SIGHUP's default action would end the process.
-    for address in runner.addresses:
-        host, port = address[0], address[1]
-        shown = f"[{host}]" if ":" in host else host
-        print(f"wsgate listening on {'https' if ssl_context else 'http'}://{shown}:{port}/ "
-              f"({', '.join(f'{p} {r.endpoint.handler_ref}' for p, r in gateway.routes.items())})", flush=True)
-    await stop.wait()
-    log.info("draining: closing %d connection(s) with %d", len(gateway.sessions), gateway.shutdown_code)
-    await gateway.shutdown(gateway.shutdown_code, server.shutdown_timeout)
-    await runner.cleanup()
-    return 0
 
 
 def _tune_gc() -> None:

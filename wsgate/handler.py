@@ -36,11 +36,20 @@ class NoOptions(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Recovery:
-    """What ``Context.subscribe`` found: see there."""
+    """What ``Context.subscribe`` found; an immutable value (see ``subscribe``).
+
+    ``recovered``: True if ``messages`` holds every event after the ``since`` asked for.
+    ``epoch``: the life of the topic's ids, for the client to keep. ``messages``: the
+    events, oldest first, as a tuple of read-only mappings. They are shared with every
+    connection that joins the topic, so they cannot be changed (``dict(event)`` is a
+    copy that can); ``json.dumps`` and ``send_json`` encode them as they are. Being
+    immutable, they may be cached by identity: fresh joins to a topic whose history has
+    not changed often get the very same tuple.
+    """
 
     recovered: bool
     epoch: str
-    messages: list[dict[str, Any]]
+    messages: tuple[Mapping[str, Any], ...]
 
 
 class Context:
@@ -49,7 +58,12 @@ class Context:
     Topics are per endpoint. ``publish`` reaches every connection subscribed to the
     topic on every gateway instance sharing the broker; ``broadcast`` reaches local
     connections only and frames the message once for all of them.
+
+    The gateway makes one per endpoint and gives it to the handler as ``self.context``;
+    it has the members documented here and nothing else.
     """
+
+    __slots__ = ()
 
     path: str
     logger: logging.Logger
@@ -71,7 +85,7 @@ class Context:
         return self.broadcast(json.dumps(obj, separators=(",", ":"), ensure_ascii=False), connections)
 
     async def subscribe(self, conn: Connection, topic: str, since: int | None = None, epoch: str | None = None,
-                        *, history: int = 0, keep_for: float = 600.0) -> Recovery:
+                        *, history: int = 0, keep_for: float = 600.0, max_bytes: int = 0) -> Recovery:
         """Deliver what is published on ``topic`` to ``conn`` until it leaves or closes.
 
         For topics published with ``publish_numbered``, this is also how a client
@@ -83,6 +97,9 @@ class Context:
         reaches ``conn`` before ``on_connect`` returns, and none that ``messages``
         already covers, so the handler can send its own preamble first. ``keep_for``
         bounds how long an epoch made for a topic nobody publishes to is kept.
+        ``max_bytes`` (0: no bound) bounds what is read from the broker: the stored
+        payloads of ``messages`` add up to at most that, a resume that needs more is
+        not recovered, and the last ``history`` are then only the newest that fit.
         """
         raise NotImplementedError
 
@@ -113,12 +130,8 @@ class Context:
         """
         raise NotImplementedError
 
-    async def history(self, topic: str, limit: int) -> list[dict[str, Any]]:
-        """The last ``limit`` numbered events of ``topic``, oldest first.
-
-        Do not modify the list: while a connection here is subscribed to ``topic``, the
-        same list is returned until the topic changes.
-        """
+    async def history(self, topic: str, limit: int) -> tuple[Mapping[str, Any], ...]:
+        """The last ``limit`` numbered events of ``topic``, oldest first, read-only as in ``Recovery``."""
         raise NotImplementedError
 
     async def claim(self, topic: str, member: str, *, ttl: float = 30.0) -> bool:

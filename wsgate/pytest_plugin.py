@@ -1,16 +1,21 @@
 """wsgate's pytest plugin, loaded by pytest through the ``pytest11`` entry point.
 
-With ``pip install 'wsgate[testing]'`` and nothing else:
+Installed with ``wsgate[testing]``, it is loaded by every project in the environment,
+so it acts only where wsgate is in use; elsewhere pytest runs exactly as without it.
 
-- ``async def test_...`` functions run in an event loop. pytest-asyncio's default
-  (strict) mode would skip an unmarked one with only a warning, so the plugin marks
-  them ``asyncio``; tests already marked for asyncio, anyio or trio are left alone.
-- pytest-asyncio's loop scope for fixtures, when the project sets none, is
-  "function" (its announced default) instead of a deprecation warning on every run;
-- the project folder (pytest's rootdir) is importable when it holds ``config.yaml``
-  or ``handlers/``, so ``from handlers.shout import Shout`` works in ``tests/`` just
-  as ``handler: handlers.shout:Shout`` works in config.yaml;
-- the ``wsgate_gateway`` fixture starts gateways and stops them after the test.
+In a wsgate project (pytest's rootdir holds a ``config.yaml`` with ``endpoints:``, or
+a ``handlers/`` folder whose modules import wsgate):
+
+- unmarked ``async def`` tests run in an event loop: pytest-asyncio's default (strict)
+  mode would not run them, so the plugin marks them ``asyncio``;
+  tests marked for asyncio, anyio or trio are left alone;
+- pytest-asyncio's warning that ``asyncio_default_fixture_loop_scope`` is unset is
+  not shown (its default, "function", is what wsgate's fixtures expect);
+- the project folder is importable, so ``from handlers.shout import Shout`` works in
+  ``tests/`` just as ``handler: handlers.shout:Shout`` works in config.yaml.
+
+Anywhere, the ``wsgate_gateway`` fixture starts gateways and stops them after the test,
+and an unmarked ``async def`` test that asks for it is marked ``asyncio`` too.
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import inspect
+import re
 import sys
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -32,21 +40,60 @@ _PYTEST_ASYNCIO = importlib.util.find_spec("pytest_asyncio") is not None
 
 __all__ = ["wsgate_gateway"]
 
+_FIXTURE = "wsgate_gateway"
 _ASYNC_MARKS = ("asyncio", "anyio", "trio")
-_LOOP_SCOPE = "asyncio_default_fixture_loop_scope"
+_IN_PROJECT = pytest.StashKey[bool]()
+_ENDPOINTS = re.compile(r"^endpoints\s*:", re.MULTILINE)
+_IMPORTS_WSGATE = re.compile(r"^\s*(from|import)\s+wsgate\b", re.MULTILINE)
+_LOOP_SCOPE_UNSET = r'The configuration option "asyncio_default_fixture_loop_scope" is unset'
+
+
+def _is_wsgate_project(root: Path) -> bool:
+    """True if ``root`` holds a wsgate ``config.yaml`` or a ``handlers/`` folder of wsgate handlers.
+
+    A ``config.yaml`` or a ``handlers`` package alone is common in other projects too.
+    """
+    config = root / "config.yaml"
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        if config.is_file() and _ENDPOINTS.search(config.read_text(encoding="utf-8")):
+            return True
+    handlers = root / "handlers"
+    if not handlers.is_dir():
+        return False
+    for module in sorted(handlers.glob("*.py")):
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            if _IMPORTS_WSGATE.search(module.read_text(encoding="utf-8")):
+                return True
+    return False
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    if _PYTEST_ASYNCIO and not config.getini(_LOOP_SCOPE):
-        # Unset, pytest-asyncio warns on every run that its default will become
-        # "function"; a project that never chose gets that default now, quietly.
-        cache = getattr(config, "_inicache", None)
-        if isinstance(cache, dict):
-            cache[_LOOP_SCOPE] = "function"
     root = config.rootpath
-    if ((root / "config.yaml").is_file() or (root / "handlers").is_dir()) and str(root) not in sys.path:
+    in_project = _is_wsgate_project(root)
+    config.stash[_IN_PROJECT] = in_project
+    if not in_project:
+        return
+    if _PYTEST_ASYNCIO and not config.getini("asyncio_default_fixture_loop_scope"):
+        # pytest-asyncio warns from its own pytest_configure, which runs after this one,
+        # inside the filters pytest keeps for the whole run.
+        warnings.filterwarnings("ignore", _LOOP_SCOPE_UNSET, pytest.PytestDeprecationWarning)
+    if str(root) not in sys.path:
         sys.path.insert(0, str(root))
+
+
+def _asks_for_the_fixture(collector: pytest.Module | pytest.Class, obj: Callable[..., Any]) -> bool:
+    with contextlib.suppress(TypeError, ValueError):
+        if _FIXTURE in inspect.signature(obj).parameters:
+            return True
+    marks = [*collector.iter_markers("usefixtures"), *getattr(obj, "pytestmark", [])]
+    return any(mark.name == "usefixtures" and _FIXTURE in mark.args for mark in marks)
+
+
+def _marked_async(collector: pytest.Module | pytest.Class, obj: object) -> bool:
+    return any(collector.get_closest_marker(m) for m in _ASYNC_MARKS) or any(
+        mark.name in _ASYNC_MARKS for mark in getattr(obj, "pytestmark", [])
+    )
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -59,8 +106,8 @@ def pytest_pycollect_makeitem(
         _PYTEST_ASYNCIO
         and inspect.iscoroutinefunction(obj)
         and collector.funcnamefilter(name)
-        and not any(collector.get_closest_marker(m) for m in _ASYNC_MARKS)
-        and not any(mark.name in _ASYNC_MARKS for mark in getattr(obj, "pytestmark", []))
+        and not _marked_async(collector, obj)
+        and (collector.config.stash.get(_IN_PROJECT, False) or _asks_for_the_fixture(collector, obj))
     ):
         pytest.mark.asyncio(obj)
     yield

@@ -10,16 +10,19 @@
             assert await ws.receive_str() == "HI"
 
 With ``pip install 'wsgate[testing]'``, pytest loads wsgate's plugin by itself
-(``wsgate.pytest_plugin``): async tests run without configuration, and the
-``wsgate_gateway`` fixture is there: ``gw = await wsgate_gateway({...})``.
+(``wsgate.pytest_plugin``): in a wsgate project, async tests run without
+configuration; anywhere, the ``wsgate_gateway`` fixture is there:
+``gw = await wsgate_gateway({...})``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -27,7 +30,7 @@ import yaml
 from aiohttp import web
 
 from .app import GATEWAY, STATS, build_app, make_runner
-from .config import Registry, Settings, parse_config
+from .config import Registry, Settings, load_config, parse_config
 from .gateway.router import Gateway
 from .handler import Handler
 from .observe.stats import GatewayStats
@@ -105,7 +108,7 @@ def _config_text(endpoints: EndpointTable, registry: Registry, extra: Mapping[st
 
 @contextlib.asynccontextmanager
 async def run_gateway(
-    endpoints: EndpointTable | Settings,
+    endpoints: EndpointTable | os.PathLike[str] | Settings,
     *,
     policy: Mapping[str, Any] | None = None,
     registry: Registry | None = None,
@@ -114,11 +117,18 @@ async def run_gateway(
     """Serve ``endpoints`` (path -> Handler class, handler name, or endpoint mapping).
 
     ``policy`` and any other keyword become top-level config keys. The config goes
-    through the same validation as config.yaml; the server listens on 127.0.0.1 on a
+    through the same validation as config.yaml, and a mistake raises ``ConfigError``.
+    ``endpoints`` may also be the path of a config file, whose endpoints, policy and
+    broker are served as they are. Either way the server listens on 127.0.0.1 on a
     free port and is shut down (connections closed with 1001) on exit.
     """
     registry = registry or Registry()
-    if isinstance(endpoints, Settings):
+    if isinstance(endpoints, os.PathLike):
+        if policy is not None or config:
+            raise TypeError("policy= and other config keywords go with an endpoint table; "
+                            f"a config file ({os.fspath(endpoints)}) says them itself")
+        settings = load_config(Path(endpoints), registry)
+    elif isinstance(endpoints, Settings):
         settings = endpoints
     else:
         extra = {**config, **({"policy": dict(policy)} if policy is not None else {})}

@@ -24,9 +24,11 @@
     "Could not connect: the server does not answer (is wsgate running, on this host and port?).";
 
   // A browser reports every failed handshake the same way (1006), whether the server
-  // refused it or is not there at all. On an endpoint with auth, the server says how its
-  // auth would answer (401, 403, 503). Otherwise any answer from the same server's
-  // /healthz (an opaque one, when it is another origin) means it is there and refused.
+  // refused it or is not there at all. On an endpoint with auth, a server that has
+  // api.handshake_check on says how it would answer (401, 403, 503); one that has it off
+  // answers 404, and one asked too often 429: then, as without auth, any answer from the
+  // same server's /healthz (an opaque one, when it is another origin) means it is there
+  // and refused.
   async function whyNotConnected(socketUrl, token) {
     const target = new URL(socketUrl);
     if (!ui.tokenOptions.hidden && target.host === location.host) {
@@ -37,7 +39,7 @@
           body: JSON.stringify({ path: target.pathname + target.search, token: token || null }),
           cache: "no-store",
         });
-        const { status, text } = await answer.json();
+        const { status, text } = answer.ok ? await answer.json() : {};
         if (status >= 400) {
           const what = { 401: "Unauthorized", 403: "Forbidden", 503: "Service Unavailable" }[status] || "";
           return `Could not connect: the server answered ${status} ${what}: ${text}` +

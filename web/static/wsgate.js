@@ -35,7 +35,7 @@
  *                 when no socket could be made. After one with willReconnect false the
  *                 connection is finished.
  *   reconnecting  a retry is scheduled (event.delay in ms, event.attempt from 1); when the
- *                 browser fires "online" meanwhile, the retry goes at once
+ *                 browser fires "online" meanwhile, the retry goes at once (not after 1013)
  *
  * Options
  *   token       a string, or a function returning a string or a promise of one, called before
@@ -45,8 +45,12 @@
  *   protocols   other subprotocols to offer (before the auth pair)
  *   reconnect   true (default): reconnect after an unexpected close; also a settable property
  *   minDelay    500 (ms); maxDelay 30000 (ms): retry n (from 0) waits
- *               random(0, min(maxDelay, minDelay * 2^n)) ("full jitter"); n resets when a
- *               socket opens
+ *               random(0, min(maxDelay, minDelay * 2^n)) ("full jitter"); n counts the
+ *               retries since a socket last stayed open for healthyAfter
+ *   healthyAfter  5000 (ms): how long a socket must stay open to reset n to 0, so that a
+ *               server that accepts and then closes at once is retried ever more slowly
+ *   tryAgainDelay  5000 (ms): after 1013 "try again later" a retry waits this long plus
+ *               the usual backoff, and the browser's "online" event does not cut it short
  *   maxRetries  Infinity: give up after this many attempts in a row that did not open
  *   retryFirst  false: if the very first socket never opens (refused handshake, bad URL,
  *               server down) give up at once instead of retrying: that is usually a mistake,
@@ -150,7 +154,10 @@ class WsgateConnection extends EventTarget {
   #socket = null;
   #state = "connecting"; // connecting | open | closing | reconnecting | closed
   #currentUrl = "";
-  #failures = 0; // sockets in a row that did not open (the backoff exponent)
+  #failures = 0; // sockets in a row that did not open (for maxRetries and event.attempt)
+  #backoff = 0; // retries since a socket last stayed open healthyAfter ms (the backoff exponent)
+  #openedAt = 0; // performance.now() when the current socket opened
+  #floorWait = false; // the pending retry waits out tryAgainDelay (after 1013)
   #nextAttempt = 0; // the attempt number the next "connecting" event carries
   #everOpened = false;
   #isReconnect = false; // the current socket follows one that was open
@@ -169,7 +176,8 @@ class WsgateConnection extends EventTarget {
     this.#url = String(url);
     this.#currentUrl = this.#url;
     this.#options = {
-      minDelay: 500, maxDelay: 30000, maxRetries: Infinity, retryFirst: false, resume: true,
+      minDelay: 500, maxDelay: 30000, healthyAfter: 5000, tryAgainDelay: 5000, maxRetries: Infinity,
+      retryFirst: false, resume: true,
       protocols: [], binaryType: "blob", ...options,
     };
     this.#reconnect = this.#options.reconnect !== false;
@@ -237,9 +245,10 @@ class WsgateConnection extends EventTarget {
     globalThis.removeEventListener?.("online", this.#onOnline);
   }
 
-  // The browser says the network is back: a retry that waits goes now.
+  // The browser says the network is back: a retry that waits goes now, unless the server
+  // itself asked for time (1013): the network was not its problem.
   #retryNow() {
-    if (this.#state !== "reconnecting" || this.#timer === null) return;
+    if (this.#state !== "reconnecting" || this.#timer === null || this.#floorWait) return;
     clearTimeout(this.#timer);
     this.#timer = null;
     this.#open();
@@ -294,6 +303,7 @@ class WsgateConnection extends EventTarget {
       opened = true;
       this.#everOpened = true;
       this.#failures = 0;
+      this.#openedAt = performance.now();
       if (this.#state === "connecting") this.#state = "open";
       this.#emit("open");
     });
@@ -317,13 +327,21 @@ class WsgateConnection extends EventTarget {
   // After a socket closed (or no socket could be had): retry, or be closed.
   #finish({ code, reason, wasClean }, opened) {
     if (!opened) this.#failures += 1;
+    // Only a socket that stayed open a while resets the backoff: a server that accepts
+    // and closes at once (its broker down, say) must not be retried every few 100 ms.
+    if (opened && performance.now() - this.#openedAt >= this.#options.healthyAfter) this.#backoff = 0;
     const willReconnect = !this.#userClosed && this.#reconnect && shouldReconnect(code) &&
       (this.#everOpened || this.#options.retryFirst) && this.#failures < this.#options.maxRetries;
     if (willReconnect) this.#state = "reconnecting";
     else this.#setClosed();
     this.#emit("close", { code, reason, wasClean, willReconnect });
     if (!willReconnect || this.#userClosed || this.#state !== "reconnecting") return;
-    const delay = backoffDelay(this.#failures, this.#options.minDelay, this.#options.maxDelay);
+    const { minDelay, maxDelay, tryAgainDelay } = this.#options;
+    this.#floorWait = code === 1013;
+    // 1013: at least tryAgainDelay, plus the jitter, so that all the clients the server
+    // turned away do not come back in the same instant.
+    const delay = (this.#floorWait ? tryAgainDelay : 0) + backoffDelay(this.#backoff, minDelay, maxDelay);
+    this.#backoff += 1;
     this.#nextAttempt = this.#failures + 1;
     this.#timer = setTimeout(() => {
       this.#timer = null;

@@ -10,14 +10,43 @@ or raises ``wsgate.auth.identity.AuthFailure`` (internal, hence not exported), a
 
 from __future__ import annotations
 
-from ..config.auth import Allow, Authenticator, AuthSection, HttpBackendConfig, JwtConfig, PythonHookConfig
-from .allow import allowed
-from .authenticator import AuthenticatorImpl, build_authenticator
-from .backend import HttpBackend
-from .hook import PythonHook
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .identity import Handshake, Identity, Refuse
-from .jwt import JwtVerifier
-from .tokens import AUTH_PROTOCOL, BEARER_PROTOCOL_PREFIX, extract_token, split_offer
+
+if TYPE_CHECKING:
+    from ..config.auth import Allow, Authenticator, AuthSection, HttpBackendConfig, JwtConfig, PythonHookConfig
+    from .allow import allowed
+    from .authenticator import AuthenticatorImpl, build_authenticator
+    from .backend import HttpBackend
+    from .hook import PythonHook
+    from .jwt import JwtVerifier
+    from .tokens import AUTH_PROTOCOL, BEARER_PROTOCOL_PREFIX, extract_token, split_offer
+
+# ``import wsgate`` runs this file for Handshake and Identity: the authenticators, and
+# aiohttp's client, PyJWT and cryptography behind them, load when first named.
+_LAZY = {
+    **dict.fromkeys(["Allow", "Authenticator", "AuthSection", "HttpBackendConfig", "JwtConfig", "PythonHookConfig"],
+                    "..config.auth"),
+    "allowed": ".allow",
+    "AuthenticatorImpl": ".authenticator",
+    "build_authenticator": ".authenticator",
+    "HttpBackend": ".backend",
+    "PythonHook": ".hook",
+    "JwtVerifier": ".jwt",
+    **dict.fromkeys(["AUTH_PROTOCOL", "BEARER_PROTOCOL_PREFIX", "extract_token", "split_offer"], ".tokens"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # asked once
+    return value
+
 
 __all__ = [
     "AUTH_PROTOCOL",

@@ -8,7 +8,6 @@ the connection with 503: an auth outage must never let people in.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -17,6 +16,7 @@ import aiohttp
 
 from ..config.auth import HttpBackendConfig
 from .identity import AuthFailure, Handshake, Identity, display_url, redact
+from .times import is_number, unix_time
 
 __all__ = ["FORWARDED_HEADERS", "HttpBackend", "forwarded_headers"]
 
@@ -100,16 +100,21 @@ class HttpBackend:
         claims = answer.get("claims", {})
         if not isinstance(claims, dict):
             raise self._error("answered 200 with 'claims' that is not an object")
-        expires_at = answer.get("expires_at")
-        if expires_at is not None and (
-            isinstance(expires_at, bool) or not isinstance(expires_at, int | float) or not math.isfinite(expires_at)
-        ):
+        return Identity(user=user, claims=MappingProxyType(claims), expires_at=self._expires_at(answer))
+
+    def _expires_at(self, answer: dict[str, Any]) -> float | None:
+        value = answer.get("expires_at")
+        if value is None:
+            return None
+        if not is_number(value):
             raise self._error("answered 200 with an 'expires_at' that is not a number")
-        return Identity(
-            user=user,
-            claims=MappingProxyType(claims),
-            expires_at=None if expires_at is None else float(expires_at),
-        )
+        seconds = unix_time(value)
+        if seconds is None:
+            # A number no clock reaches (10**400, or 1e400, which JSON reads as infinity)
+            # vouches for nothing: refused as a token with such a claim is.
+            raise AuthFailure(401, "invalid", f"auth backend {self._where} answered an 'expires_at' "
+                                              "too large for a time")
+        return seconds
 
     def _error(self, what: str) -> AuthFailure:
         return AuthFailure(503, "backend_error", f"auth backend {self._where} {what}")

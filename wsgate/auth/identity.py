@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import Refuse
+from ..observe.redact import redact_url as display_url  # the same rule as every URL shown
 
 # AuthFailure is left out on purpose: it is the authenticators' internal verdict, not a
 # public exception (every exported exception is a WsgateError). Import it by name.
@@ -92,13 +92,3 @@ def redact(text: str, token: str | None) -> str:
     if len(text) > _DETAIL_LIMIT:
         text = text[: _DETAIL_LIMIT - 3] + "..."
     return text
-
-
-def display_url(url: str) -> str:
-    """``url`` without credentials or query, fit for a log line."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -35,10 +34,12 @@ from jwt.types import Options
 
 from ..config.auth import HMAC_ALGORITHMS, JwtConfig
 from .identity import AuthFailure, Identity, display_url, redact
+from .times import is_number, unix_time
 
 __all__ = ["JwtVerifier"]
 
 MIN_REFETCH_INTERVAL = 30.0
+FIRST_RETRY = 1.0  # seconds after a failed JWKS fetch; doubles per failure up to min_refetch_interval
 FETCH_TIMEOUT = 5.0
 MAX_JWKS_BYTES = 1 << 20
 VERIFIED_CACHE = 4096  # tokens; a few MiB at most
@@ -46,8 +47,15 @@ VERIFIED_CACHE = 4096  # tokens; a few MiB at most
 _KeyId = str | None
 
 
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+def _claim_time(claims: Mapping[str, Any], name: str) -> float:
+    """The time claim ``name`` in unix seconds; AuthFailure when it is not a number a float holds."""
+    value = claims[name]
+    seconds = unix_time(value)
+    if seconds is not None:
+        return seconds
+    if is_number(value):
+        raise AuthFailure(401, "invalid", f"claim {name!r} is too large for a time")
+    raise AuthFailure(401, "invalid", f"claim {name!r} is not a number")
 
 
 def _show(value: object, token: str) -> str:
@@ -64,7 +72,10 @@ class JwtVerifier:
     For a ``jwks_url`` the key set is fetched on first use and cached for
     ``jwks_cache`` seconds; a token naming an unknown ``kid`` triggers at most one
     early refetch per ``min_refetch_interval``, so junk tokens cannot hammer the
-    issuer. ``clock`` (monotonic seconds) drives those two timers.
+    issuer. After a failed fetch the next one waits ``FIRST_RETRY`` seconds, doubled
+    per failure in a row up to ``min_refetch_interval``; until then every handshake
+    gets the failure (503) without a request, whatever the traffic. ``clock``
+    (monotonic seconds) drives those timers.
     """
 
     def __init__(
@@ -105,6 +116,8 @@ class JwtVerifier:
         self._verified: OrderedDict[str, dict[str, Any]] = OrderedDict()  # token -> its claims
         self._completed = 0
         self._last_error: AuthFailure | None = None
+        self._failures = 0  # failed fetches in a row
+        self._retry_at: float | None = None  # no fetch before this clock() time
 
     def _hmac_key(self, secret: str) -> bytes:
         key = secret.encode()
@@ -197,16 +210,14 @@ class JwtVerifier:
 
     def _check_times(self, claims: Mapping[str, Any], now: float) -> None:
         leeway = self._config.leeway
-        for name in ("exp", "nbf", "iat"):
-            if name in claims and not _number(claims[name]):
-                raise AuthFailure(401, "invalid", f"claim {name!r} is not a number")
+        times = {name: _claim_time(claims, name) for name in ("exp", "nbf", "iat") if name in claims}
         # Same comparisons as PyJWT: exp is exclusive, nbf and iat inclusive.
-        if "exp" in claims and claims["exp"] <= now - leeway:
-            raise AuthFailure(401, "expired", f"token expired {now - claims['exp']:.0f}s ago")
-        if "nbf" in claims and claims["nbf"] > now + leeway:
-            raise AuthFailure(401, "invalid", f"token not valid for another {claims['nbf'] - now:.0f}s (nbf)")
-        if "iat" in claims and claims["iat"] > now + leeway:
-            raise AuthFailure(401, "invalid", f"token issued {claims['iat'] - now:.0f}s in the future (iat)")
+        if (exp := times.get("exp")) is not None and exp <= now - leeway:
+            raise AuthFailure(401, "expired", f"token expired {now - exp:.0f}s ago")
+        if (nbf := times.get("nbf")) is not None and nbf > now + leeway:
+            raise AuthFailure(401, "invalid", f"token not valid for another {nbf - now:.0f}s (nbf)")
+        if (iat := times.get("iat")) is not None and iat > now + leeway:
+            raise AuthFailure(401, "invalid", f"token issued {iat - now:.0f}s in the future (iat)")
 
     def _user(self, claims: Mapping[str, Any]) -> str:
         name = self._config.user_claim
@@ -218,8 +229,8 @@ class JwtVerifier:
         return str(value)
 
     def _expires_at(self, claims: Mapping[str, Any]) -> float | None:
-        exp = claims.get("exp")
-        return None if exp is None else float(exp) + self._config.leeway
+        exp = _claim_time(claims, "exp") if "exp" in claims else None
+        return None if exp is None else exp + self._config.leeway
 
     # --- JWKS -------------------------------------------------------------------------
 
@@ -271,23 +282,37 @@ class JwtVerifier:
                 # Someone fetched while we waited: share their result, even a failure,
                 # rather than queueing one more request to an issuer that just failed.
                 if self._last_error is not None:
-                    err = self._last_error
-                    raise AuthFailure(err.status, err.reason, err.detail)
+                    raise self._last_failure()
                 return
+            if self._retry_at is not None and self._clock() < self._retry_at:
+                # The issuer failed a moment ago: without this wait, every junk token
+                # (no valid signature needed) would be one more request to it.
+                raise self._last_failure()
             try:
                 keys = self._parse_jwks(await self._fetch())
             except AuthFailure as exc:
                 self._last_error = exc
+                self._failures += 1
+                backoff = FIRST_RETRY * 2 ** min(self._failures - 1, 16)
+                self._retry_at = self._clock() + min(backoff, self._min_refetch_interval)
                 raise
             finally:
                 # Counted once finished: a caller arriving mid-fetch must wait for
                 # this fetch, not start the next one.
                 self._completed += 1
             self._last_error = None
+            self._failures = 0
+            self._retry_at = None
             self._jwks = keys
             self._verified.clear()
             self._kids = {kid for kid, _ in keys}
             self._fetched_at = self._clock()
+
+    def _last_failure(self) -> AuthFailure:
+        """A fresh copy of the last fetch's failure (an exception carries its traceback)."""
+        err = self._last_error
+        assert err is not None
+        return AuthFailure(err.status, err.reason, err.detail)
 
     async def _fetch(self) -> bytes:
         assert self._jwks_url is not None

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import secrets
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Reversible
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_TTL", "Broker", "Delivery", "Holdings", "Replay", "check_ttl", "new_epoch"]
+__all__ = ["DEFAULT_TTL", "Broker", "Delivery", "Holdings", "Replay", "check_ttl", "new_epoch", "newest"]
 
 DEFAULT_TTL = 30.0  # seconds a presence member outlives the last refresh by its holder
 
@@ -37,6 +38,22 @@ class Replay:
     latest: int
     recovered: bool
     payloads: list[bytes]
+
+
+def newest(kept: Reversible[bytes], count: int, max_bytes: int) -> tuple[list[bytes], bool]:
+    """The newest ``count`` of ``kept`` (oldest first) as far as they add up to at most
+    ``max_bytes`` (0: no bound), and whether all ``count`` fitted (or ``kept`` ran out)."""
+    taken: list[bytes] = []
+    size = 0
+    fits = True
+    for payload in itertools.islice(reversed(kept), max(count, 0)):
+        size += len(payload)
+        if 0 < max_bytes < size:
+            fits = False
+            break
+        taken.append(payload)
+    taken.reverse()
+    return taken, fits
 
 
 def check_ttl(ttl: float) -> float:
@@ -173,10 +190,14 @@ class Broker(ABC):
 
     @abstractmethod
     async def replay(self, channel: str, since: int | None, epoch: str | None, limit: int,
-                     keep_for: float = 0.0) -> Replay:
+                     keep_for: float = 0.0, *, max_bytes: int = 0) -> Replay:
         """The channel's epoch (created if it has none, living ``keep_for`` like its
         history), and either every payload after ``since`` (when ``epoch`` is the
         channel's and all of them are kept) or the last ``limit``. One atomic read.
+
+        With ``max_bytes`` > 0, the payloads returned add up to at most that many bytes,
+        and no more than that is read: a resume whose missed payloads exceed it is not
+        recovered, and the last ``limit`` are then only the newest of them that fit.
         """
 
     # Presence: per key, a set of members, each with an expiry. A member lives while some

@@ -8,7 +8,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 
-from .base import DEFAULT_TTL, Broker, Delivery, Holdings, Replay, check_ttl, new_epoch
+from .base import DEFAULT_TTL, Broker, Delivery, Holdings, Replay, check_ttl, new_epoch, newest
 
 __all__ = ["MemoryBroker"]
 
@@ -79,7 +79,7 @@ class MemoryBroker(Broker):
         return list(kept)[-limit:]
 
     async def replay(self, channel: str, since: int | None, epoch: str | None, limit: int,
-                     keep_for: float = 0.0) -> Replay:
+                     keep_for: float = 0.0, *, max_bytes: int = 0) -> Replay:
         now = self._clock()
         self._expire(now)
         current = self._epochs.get(channel)
@@ -87,11 +87,13 @@ class MemoryBroker(Broker):
             current = self._epochs[channel] = new_epoch()
             self._keep_alive(channel, now, keep_for)
         latest = self._counters.get(channel, 0)
-        kept = list(self._history.get(channel, ()))
+        kept = self._history.get(channel, deque())
         oldest = latest - len(kept) + 1
         if since is not None and epoch == current and 0 <= since <= latest and since + 1 >= oldest:
-            return Replay(current, latest, True, kept[len(kept) - (latest - since):] if since < latest else [])
-        return Replay(current, latest, False, kept[-limit:] if limit > 0 else [])
+            missed, fits = newest(kept, latest - since, max_bytes)
+            if fits:
+                return Replay(current, latest, True, missed)
+        return Replay(current, latest, False, newest(kept, limit, max_bytes)[0])
 
     def _keep_alive(self, channel: str, now: float, keep_for: float) -> None:
         if keep_for > 0:

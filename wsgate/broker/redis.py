@@ -16,8 +16,10 @@ broker it was configured with.
 
 What a Redis outage loses. Redis pub/sub is fire-and-forget and nothing is queued:
 
-- messages published while Redis is down reach only the publishing instance's own
-  subscribers (the hub delivers them locally; numbered ones carry ``"id": null``);
+- messages published while Redis is down, or while this instance's own subscription
+  is being restored (Redis is back, the listener is not yet), reach only the publishing
+  instance's own subscribers (the hub delivers them locally; numbered ones carry
+  ``"id": null``): none is numbered and stored without reaching its own instance;
 - messages published by others while this instance's subscription is reconnecting
   never reach this instance, even if Redis itself stayed up;
 - a Redis restarted without persistence has forgotten presence, history and the
@@ -50,7 +52,6 @@ import itertools
 import logging
 import math
 import os
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -61,12 +62,13 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ..errors import BrokerError
+from ..observe.redact import redact_url
 from .base import DEFAULT_TTL, Broker, Delivery, Holdings, Replay, check_ttl, new_epoch
 from .redis_outbox import Outbox
 from .redis_pubsub import _ERRORS, RedisSubscriber, _text
 from .redis_scripts import CLAIM, KEEP, LIVE, NUMBERED, REPLAY
 
-__all__ = ["RedisBroker", "redact_url"]
+__all__ = ["RedisBroker"]
 
 log = logging.getLogger("wsgate.broker.redis")
 T = TypeVar("T")
@@ -77,20 +79,6 @@ FRESH_CONNECTION_RETRY = Retry(NoBackoff(), 1, supported_errors=(RedisConnection
 _NUMBERED_SHA = hashlib.sha1(NUMBERED.encode()).hexdigest()
 _REFRESH_BATCH = 256  # presence keys per pipelined round trip
 _REAP_GRACE = 3.0  # seconds after Redis is back during which reap() removes nothing
-
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#@]*)@")
-_SECRET_QUERY = re.compile(r"(?i)([?&]password=)[^&#]*")
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for logs and error messages."""
-    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(_hide_password, url, count=1))
-
-
-def _hide_password(match: re.Match[str]) -> str:
-    user, colon, _ = match.group(2).partition(":")
-    return f"{match.group(1)}{user}:***@" if colon else f"{match.group(1)}***@"
-
 
 def _keys(channel: str) -> list[str]:
     """The counter, history and epoch of a numbered channel."""
@@ -127,7 +115,9 @@ class RedisBroker(Broker):
         self._restore = False  # the next refresh puts back what Redis lost
         self._back_at = -math.inf  # loop time Redis was last reachable again after an outage
         self._subscriber = RedisSubscriber(self.shown_url, timeout)
-        self._outbox = Outbox(self._run, [NUMBERED])
+        # A publish sent on a new connection may reach a restarted Redis before the
+        # listener has noticed the restart: the outbox asks the pub/sub connection first.
+        self._outbox = Outbox(self._run, [NUMBERED], answering=self._subscriber.answering)
         # Every numbered publish carries the epoch to set if its channel has none: one
         # random part per broker and a counter, so that costs no system call each.
         self._epoch_base, self._epochs = new_epoch(), itertools.count(1)
@@ -166,10 +156,19 @@ class RedisBroker(Broker):
         self._keep = self._client.register_script(KEEP)
         self._live = self._client.register_script(LIVE)
         loop = asyncio.get_running_loop()
+        # Publishes wait for the subscription's first PONG (nothing is numbered that this
+        # instance would not hear): start returns once the broker can publish.
+        up = self._subscriber.when_up()
         self._tasks = [
             loop.create_task(self._subscriber.listen(pubsub), name="wsgate redis listener"),
             loop.create_task(self._watch(), name="wsgate redis health"),
         ]
+        try:
+            async with asyncio.timeout(self._timeout * 3):
+                await up
+        except TimeoutError:
+            await self.close()
+            raise BrokerError(f"cannot reach Redis at {self.shown_url}: no answer on its pub/sub connection") from None
         log.info("broker: Redis at %s", self.shown_url)
 
     async def close(self) -> None:
@@ -227,8 +226,10 @@ class RedisBroker(Broker):
     # --- the pub/sub connection: RedisSubscriber ---
 
     async def subscribe(self, channel: str, deliver: Delivery) -> None:
-        """Deliver ``channel``'s messages to ``deliver``; see ``RedisSubscriber.subscribe``."""
-        await self._subscriber.subscribe(channel, deliver)
+        """Deliver ``channel``'s messages to ``deliver``; returns once Redis confirmed,
+        also while the pub/sub connection is being restored (within ``timeout``): a join
+        reads the history after this, and nothing may fall between the two."""
+        await self._subscriber.subscribe(channel, deliver, through_reconnect=True)
 
     async def unsubscribe(self, channel: str) -> None:
         """Stop delivering ``channel``; never raises."""
@@ -325,6 +326,10 @@ class RedisBroker(Broker):
             raise BrokerError(f"{what}: the Redis broker is not running")
         if not self._commands_up:
             raise BrokerError(f"{what}: Redis at {self.shown_url} is unreachable")
+        if not self._subscriber.up:
+            # Redis would number and store it, and publish it to no subscriber here.
+            raise BrokerError(f"{what}: the subscription of this instance to Redis at {self.shown_url} "
+                              "is being restored")
         return self._outbox.put(what, *command, parse=parse)
 
     async def history(self, channel: str, limit: int) -> list[bytes]:
@@ -338,7 +343,7 @@ class RedisBroker(Broker):
         return await self._run("LRANGE", run)
 
     async def replay(self, channel: str, since: int | None, epoch: str | None, limit: int,
-                     keep_for: float = 0.0) -> Replay:
+                     keep_for: float = 0.0, *, max_bytes: int = 0) -> Replay:
         script = self._replay
 
         async def run(r: Redis) -> Replay:
@@ -346,7 +351,7 @@ class RedisBroker(Broker):
             current, latest, recovered, items = await script(
                 keys=_keys(channel),
                 args=[-1 if since is None else since, epoch or "", max(limit, 0), self._new_epoch(),
-                      round(keep_for * 1000)],
+                      round(keep_for * 1000), max(max_bytes, 0)],
                 client=r,
             )
             payloads = [item if isinstance(item, bytes) else item.encode() for item in items]

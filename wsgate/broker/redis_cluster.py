@@ -576,7 +576,7 @@ class RedisClusterBroker(RedisBroker):
         if old is not None:
             await old.subscriber.unsubscribe(channel)
         if self._routes.get(channel) == shard.name and self._deliveries.get(channel) is deliver:  # still wanted
-            await shard.subscriber.subscribe(channel, deliver)
+            await shard.subscriber.subscribe(channel, deliver, through_reconnect=True)
 
     async def _retire(self, shard: _Shard) -> None:
         """Close the shard of a former master once no channel or publish uses it."""
@@ -600,8 +600,8 @@ class RedisClusterBroker(RedisBroker):
     async def subscribe(self, channel: str, deliver: Delivery) -> None:
         """Deliver ``channel``'s messages to ``deliver`` from its master's shard channel.
 
-        Returns once the master confirmed, or at once while it is unreachable (the
-        subscriber subscribes when it is back). Never raises.
+        Returns once the master confirmed, or after ``timeout`` while it is unreachable
+        (the subscriber subscribes when it is back). Never raises.
         """
         name = cluster_channel(channel)
         self._deliveries[name] = deliver
@@ -613,7 +613,7 @@ class RedisClusterBroker(RedisBroker):
         if shard.task is None:
             self._listen(shard, None)
         self._routes[name] = node.name
-        await shard.subscriber.subscribe(name, deliver)
+        await shard.subscriber.subscribe(name, deliver, through_reconnect=True)
 
     async def unsubscribe(self, channel: str) -> None:
         """Stop delivering ``channel``; never raises."""
@@ -779,10 +779,10 @@ class RedisClusterBroker(RedisBroker):
         return await super().history(name, limit)
 
     async def replay(self, channel: str, since: int | None, epoch: str | None, limit: int,
-                     keep_for: float = 0.0) -> Replay:
+                     keep_for: float = 0.0, *, max_bytes: int = 0) -> Replay:
         name = cluster_channel(channel)
         self._require(name, "history replay")
-        return await super().replay(name, since, epoch, limit, keep_for)
+        return await super().replay(name, since, epoch, limit, keep_for, max_bytes=max_bytes)
 
     # --- presence: RedisBroker's, on the keys' cluster names ---
 

@@ -16,6 +16,12 @@ batch fails each of its publishes with ``BrokerError``. A command Redis answered
 NOSCRIPT did not run (its script cache was flushed, or Redis restarted between two health
 checks): the scripts are loaded again and those commands sent once more, in order, right
 after the rest of their batch.
+
+A new connection (the first, or one made again after a failure) may reach a Redis that
+restarted since the broker's pub/sub connection last heard from it. With ``answering``,
+the outbox first asks that connection to answer a PING: a publish to a Redis where this
+instance is not subscribed would be numbered, stored and shown to nobody here. When it
+does not answer, the batch fails (and the hub delivers it locally).
 """
 
 from __future__ import annotations
@@ -53,12 +59,16 @@ class Outbox:
 
     ``run`` is the broker's way to run something against Redis (with its timeout, and its
     errors as ``BrokerError``); ``scripts`` are the Lua bodies the queued EVALSHA commands
-    refer to, for loading them again after a NOSCRIPT.
+    refer to, for loading them again after a NOSCRIPT. ``answering``, if given, is asked
+    after each new connection is made and before anything is sent on it: False fails
+    the batch.
     """
 
-    def __init__(self, run: Run, scripts: Sequence[str]) -> None:
+    def __init__(self, run: Run, scripts: Sequence[str], *,
+                 answering: Callable[[], Awaitable[bool]] | None = None) -> None:
         self._run = run
         self._scripts = tuple(scripts)
+        self._answering = answering
         self._queued: list[_Queued] = []
         self._sender: asyncio.Task[None] | None = None
         self._connection: AbstractConnection | None = None
@@ -158,6 +168,11 @@ class Outbox:
             # The batch has a deadline (the broker's run()); a timer per write costs a task.
             connection.socket_timeout = None
         try:
+            if not connection.is_connected and self._answering is not None:
+                await connection.connect()
+                if not await self._answering():
+                    raise BrokerError("the pub/sub connection of this instance did not answer after a "
+                                      "command connection was made again: Redis may have restarted")
             await connection.send_packed_command(connection.pack_commands([q.command for q in batch]),
                                                  check_health=False)
             for _ in batch:

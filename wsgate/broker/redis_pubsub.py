@@ -7,6 +7,13 @@ reconnects with backoff (0.1 s doubling to 1 s) and subscribes again to every ch
 still needed. ``up`` turns True at the first PONG on a connection, which Redis sends only
 after confirming the subscriptions made before it. ``RedisBroker`` (``redis.py``) gives
 it its connection, runs its listener and counts ``up`` in ``healthy``.
+
+``subscribe`` returns once the channel is subscribed (or after ``timeout``); asked to,
+also while the connection is being restored: a join subscribes first and reads the
+history second, and a subscription that is not there yet would leave a gap between the two.
+``answering`` tells whether the connection still works right now (a PING sent now came
+back): a command connection that was closed under the broker may mean a restarted Redis,
+which has forgotten every subscription, and that is noticed on each connection separately.
 """
 
 from __future__ import annotations
@@ -62,28 +69,76 @@ class RedisSubscriber:
         # serialised so the channels subscribed always end up equal to ``_channels``.
         self._sub_lock = asyncio.Lock()
         # One entry per SUBSCRIBE sent for a channel, in order; Redis confirms each once.
-        self._expected: dict[str, deque[asyncio.Future[None] | None]] = {}
+        # A waiter gets True when confirmed, False when the connection ended first.
+        self._expected: dict[str, deque[asyncio.Future[bool] | None]] = {}
+        self._reopened: list[asyncio.Future[bool]] = []  # waiting for ``up`` on the next connection
+        # PINGs sent and PONGs read on this connection, and who waits for which PONG.
+        self._pings = self._pongs = 0
+        self._pong_waiters: list[tuple[int, asyncio.Future[bool]]] = []
 
-    async def subscribe(self, channel: str, deliver: Delivery) -> None:
+    async def subscribe(self, channel: str, deliver: Delivery, *, through_reconnect: bool = False) -> None:
         """Deliver ``channel``'s messages to ``deliver``; returns once Redis confirmed.
 
-        While the pub/sub connection is down this only records the channel: the
-        listener subscribes to it when it reconnects. It never raises.
+        While the pub/sub connection is down, the channel is subscribed when it is back;
+        with ``through_reconnect`` this waits for that too, else it returns at once. It
+        returns after ``timeout`` in any case (Redis is then unreachable: the listener
+        keeps trying), or at once when ``unsubscribe`` came first. It never raises.
         """
         self._channels[channel] = deliver
-        async with self._sub_lock:
-            pubsub = self._pubsub
-            if pubsub is None or self._channels.get(channel) is not deliver:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        while not self.closed and self._channels.get(channel) is deliver:
+            waiter: asyncio.Future[bool] = loop.create_future()
+            async with self._sub_lock:
+                if self._channels.get(channel) is not deliver:
+                    return
+                pubsub = self._pubsub
+                if pubsub is None:
+                    if not through_reconnect:
+                        return
+                    # The next connection subscribes to every channel recorded before
+                    # it takes the lock, so to this one too; its first PONG confirms them.
+                    self._reopened.append(waiter)
+                else:
+                    self._expected.setdefault(channel, deque()).append(waiter)
+                    # On failure the listener reconnects, and the waiter gets False.
+                    if not await self._send(pubsub, self._subscribe_command(pubsub), channel) \
+                            and not through_reconnect:
+                        return
+            try:
+                async with asyncio.timeout_at(deadline):
+                    if await waiter or not through_reconnect:
+                        return
+            except TimeoutError:
+                log.warning("Redis did not confirm the subscription to %s within %ss", channel, self._timeout)
                 return
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._expected.setdefault(channel, deque()).append(waiter)
-            if not await self._send(pubsub, self._subscribe_command(pubsub), channel):
-                return
+            finally:
+                if waiter in self._reopened:
+                    self._reopened.remove(waiter)
+
+    def when_up(self) -> asyncio.Future[bool]:
+        """A future that is True once ``up`` (at once if it is): the connection's first PONG."""
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if self.up:
+            waiter.set_result(True)
+        else:
+            self._reopened.append(waiter)
+        return waiter
+
+    async def answering(self) -> bool:
+        """True if the pub/sub connection is up and answers a PING sent now (within the
+        caller's time); False once it is known to be down."""
+        pubsub = self._pubsub
+        if pubsub is None or not self.up:
+            return False
+        self._pings += 1
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pong_waiters.append((self._pings, waiter))
         try:
-            async with asyncio.timeout(self._timeout):
-                await waiter
-        except TimeoutError:
-            log.warning("Redis did not confirm the subscription to %s within %ss", channel, self._timeout)
+            await pubsub.ping()
+        except _ERRORS:
+            return False
+        return await waiter
 
     async def unsubscribe(self, channel: str) -> None:
         """Stop delivering ``channel``; never raises."""
@@ -127,6 +182,7 @@ class RedisSubscriber:
                     for channel in channels:
                         self._expected.setdefault(channel, deque()).append(None)
                 # Replies come in order: the PONG says every subscription above is active.
+                self._pings, self._pongs = 1, 0
                 await pubsub.ping()
                 self._pubsub_broken = False
                 self._pubsub = pubsub
@@ -214,6 +270,7 @@ class RedisSubscriber:
             if self._pubsub_broken or self.closed or loop.time() - self._heard > _PUBSUB_SILENT:
                 break
             try:
+                self._pings += 1
                 await pubsub.ping()
             except _ERRORS:
                 break
@@ -232,11 +289,26 @@ class RedisSubscriber:
                 log.exception("delivering a message from %s failed", channel)
         elif kind == b"subscribe":
             self._confirmed(_text(reply[1]))
-        elif kind in (b"pong", b"PONG") and not self.up:
-            self.up = True
-            log.info("Redis pub/sub connected to %s (%d channels)", self.shown_url, len(self._channels))
+        elif kind in (b"pong", b"PONG"):
+            self._ponged()
         elif isinstance(kind, ResponseError):
             raise kind  # a refused (UN)SUBSCRIBE: reconnect, which subscribes again
+
+    def _ponged(self) -> None:
+        self._pongs += 1
+        if self._pong_waiters:
+            waiting = [(n, w) for n, w in self._pong_waiters if n > self._pongs]
+            for n, waiter in self._pong_waiters:
+                if n <= self._pongs and not waiter.done():
+                    waiter.set_result(True)
+            self._pong_waiters = waiting
+        if not self.up:
+            self.up = True
+            log.info("Redis pub/sub connected to %s (%d channels)", self.shown_url, len(self._channels))
+            reopened, self._reopened = self._reopened, []
+            for waiter in reopened:
+                if not waiter.done():
+                    waiter.set_result(True)
 
     def _confirmed(self, channel: str) -> None:
         expected = self._expected.get(channel)
@@ -246,12 +318,20 @@ class RedisSubscriber:
         if not expected:
             del self._expected[channel]
         if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+            waiter.set_result(True)
 
     def forget_expected(self) -> None:
-        """Release every subscribe() waiting for a confirmation that will not come."""
-        for expected in self._expected.values():
-            for waiter in expected:
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
+        """The connection ended: tell everyone waiting for a reply on it that none will come.
+
+        ``subscribe`` then waits for the next connection, unless the subscriber is closed.
+        """
+        waiters = [w for expected in self._expected.values() for w in expected if w is not None]
+        waiters += [w for _, w in self._pong_waiters]
+        if self.closed:
+            waiters += self._reopened
+            self._reopened = []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(False)
         self._expected.clear()
+        self._pong_waiters = []

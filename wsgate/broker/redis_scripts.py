@@ -38,6 +38,10 @@ return n
 
 # Epoch (created if absent), latest id, and the payloads after ARGV[1] when the client's
 # epoch (ARGV[2]) matches and all of them are kept, else the last ARGV[3]: one atomic read.
+# With ARGV[6] > 0, what is returned adds up to at most that many bytes: the payloads are
+# read newest first, a chunk at a time, and reading stops once the budget is spent. A
+# resume whose missed payloads exceed it is not recovered; the last ARGV[3] are then
+# only the newest that fit. So one resume costs at most the budget, however much is kept.
 REPLAY = """
 local epoch = redis.call('GET', KEYS[3])
 if not epoch then
@@ -49,20 +53,53 @@ if not epoch then
     redis.call('SET', KEYS[3], epoch)
   end
 end
+local budget = tonumber(ARGV[6])
+-- The newest payloads, at most count of them and within the budget, oldest first;
+-- and whether all count fitted.
+local function newest(count)
+  if count <= 0 then
+    return {}, true
+  end
+  if budget <= 0 then
+    return redis.call('LRANGE', KEYS[2], -count, -1), true
+  end
+  local taken, size, stop, fits = {}, 0, -1, true
+  while #taken < count do
+    local start = math.max(stop - 31, -count)
+    local chunk = redis.call('LRANGE', KEYS[2], start, stop)
+    if #chunk == 0 then
+      break
+    end
+    for i = #chunk, 1, -1 do
+      size = size + #chunk[i]
+      if size > budget then
+        fits = false
+        break
+      end
+      taken[#taken + 1] = chunk[i]
+    end
+    if not fits then
+      break
+    end
+    stop = start - 1
+  end
+  local ordered = {}
+  for i = #taken, 1, -1 do
+    ordered[#ordered + 1] = taken[i]
+  end
+  return ordered, fits
+end
 local n = tonumber(redis.call('GET', KEYS[1]) or '0')
 local len = redis.call('LLEN', KEYS[2])
 local since = tonumber(ARGV[1])
 if since >= 0 and ARGV[2] == epoch and since <= n and since + 1 >= n - len + 1 then
-  if since == n then
-    return {epoch, n, 1, {}}
+  local missed, fits = newest(n - since)
+  if fits then
+    return {epoch, n, 1, missed}
   end
-  return {epoch, n, 1, redis.call('LRANGE', KEYS[2], len - (n - since), -1)}
 end
-local limit = tonumber(ARGV[3])
-if limit <= 0 then
-  return {epoch, n, 0, {}}
-end
-return {epoch, n, 0, redis.call('LRANGE', KEYS[2], -limit, -1)}
+local last = newest(tonumber(ARGV[3]))
+return {epoch, n, 0, last}
 """
 
 # Presence: one sorted set per key, each member scored by its expiry in ms on Redis's

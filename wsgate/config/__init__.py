@@ -3,8 +3,30 @@ the handler registry. Everything here is validation; nothing binds or connects."
 
 from __future__ import annotations
 
-from .load import load_config, parse_config
-from .models import RESERVED_PATHS, Config, Endpoint, Policy, Settings
-from .registry import Registry
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .load import load_config, parse_config
+    from .models import RESERVED_PATHS, Config, Endpoint, Policy, Settings
+    from .registry import Registry
 
 __all__ = ["RESERVED_PATHS", "Config", "Endpoint", "Policy", "Registry", "Settings", "load_config", "parse_config"]
+
+# A plugin that imports the units (through ``wsgate``) runs this file; the config
+# models, the YAML loader and the authenticators load when first named.
+_LAZY = {
+    "load_config": ".load",
+    "parse_config": ".load",
+    **dict.fromkeys(["RESERVED_PATHS", "Config", "Endpoint", "Policy", "Settings"], ".models"),
+    "Registry": ".registry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # asked once
+    return value

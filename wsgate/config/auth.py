@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, model_validator
 
+from ..observe.redact import redact_url
 from .base import Duration, StrictModel
 
 __all__ = [
@@ -41,7 +42,10 @@ Algorithm = Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"})
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# kebab-case or snake_case, as YAML users write keys. Not '.', which would make dotted
+# keys such as ``auth.NAME.jwt`` ambiguous, nor spaces or other punctuation, since the
+# name is quoted bare in log lines and in ``wsgate routes``; not '-' first (reads as an option).
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
 _REF = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 # RFC 6265 cookie-name: an RFC 7230 token.
 _COOKIE_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -54,7 +58,7 @@ def _check_http_url(url: str) -> str:
     except ValueError:
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{url!r} is not an http(s) URL, e.g. 'https://auth.example.com/check'")
+        raise ValueError(f"{redact_url(url)!r} is not an http(s) URL, e.g. 'https://auth.example.com/check'")
     return url
 
 
@@ -150,8 +154,11 @@ class Authenticator(StrictModel):
 
 
 def _check_name(value: str) -> str:
-    if not _IDENTIFIER.match(value):
-        raise ValueError(f"{value!r} is not an authenticator name: use letters, digits and '_', e.g. 'users'")
+    if not _NAME.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not an authenticator name: use ASCII letters, digits, '_' and '-' (not first), "
+            "e.g. 'users' or 'staff-tokens'; a '.' would make keys such as auth.NAME.jwt ambiguous"
+        )
     return value
 
 

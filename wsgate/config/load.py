@@ -13,14 +13,13 @@ from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, ValidationError
 
-from ..auth.authenticator import AuthenticatorImpl, build_authenticator
 from ..broker.cluster_url import CLUSTER_SCHEMES
 from ..errors import ConfigError, ConfigProblem, HandlerLoadError
 from ..handler import Handler
+from ..observe.redact import redact_url
 from .envvars import expand_env
 from .models import Config, Endpoint, EndpointSpec, Policy, Settings, _LocatedValueError
 from .registry import Registry
-from .units import shown_url
 from .yamlsource import Located, load_yaml
 
 __all__ = ["load_config", "parse_config"]
@@ -108,7 +107,7 @@ def _broker_problem(data: dict[str, Any], src: Located) -> ConfigProblem | None:
         line, column = src.where(("broker",))
         origin = " (from WSGATE_BROKER)" if os.environ.get("WSGATE_BROKER") else ""
         return ConfigProblem(src.file, line, column, "",
-                             f"broker {shown_url(broker)}{origin}: the redis package is not installed: "
+                             f"broker {redact_url(broker)}{origin}: the redis package is not installed: "
                              "pip install 'wsgate[redis]'")
     return None
 
@@ -151,6 +150,7 @@ def _auth_problems(config: Config, spec: EndpointSpec, index: int, policy: Polic
         close = difflib.get_close_matches(policy.auth, list(config.auth), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         problems.append(src.problem(where("auth"), f"no authenticator named {policy.auth!r}; {hint}{known}"))
+    problems += _cookie_origin_problems(config, spec, index, policy, src)
     if policy.allow is not None and policy.auth is None:
         if "auth" in spec.model_fields_set and "allow" not in spec.model_fields_set:
             problems.append(src.problem(where("auth"), "this endpoint is anonymous, but policy.allow applies "
@@ -161,21 +161,32 @@ def _auth_problems(config: Config, spec: EndpointSpec, index: int, policy: Polic
     return problems
 
 
-def _authenticators(config: Config, folder: Path, src: Located,
-                    problems: list[ConfigProblem]) -> dict[str, AuthenticatorImpl]:
-    """Build every authenticator: key files are read and hooks imported before binding."""
-    built = {}
-    for name, spec in config.auth.items():
-        kind = "jwt" if spec.jwt else "http" if spec.http else "python"
-        try:
-            built[name] = build_authenticator(name, spec, folder)
-        except ValueError as exc:
-            problems.append(src.problem(("auth", name, kind), str(exc)))
-    return built
+def _cookie_origin_problems(config: Config, spec: EndpointSpec, index: int, policy: Policy,
+                            src: Located) -> list[ConfigProblem]:
+    """A token from a cookie needs origins the endpoint names: with ``origins: '*'``
+    any web site could open the endpoint with its visitors' cookies."""
+    authenticator = config.auth.get(policy.auth) if policy.auth is not None else None
+    if authenticator is None or authenticator.cookie is None or policy.origins != "*":
+        return []
+    if "origins" in spec.model_fields_set:
+        where: tuple[str | int, ...] = ("endpoints", index, "origins")
+    elif "origins" in config.policy.model_fields_set:
+        where = ("policy", "origins")
+    else:
+        where = ("endpoints", index, "handler")  # the handler's policy_defaults chose '*'
+    return [src.problem(where, (
+        f"origins '*' with auth {policy.auth!r}, which takes the token from the cookie "
+        f"{authenticator.cookie!r} (auth.{policy.auth}.cookie), would let any web site connect as its "
+        "visitors (cross-site WebSocket hijacking); list the origins that may connect, e.g. "
+        "['https://app.example.com'], keep 'same-origin', or remove the cookie"))]
 
 
 def parse_config(text: str, file: str, registry: Registry) -> Settings:
-    """Validate config text completely; raise ConfigError listing every problem."""
+    """Validate config text: its schema, its handlers and their options; raise ConfigError listing every problem.
+
+    Only the text: the files and modules it names (key files, hooks, the TLS pair) are
+    read when the app is built from it (``wsgate.prepare``).
+    """
     src = load_yaml(text, file)
     if not isinstance(src.data, dict):
         raise ConfigError([src.problem((), "the file must be a mapping with at least an 'endpoints:' list")])
@@ -218,11 +229,9 @@ def parse_config(text: str, file: str, registry: Registry) -> Settings:
         problems += _auth_problems(config, spec, index, policy, src)
         endpoints.append(Endpoint(path=spec.path, handler_ref=spec.handler, handler_cls=cls,
                                   options=options, policy=policy))
-    authenticators = _authenticators(config, Path(file).resolve().parent, src, problems)
     if problems:
         raise ConfigError(problems)
-    settings = Settings(file=file, config=config, endpoints=tuple(endpoints), source=src,
-                        authenticators=authenticators)
+    settings = Settings(file=file, config=config, endpoints=tuple(endpoints), source=src)
     settings.check_deployment()
     return settings
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -24,13 +23,11 @@ from pydantic import (
     model_validator,
 )
 
-from ..auth.authenticator import AuthenticatorImpl
 from ..broker.cluster_url import CLUSTER_SCHEMES, parse_cluster_url
 from ..errors import ConfigError
 from ..handler import Handler
 from ..policy.hosts import parse_host_pattern
 from ..policy.origin import parse_origin_pattern
-from ..tls import TlsError, server_ssl_context
 from .auth import Allow, AuthSection
 from .base import Duration, Size, StrictModel
 from .yamlsource import Located
@@ -190,6 +187,9 @@ class ApiConfig(StrictModel):
     """The HTTP API (publish, reload); off unless a token is set."""
 
     token: str | None = None
+    # POST /api/handshake-check, for the page: it tells whoever asks whether a token
+    # is valid, so it is off unless asked for (and then limited like a handshake).
+    handshake_check: bool = False
 
 
 class LoggingConfig(StrictModel):
@@ -253,7 +253,12 @@ class Endpoint(BaseModel):
 
 
 class Settings(BaseModel):
-    """A validated config with every endpoint resolved; what the app is built from."""
+    """A validated config with every endpoint resolved; what the app is built from.
+
+    Only what the text says: what the config names outside itself (authenticators with
+    their key files and hooks, the TLS pair) is built by ``wsgate.prepare``, and held by
+    the app, not here.
+    """
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
@@ -261,8 +266,6 @@ class Settings(BaseModel):
     config: Config
     endpoints: tuple[Endpoint, ...]
     source: Located
-    # By name, built from ``config.auth`` (key files read, hooks imported) when loaded.
-    authenticators: Mapping[str, AuthenticatorImpl] = {}
 
     @property
     def folder(self) -> Path:
@@ -270,7 +273,7 @@ class Settings(BaseModel):
         return Path(self.file).resolve().parent
 
     def check_deployment(self) -> None:
-        """Checks that command-line overrides can break too, and those that read files; raise ConfigError."""
+        """Checks that command-line overrides can break too; raise ConfigError."""
         server = self.config.server
         problems = []
         if server.workers > 1 and self.config.broker == "memory":
@@ -280,10 +283,5 @@ class Settings(BaseModel):
         if server.workers > 1 and server.port == 0:
             problems.append(self.source.problem(("server", "port"),
                 "several workers must share one fixed port; port 0 would give each its own"))
-        if server.tls is not None:
-            try:
-                server_ssl_context(server.tls, self.folder)
-            except TlsError as exc:
-                problems += [self.source.problem(("server", "tls", key), message) for key, message in exc.problems]
         if problems:
             raise ConfigError(problems)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 import re
-from urllib.parse import urlsplit
 
-__all__ = ["parse_duration", "parse_size", "shown_url"]
+__all__ = ["DURATION_PATTERN", "SIZE_PATTERN", "parse_duration", "parse_size"]
 
 # ASCII digits only: \d would also take Arabic-Indic and other digits.
-_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$")
+DURATION_PATTERN = r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$"
+_DURATION = re.compile(DURATION_PATTERN)
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
+SIZE_PATTERN = r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$"
+_SIZE = re.compile(SIZE_PATTERN)
 MAX_DURATION = 365 * 24 * 3600.0  # a year: longer is a typo, and timers need finite numbers
 MAX_SIZE = 1 << 62
 _SIZE_UNITS = {
@@ -59,11 +60,3 @@ def parse_size(value: object) -> int:
     if size > MAX_SIZE:
         raise ValueError(f"a size must be at most 2**62 bytes, got {value!r}")
     return size
-
-
-def shown_url(url: str) -> str:
-    """``url`` with its password, if any, replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()

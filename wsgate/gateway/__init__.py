@@ -10,6 +10,7 @@
     writer     the only place bytes reach a transport
     endpoint   one live endpoint: its handler and the Context it lends
     hub        topics over the broker, fanned out to local connections
+    frozen     the read-only events that subscribe and history hand out, pure
     timers     one wheel of coarse timers for every heartbeat and idle deadline
 
 Every failure becomes the right close code (RFC 6455 section 7.4.1): 1002 protocol

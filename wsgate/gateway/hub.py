@@ -60,9 +60,13 @@ class Hub:
         # History of the channels subscribed here, kept until a numbered event arrives:
         # a join then costs no broker round trip and no JSON parsing.
         self._history: dict[str, tuple[int, list[dict[str, Any]]]] = {}
-        self._replays: dict[str, tuple[int, Replay, list[dict[str, Any]]]] = {}  # the same, for fresh joins
+        # The same for fresh joins, by (limit, max_bytes) asked.
+        self._replays: dict[str, tuple[tuple[int, int], Replay, list[dict[str, Any]]]] = {}
         self._changes: dict[str, int] = {}  # numbered events seen per subscribed channel
-        self._subscribing: dict[str, asyncio.Future[None]] = {}
+        # The broker subscriptions under way, one task per channel. A task, not the first
+        # joiner's own call: a joiner that is cancelled (it left mid-join) must not cut
+        # short the subscription that the others wait for.
+        self._subscribing: dict[str, asyncio.Task[None]] = {}
         # Subscribers whose live messages wait until their handler's hook has sent what
         # comes first (welcome, history): per channel, per connection, the highest id
         # that preamble holds (numbered events up to it are not sent again) and the
@@ -70,24 +74,40 @@ class Hub:
         self._holding: dict[str, dict[Connection, _Held]] = {}
 
     async def subscribe(self, conn: Connection, path: str, topic: str, *, hold: bool = False) -> None:
-        """Deliver ``topic`` to ``conn``; with ``hold``, keep its messages until ``release``."""
+        """Deliver ``topic`` to ``conn``; with ``hold``, keep its messages until ``release``.
+
+        Returns once the broker delivers the topic here. Cancelled meanwhile, ``conn`` is
+        unsubscribed again, as if it had left.
+        """
         channel = channel_name(path, topic)
         if hold:
             self._holding.setdefault(channel, {})[conn] = _Held()
         members = self._local.get(channel)
         if members is None:
             members = self._local[channel] = set()
-            ready = self._subscribing[channel] = asyncio.get_running_loop().create_future()
-            try:
-                await self.broker.subscribe(channel, lambda payload: self._deliver(channel, payload))
-            finally:
-                del self._subscribing[channel]
-                ready.set_result(None)
-        elif channel in self._subscribing:
-            # Another connection is subscribing this instance; wait until the broker has it.
-            await asyncio.shield(self._subscribing[channel])
+            self._subscribing[channel] = asyncio.get_running_loop().create_task(
+                self._subscribe_broker(channel, members), name=f"wsgate subscribe {channel}")
+        # A member from now on: a member who leaves before the broker subscription is
+        # done is taken out by unsubscribe() like any other, and the last one out
+        # unsubscribes the broker.
         members.add(conn)
         self._topics.setdefault(conn, set()).add(topic)
+        pending = self._subscribing.get(channel)
+        if pending is not None:
+            try:
+                await asyncio.shield(pending)
+            except BaseException:
+                await self.unsubscribe(conn, path, topic)
+                raise
+
+    async def _subscribe_broker(self, channel: str, members: set[Connection]) -> None:
+        try:
+            # Not if everyone left before this started: the broker's unsubscribe came first.
+            if self._local.get(channel) is members:
+                await self.broker.subscribe(channel, lambda payload: self._deliver(channel, payload))
+        finally:
+            if self._subscribing.get(channel) is asyncio.current_task():
+                del self._subscribing[channel]
 
     async def unsubscribe(self, conn: Connection, path: str, topic: str) -> None:
         channel = channel_name(path, topic)
@@ -140,24 +160,25 @@ class Hub:
                 held.frames.append((_number(payload), frame))
 
     async def replay(self, conn: Connection, path: str, topic: str, since: int | None, epoch: str | None,
-                     limit: int, keep_for: float) -> tuple[Replay, list[dict[str, Any]]]:
-        """The broker's replay of ``topic`` for ``conn`` (subscribed, held), and its events.
+                     limit: int, keep_for: float, max_bytes: int = 0) -> tuple[Replay, list[dict[str, Any]]]:
+        """The broker's replay of ``topic`` for ``conn`` (subscribed, held), and its events;
+        ``max_bytes`` bounds what the broker returns (see ``Broker.replay``).
 
         The held live messages that the replay already holds are dropped on release.
         """
         channel = channel_name(path, topic)
         cached = self._replays.get(channel) if since is None else None
-        if cached is not None and cached[0] == limit:
+        if cached is not None and cached[0] == (limit, max_bytes):
             replay, events = cached[1], cached[2]
         else:
             changes = self._changes.get(channel, 0)
-            replay = await self.broker.replay(channel, since, epoch, limit, keep_for)
+            replay = await self.broker.replay(channel, since, epoch, limit, keep_for, max_bytes=max_bytes)
             # One parse for them all: a resume may carry hundreds.
             events = json.loads(b"[" + b",".join(p[1:] for p in replay.payloads) + b"]")
             # A fresh join's answer is the same for everyone until the next numbered
             # event: a join flood costs no broker round trip (see history()).
             if since is None and self._cacheable(channel, changes):
-                self._replays[channel] = (limit, replay, events)
+                self._replays[channel] = ((limit, max_bytes), replay, events)
         held = self._holding.get(channel, {}).get(conn)
         if held is not None:
             held.seen = max(held.seen, replay.latest)

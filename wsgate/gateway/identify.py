@@ -12,13 +12,15 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 
 from aiohttp import hdrs, web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..auth.allow import allowed
 from ..auth.authenticator import AuthenticatorImpl
 from ..auth.identity import AuthFailure, Handshake, Identity, redact
+from ..auth.times import unix_time
 from ..auth.tokens import AUTH_PROTOCOL, extract_token, split_offer
 from ..config.models import Policy
 from ..errors import Refuse
@@ -69,20 +71,26 @@ async def identify(headers: Mapping[str, str], query: Callable[[], Mapping[str, 
     asks = type(live.handler).authorize is not Handler.authorize
     if authenticator is None and not asks:
         return None
+    if policy.origins == "*":
+        # A browser sends cookies whichever site opens the socket: on an endpoint that
+        # trusts every origin, no cookie may vouch for anyone, whoever reads it (the
+        # token lookup, an http backend, a hook, authorize). Config refuses `cookie:` here.
+        headers = _without_cookies(headers)
     cookie = authenticator.cookie if authenticator is not None else None
     parsed = query()
     handshake = Handshake(path=live.path, query=parsed, headers=headers, remote=remote,
                           token=extract_token(headers, parsed, offered_token, cookie))
     identity = None
     if authenticator is not None:
-        identity = await authenticator.authenticate(handshake)
+        identity = _with_expiry(await authenticator.authenticate(handshake), authenticator.name)
         if identity.expires_at is not None and identity.expires_at <= time.time():
             raise AuthFailure(401, "expired", f"user {identity.user!r}: the identity has already expired")
         if policy.allow is not None and not allowed(identity.claims, policy.allow):
             raise AuthFailure(403, "forbidden", f"user {identity.user!r}: claims do not satisfy allow")
     if asks:
         if identity is not None:
-            handshake = dataclasses.replace(handshake, user=identity.user, claims=identity.claims)
+            # Read-only: a JWT's claims are cached and shared by every connection with that token.
+            handshake = dataclasses.replace(handshake, user=identity.user, claims=MappingProxyType(identity.claims))
         try:
             await live.handler.authorize(handshake)
         except Refuse as refused:
@@ -90,6 +98,27 @@ async def identify(headers: Mapping[str, str], query: Callable[[], Mapping[str, 
             raise AuthFailure(refused.status, "invalid" if refused.status == 401 else "forbidden",
                               f"refused by the handler: {reason}", body=reason) from None
     return identity
+
+
+def _without_cookies(headers: Mapping[str, str]) -> Mapping[str, str]:
+    if not any(key.lower() == "cookie" for key in headers):
+        return headers
+    return CIMultiDictProxy(CIMultiDict((key, value) for key, value in headers.items() if key.lower() != "cookie"))
+
+
+def _with_expiry(identity: Identity, authenticator: str) -> Identity:
+    """``identity`` with ``expires_at`` as a float; AuthFailure if no float holds it.
+
+    A hook may return any number (``10**400``); the expiry timer's arithmetic would
+    fail on it later, in the connection's code rather than in the authenticator's.
+    """
+    if identity.expires_at is None:
+        return identity
+    seconds = unix_time(identity.expires_at)
+    if seconds is None:
+        raise AuthFailure(401, "invalid", f"authenticator {authenticator!r} gave user {identity.user!r} an "
+                                          "expires_at that is not a representable time")
+    return dataclasses.replace(identity, expires_at=seconds)
 
 
 def refusal_text(failure: AuthFailure) -> str:

@@ -28,10 +28,11 @@ from ..observe.logs import redact_query
 from ..observe.stats import GatewayStats
 from ..policy.hosts import host_policy
 from ..policy.limits import Admission
+from ..policy.probes import ProbeLimit
 from ..policy.proxies import client_address, client_scheme
 from .endpoint import LiveEndpoint
 from .hub import Hub
-from .identify import identify, refusal_response, refusal_text, strip_bearer
+from .identify import identify, refusal_response, strip_bearer
 from .session import Services, Session, access_log
 from .timers import TimerWheel
 from .writer import Flusher
@@ -83,8 +84,10 @@ def host_refusal(request: web.Request, server: ServerConfig) -> web.Response | N
 class Gateway:
     """Routes WebSocket handshakes to live endpoints and applies central policy."""
 
-    def __init__(self, settings: Settings, hub: Hub, stats: GatewayStats) -> None:
+    def __init__(self, settings: Settings, hub: Hub, stats: GatewayStats,
+                 authenticators: Mapping[str, AuthenticatorImpl]) -> None:
         self.settings = settings
+        self.authenticators = authenticators  # built from settings.config.auth (wsgate.prepare)
         self.hub = hub
         self.stats = stats
         self.routes: dict[str, LiveEndpoint] = {}
@@ -100,6 +103,7 @@ class Gateway:
         self._retired_authenticators: set[AuthenticatorImpl] = set()  # replaced by a reload, not closed yet
         self._closers: set[asyncio.Task[None]] = set()
         self._all_closed = asyncio.Event()
+        self.probes = ProbeLimit()  # POST /api/handshake-check, per client address
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -112,8 +116,10 @@ class Gateway:
         await live.handler.startup()
         return live
 
-    async def reload(self, settings: Settings) -> None:
-        """Apply a new config to new connections; open connections keep their endpoint."""
+    async def reload(self, settings: Settings, authenticators: Mapping[str, AuthenticatorImpl]) -> None:
+        """Apply a new config, and the authenticators built from it, to new connections.
+
+        Open connections keep their endpoint."""
         new: dict[str, LiveEndpoint] = {}
         for endpoint in settings.endpoints:
             current = self.routes.get(endpoint.path)
@@ -126,9 +132,10 @@ class Gateway:
             if new.get(path) is not live:
                 self._retire(live)
         self.routes = new
-        retired = list(self.settings.authenticators.values())
+        retired = list(self.authenticators.values())
         self._retired_authenticators.update(retired)
         self.settings = settings
+        self.authenticators = authenticators
         self.admission.max_total = settings.config.server.max_connections
         for session in list(self.sessions):
             now = new.get(session.live.path)
@@ -222,7 +229,7 @@ class Gateway:
         try:
             for _ in range(3):
                 identity = await identify(request.headers, lambda: request.query, live, policy, remote, offered_token,
-                                          self.settings.authenticators)
+                                          self.authenticators)
                 if live.endpoint.policy is policy:
                     return policy, identity
                 # A reload changed the endpoint while we waited for the verdict: ask again
@@ -260,13 +267,7 @@ class Gateway:
             return web.Response(status=503, text="the server is shutting down\n")
         stats = live.stats
         origin = request.headers.get("Origin")
-        peer = request.remote or "?"
-        proxies = self.settings.config.server.trusted_proxies
-        # Every header line, in order (RFC 9110 section 5.3): reading only the first would
-        # believe a line the client sent ahead of its proxy's.
-        remote = client_address(peer, ",".join(request.headers.getall("X-Forwarded-For", ())), proxies)
-        scheme = client_scheme(peer, ",".join(request.headers.getall("X-Forwarded-Proto", ())), proxies,
-                               request.scheme)
+        remote, scheme = self._client(request)
         if not live.origin_policy.allows(origin, request.host, scheme):
             stats.origin_rejections += 1
             log.warning("origin refused: %r on %s from %s (allowed: %s)",
@@ -279,29 +280,54 @@ class Gateway:
             return web.Response(status=refusal.status, text=refusal.reason + "\n")
         return live, remote, origin
 
+    def _client(self, request: web.Request) -> tuple[str, str]:
+        """The client's address and scheme, through ``server.trusted_proxies``."""
+        peer = request.remote or "?"
+        proxies = self.settings.config.server.trusted_proxies
+        # Every header line, in order (RFC 9110 section 5.3): reading only the first would
+        # believe a line the client sent ahead of its proxy's.
+        remote = client_address(peer, ",".join(request.headers.getall("X-Forwarded-For", ())), proxies)
+        scheme = client_scheme(peer, ",".join(request.headers.getall("X-Forwarded-Proto", ())), proxies,
+                               request.scheme)
+        return remote, scheme
+
+    def may_probe(self, request: web.Request) -> bool:
+        """Spend one handshake check of ``request``'s client; False when it is over its limit."""
+        return self.probes.take(self._client(request)[0], asyncio.get_running_loop().time())
+
     async def probe_identity(self, request: web.Request, target: str, token: str | None) -> tuple[int, str]:
-        """What the auth step would answer a handshake to ``target`` (a path with its
-        query) carrying ``request``'s headers and ``token``: (status, text); 101 admits.
+        """How a WebSocket handshake to ``target`` (a path with its query), carrying
+        ``request``'s headers and ``token``, would be answered: (status, text); 101 admits.
+        ``request`` is the check's request with its body unread (it is cloned).
 
         Browsers report every refused handshake as 1006, so the page asks this to tell
-        the user 401 from 403. Nothing is counted or logged: it is a question, not a
-        connection attempt.
+        the user 401 from 403. The question goes through the handshake's own policy
+        (Host, origin, admission, the auth step, ``authorize``) and a refusal is counted
+        and logged as the handshake's would be, never with the token: it must not be a
+        cheaper way to try tokens than connecting.
         """
         url = URL(target)
-        live = self.routes.get(url.path)
-        if live is None or url.is_absolute():
+        if url.is_absolute() or url.path not in self.routes:
             return 404, f"no endpoint at {url.path}"
         headers = CIMultiDict(request.headers)
-        headers.popall(hdrs.AUTHORIZATION, None)
+        for name in (hdrs.AUTHORIZATION, hdrs.SEC_WEBSOCKET_PROTOCOL, hdrs.CONTENT_TYPE, hdrs.CONTENT_LENGTH,
+                     hdrs.TRANSFER_ENCODING, hdrs.EXPECT):
+            headers.popall(name, None)
+        headers.update({hdrs.UPGRADE: "websocket", hdrs.CONNECTION: "Upgrade"})
         if token:
             headers[hdrs.AUTHORIZATION] = f"Bearer {token}"
+        handshake = request.clone(method=hdrs.METH_GET, rel_url=url, headers=CIMultiDictProxy(headers))
+        checked = self._admit(handshake)
+        if isinstance(checked, web.Response):
+            return checked.status, (checked.text or "").strip()
+        live, remote, _ = checked
+        del checked
         try:
-            await identify(CIMultiDictProxy(headers), lambda: url.query, live, live.endpoint.policy,
-                           request.remote or "?", None, self.settings.authenticators)
-        except AuthFailure as failure:
-            return failure.status, refusal_text(failure)
-        except Exception:
-            return 500, "the endpoint's handler failed"
+            verdict = await self._identify(handshake, live, remote, None)
+        finally:
+            self.admission.release(handshake.path, remote)
+        if isinstance(verdict, web.Response):
+            return verdict.status, (verdict.text or "").strip()
         return 101, "the endpoint's auth admits this handshake"
 
     async def publish(self, path: str, room: str, data: Any) -> None:
@@ -343,7 +369,7 @@ class Gateway:
         stops[loop.create_task(self.hub.broker.close())] = "the broker's close"
         for task in self._closers:
             task.cancel()  # their authenticators are closed right here
-        for name, authenticator in self.settings.authenticators.items():
+        for name, authenticator in self.authenticators.items():
             stops[loop.create_task(authenticator.close())] = f"authenticator {name}'s close"
         for authenticator in self._retired_authenticators:
             stops[loop.create_task(authenticator.close())] = f"replaced authenticator {authenticator.name}'s close"

@@ -78,11 +78,10 @@ class Session:
         # client still sending before it reads why (see closing.py).
         self.incoming = ws._reader
         queue = SendQueue(policy.send_queue, drop=policy.slow_client == "drop")
-        self.writer = Writer(transport, services.flusher, queue, live.stats, self._overflow, _deflate(ws))
-        self.conn = Connection(self, self.writer.send, id=conn_id, path=live.path, remote=remote,
-                               headers=request.headers, subprotocol=ws.ws_protocol)
-        if identity is not None:
-            self.conn.user, self.conn.claims = identity.user, identity.claims
+        self.writer = Writer(transport, services.flusher, queue, live.stats, self._overflow, self.handshake.sent,
+                             _deflate(ws))
+        self.conn = Connection._open(self, self.writer.send, id=conn_id, path=live.path, remote=remote,
+                                     headers=request.headers, subprotocol=ws.ws_protocol, identity=identity)
         self.auth = auth  # the authenticator that admitted the client, by name
         self._expiry: asyncio.TimerHandle | None = None
         if identity is not None and identity.expires_at is not None:
@@ -110,7 +109,10 @@ class Session:
         self.close(CloseCode.POLICY_VIOLATION, "slow consumer")
 
     def close(self, code: int, reason: str) -> None:
-        """Send the close frame after queued data; TCP closes on the client's answer or at close_timeout."""
+        """Queue the close frame after queued data; TCP closes on the client's answer or at close_timeout.
+
+        Should the client's own close frame come first, ours goes out at once (see ``CloseHandshake``).
+        """
         if self.handshake.start(code, reason):
             self.writer.close_frame(code, reason)
             self._close_timer = self.loop.call_later(self.live.endpoint.policy.close_timeout, self.writer.abort)
@@ -225,7 +227,7 @@ class Session:
             elif kind is WSMsgType.CLOSE:
                 answer = handshake.received(msg.data or None, msg.extra or "")
                 if answer is not None:
-                    writer.close_frame(*answer, now=True)
+                    writer.answer_close(answer.code, answer.reason, drop_queued=answer.drop_queued)
                 writer.close()
                 return
 
@@ -264,6 +266,11 @@ class Session:
         self.handshake.lost()
         if not self.writer.closed:
             self.writer.abort()
+        elif self.writer.draining:
+            # The handshake is done; TCP closes once the client has read what came before
+            # our close frame. One that stops reading is dropped at close_timeout, so that
+            # it cannot hold those bytes (up to send_queue) after the session has ended.
+            self.loop.call_later(self.live.endpoint.policy.close_timeout, self.writer.abort)
         live, conn = self.live, self.conn
         code = self.handshake.code or CloseCode.ABNORMAL
         await live.detach(conn)

@@ -86,15 +86,17 @@ class Deflate:
 class Writer:
     """One connection's queue and transport: queued frames in, bytes out, in order."""
 
-    __slots__ = ("_deflate", "_eof_after_last", "_flusher", "_last", "_on_overflow", "_scheduled", "_stats",
-                 "_transport", "frames", "queue")
+    __slots__ = ("_deflate", "_eof_after_last", "_flusher", "_last", "_on_close_sent", "_on_overflow", "_scheduled",
+                 "_stats", "_transport", "frames", "queue")
 
     def __init__(self, transport: asyncio.Transport, flusher: Flusher, queue: SendQueue, stats: EndpointStats,
-                 on_overflow: Callable[[], None], deflate: Deflate | None = None) -> None:
+                 on_overflow: Callable[[], None], on_close_sent: Callable[[], None],
+                 deflate: Deflate | None = None) -> None:
         self._transport = transport
         self._flusher = flusher
         self._stats = stats
         self._on_overflow = on_overflow
+        self._on_close_sent = on_close_sent  # the close frame has left the queue for the transport
         self._deflate = deflate
         self._scheduled = False
         self._last: bytes | None = None  # the close frame, waiting behind queued data
@@ -167,6 +169,7 @@ class Writer:
         elif self._last is not None:
             self._write([self._last])
             self._last = None
+            self._on_close_sent()
             if self._eof_after_last:
                 self.finish_writing()
 
@@ -175,23 +178,33 @@ class Writer:
             frames = [self._deflate.frame(f) for f in frames]
         self._transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
-    def close_frame(self, code: int, reason: str, *, now: bool = False) -> None:
+    def close_frame(self, code: int, reason: str) -> None:
         """The close frame, after everything queued; nothing after it.
 
         It waits behind the queued data, which keeps going out at the transport's pace,
         so a client that does not read still costs no more than the queue's bound.
-        ``now`` writes everything at once instead, for the answer to the client's own
-        close frame, after which the connection ends.
+        ``on_close_sent`` is called when it reaches the transport.
         """
         self.queue.seal()
-        last = encode_frame(close_payload(code, reason), CLOSE)
         if self._transport.is_closing():
             return
-        if now:
-            self._write([*self.queue.take(), last])
-        else:
-            self._last = last
-            self.flush()
+        self._last = encode_frame(close_payload(code, reason), CLOSE)
+        self.flush()
+
+    def answer_close(self, code: int, reason: str, *, drop_queued: bool = False) -> None:
+        """Write the answer to the client's close frame at once, after which the connection ends.
+
+        The queued data goes first, unless ``drop_queued``: then the close frame follows
+        only what the transport already holds, and replaces one still waiting.
+        """
+        frames = [] if drop_queued else self.queue.take()
+        self.queue.clear()
+        self._last = None
+        self._eof_after_last = False
+        if self._transport.is_closing():
+            return
+        self._write([*frames, encode_frame(close_payload(code, reason), CLOSE)])
+        self._on_close_sent()
 
     def finish_writing(self) -> None:
         """Half-close (TCP FIN) after the close frame: the peer sees the end, and may still send."""
@@ -204,6 +217,11 @@ class Writer:
     def closed(self) -> bool:
         return self._transport.is_closing()
 
+    @property
+    def draining(self) -> bool:
+        """Closed, but the transport still holds bytes the peer has not read."""
+        return self._transport.is_closing() and self._transport.get_write_buffer_size() > 0
+
     def close(self) -> None:
         """Close TCP once written data is out (the peer has nothing more to send)."""
         self.queue.clear()
@@ -212,4 +230,6 @@ class Writer:
     def abort(self) -> None:
         """Drop TCP now, discarding anything unwritten (the peer is gone or unresponsive)."""
         self.queue.clear()
-        self._transport.abort()
+        # A close that has drained is complete, and asyncio (3.11) fails an abort after it.
+        if not self._transport.is_closing() or self._transport.get_write_buffer_size():
+            self._transport.abort()

@@ -12,16 +12,12 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Mapping
 from typing import Any
 
 from .httperrors import BadRequestLogFilter
+from .redact import redact_query  # the handshake log's query: the same rule as every URL shown
 
 __all__ = ["escape_controls", "logfmt_value", "redact_query", "setup_logging"]
-
-# Query parameter names that look like they carry a secret. Substrings, case-insensitive,
-# so ``api_key``, ``api-key``, ``X-Amz-Signature``, ``access_token``, ``PHPSESSID`` match.
-_SECRET = re.compile(r"token|secret|pass|pwd|auth|key|sig|jwt|sess|cookie|credential|bearer", re.IGNORECASE)
 
 # Characters that can end or fake a line, or hide text, on a terminal or in a log viewer:
 # C0, DEL, C1, the Unicode line and paragraph separators, and bidirectional overrides.
@@ -103,8 +99,3 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-
-
-def redact_query(query: Mapping[str, str]) -> str:
-    """``query`` for logs, with the values of secret-looking keys replaced by ``***``."""
-    return "&".join(f"{k}={'***' if _SECRET.search(k) else v}" for k, v in query.items())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wsgate.config import Registry, load_config
 from wsgate.testing import run_gateway
 
 from handlers.example import Greeter
@@ -27,7 +26,6 @@ async def test_greeter_refuses_binary() -> None:
 
 
 async def test_the_project_config_serves_the_greeter() -> None:
-    settings = load_config(PROJECT / "config.yaml", Registry())
-    async with run_gateway(settings) as gw, gw.connect("/greet") as ws:
+    async with run_gateway(PROJECT / "config.yaml") as gw, gw.connect("/greet") as ws:
         await ws.send_str("config")
         assert await ws.receive_str() == "hello, config"

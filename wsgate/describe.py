@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from ..auth.identity import display_url
-from ..policy.hosts import HostPolicy
-from ..policy.origin import OriginPolicy
-from .auth import Authenticator
-from .models import Endpoint, Settings
-from .units import shown_url
+from .config.auth import Authenticator
+from .config.models import Endpoint, Settings
+from .observe.redact import redact_url
+from .policy.hosts import HostPolicy
+from .policy.origin import OriginPolicy
 
 __all__ = ["describe_routes"]
 
@@ -53,12 +52,12 @@ def _authenticator(name: str, spec: Authenticator) -> str:
     if spec.jwt is not None:
         j = spec.jwt
         keys = "secret" if j.secret else f"public key {j.public_key}" if j.public_key else \
-            f"JWKS {display_url(j.jwks_url or '')} (cached {_seconds(j.jwks_cache)})"
+            f"JWKS {redact_url(j.jwks_url or '')} (cached {_seconds(j.jwks_cache)})"
         checks = [f"{label} {value}" for label, value in (("audience", j.audience), ("issuer", j.issuer)) if value]
         what = f"jwt {', '.join(j.algorithms)} with the {keys}; user claim {j.user_claim}; " \
                f"leeway {_seconds(j.leeway)}" + "".join(f"; {c}" for c in checks)
     elif spec.http is not None:
-        what = f"http POST {display_url(spec.http.url)} (timeout {_seconds(spec.http.timeout)})"
+        what = f"http POST {redact_url(spec.http.url)} (timeout {_seconds(spec.http.timeout)})"
     else:
         what = f"python {spec.python}"
     cookie = f"; also the cookie {spec.cookie}" if spec.cookie else ""
@@ -79,7 +78,7 @@ def describe_routes(settings: Settings) -> str:
     c = settings.config
     lines = [
         f"config {settings.file}: would listen on {_listen(settings)}, "
-        f"{c.server.workers} worker(s), broker {shown_url(c.broker)}, API {'on' if c.api.token else 'off'}, "
+        f"{c.server.workers} worker(s), broker {redact_url(c.broker)}, API {'on' if c.api.token else 'off'}, "
         f"handshake timeout {_seconds(c.server.handshake_timeout)}, "
         f"shutdown timeout {_seconds(c.server.shutdown_timeout)}, "
         f"connections {c.server.max_connections or 'unlimited'}",
