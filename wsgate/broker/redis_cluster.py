@@ -34,9 +34,26 @@ a connection error is retried once after the topology was asked again, one that 
 out is not (it may have run). Each master also has a client of its own: for its outbox,
 the health PING every ``ping_interval``, the presence refresh pipelines (grouped per
 master, so one lost master does not hold up the others) and one sharded pub/sub connection,
-kept by a ``RedisSubscriber`` that SSUBSCRIBEs to the channels of that master's slots.
-When a slot moves (resharding, a replica promoted), Redis unsubscribes its channels;
-the health check then asks the topology again and subscribes them where they live now.
+kept by a ``RedisSubscriber`` that SSUBSCRIBEs to the channels of that master's slots
+(one SSUBSCRIBE per slot: Redis refuses one naming several).
+
+Topology moves. Every instance follows them, whether or not it has clients in the rooms
+concerned:
+
+- a master lost: while any master is unreachable the topology is read again every
+  second; a master new in it (a promoted replica) gets its connections at once, channels
+  move to it, and a former master that nothing uses any more is let go;
+- a slot moved (resharding): a publish answered MOVED or ASK is sent on to the master
+  Redis named (after ASKING for ASK), and MOVED has the topology read again at once.
+  A numbered publish that ran after ASK is also published where the instances are
+  still subscribed (see ``_republish``).
+  While some of a slot's publishes are unanswered, later ones take the same way (see
+  ``_Lane``): a room's messages keep their order across the move. Redis unsubscribes
+  the channels of a slot that left a master; they are subscribed on the new master. A
+  MOVED answer to an (UN)SUBSCRIBE concerns only the channels of that slot: the pub/sub
+  connection, and so every other room of that master, stays. Until a room is subscribed
+  again, a numbered publish to it fails (the hub delivers it locally, as during an
+  outage) rather than be kept where no client of this instance sees it.
 
 Health. ``healthy`` (``/readyz``) is False while no master answers, and while any master
 that holds a channel this instance is subscribed to (a room with a client here) is
@@ -54,6 +71,7 @@ import asyncio
 import functools
 import hashlib
 import logging
+import math
 import os
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -66,7 +84,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
-from redis.exceptions import ClusterDownError, NoScriptError, RedisClusterException, SlotNotCoveredError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    RedisClusterException,
+    SlotNotCoveredError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.typing import EncodableT, KeyT
 
@@ -74,7 +99,7 @@ from ..errors import BrokerError
 from .base import DEFAULT_TTL, Delivery, Replay
 from .cluster_url import parse_cluster_url
 from .redis import FRESH_CONNECTION_RETRY, RedisBroker
-from .redis_outbox import Outbox
+from .redis_outbox import Outbox, Run, _Queued
 from .redis_pubsub import _ERRORS, RedisSubscriber, _text
 from .redis_scripts import CLAIM, KEEP, LIVE, NUMBERED, REPLAY
 
@@ -85,7 +110,10 @@ T = TypeVar("T")
 
 _PREFIX = "wsgate:"
 _PRESENCE = ":presence"  # the suffix LiveEndpoint gives presence keys
-_TOPOLOGY_EVERY = 1.0  # seconds between two topology reads while something is off
+_TOPOLOGY_EVERY = 1.0  # seconds between two topology reads while a master is unreachable ...
+_TOPOLOGY_SOON = 0.2  # ... and while Redis says a slot moved
+_MAX_REDIRECTS = 5  # MOVED/ASK followed per command before it fails
+_COPY = "SPUBLISH of a message numbered after ASK"  # see RedisClusterBroker._republish
 _REFRESH_BATCH = 256  # presence keys per pipelined round trip
 # RedisClusterException: what the cluster client raises besides RedisError (no node
 # holds a slot, no node answered the topology request).
@@ -147,22 +175,51 @@ class _SlotScript(AsyncScript):
             return await client.evalsha(self.sha, len(keys), *words)
 
 
+def _slot(name: str) -> int:
+    return key_slot(name.encode())
+
+
+def _said(redirect: AskError) -> str:
+    """A redirection as Redis said it (redis-py keeps only the slot and the address)."""
+    word = "MOVED" if isinstance(redirect, MovedError) else "ASK"
+    return f"{word} {redirect.slot_id} {redirect.host}:{redirect.port}"
+
+
 class ShardSubscriber(RedisSubscriber):
     """A ``RedisSubscriber`` on one master that uses sharded pub/sub (SSUBSCRIBE).
 
-    ``moved`` collects the channels Redis unsubscribed on its own: their slot moved to
-    another master.
+    ``moved`` collects the channels whose slot is no longer on this master: Redis
+    unsubscribed them on its own, or answered MOVED to their (UN)SUBSCRIBE. Such a
+    reply costs only the channels of that slot, never the connection: the other rooms
+    of this master go on. ``on_moved`` is called when ``moved`` grows.
     """
 
-    def __init__(self, shown_url: str, timeout: float) -> None:
+    def __init__(self, shown_url: str, timeout: float, on_moved: Callable[[], None]) -> None:
         super().__init__(shown_url, timeout)
         self.moved: set[str] = set()
+        self._on_moved = on_moved
+        self._dropped: set[str] = set()  # unsubscribed by Redis: no SUNSUBSCRIBE to send
 
+    async def subscribe(self, channel: str, deliver: Delivery, **options: Any) -> None:
+        self._dropped.discard(channel)
+        await super().subscribe(channel, deliver, **options)
+
+    async def unsubscribe(self, channel: str) -> None:
+        if channel in self._dropped:
+            # Redis dropped it when its slot left this master; a SUNSUBSCRIBE now would be
+            # answered MOVED.
+            self._dropped.discard(channel)
+            self._channels.pop(channel, None)
+            return
+        await super().unsubscribe(channel)
+
+    # One command per slot: Redis refuses an SSUBSCRIBE naming channels of several slots
+    # (CROSSSLOT), which is what resubscribing a master's channels after a reconnect is.
     def _subscribe_command(self, pubsub: PubSub) -> Callable[..., Awaitable[Any]]:
-        return pubsub.ssubscribe
+        return functools.partial(_per_slot, pubsub.ssubscribe)
 
     def _unsubscribe_command(self, pubsub: PubSub) -> Callable[..., Awaitable[Any]]:
-        return pubsub.sunsubscribe
+        return functools.partial(_per_slot, pubsub.sunsubscribe)
 
     def _handle(self, reply: Any) -> None:
         kind = reply[0] if isinstance(reply, list) and reply else reply
@@ -171,13 +228,66 @@ class ShardSubscriber(RedisSubscriber):
         elif kind == b"sunsubscribe":
             channel = _text(reply[1])
             if channel in self._channels:  # not asked by unsubscribe(), which forgets it first
-                self.moved.add(channel)
+                self._dropped.add(channel)
+                self._lost([channel])
+        elif isinstance(kind, AskError):  # MOVED (an AskError) to an (UN)SUBSCRIBE: that slot is elsewhere
+            channels = [channel for channel in self._channels if _slot(channel) == kind.slot_id]
+            self._dropped.update(channels)
+            for channel in channels:
+                self._confirmed(channel)  # no confirmation will come: release subscribe()
+            log.info("%s answered %s", self.shown_url, _said(kind))
+            self._lost(channels)
         else:
             super()._handle(reply)
+
+    def live(self, channel: str) -> bool:
+        """True while ``channel`` is subscribed here and confirmed by Redis."""
+        confirmed = channel in self._channels and not self._expected.get(channel)
+        return self.up and confirmed and channel not in self._dropped
+
+    def _lost(self, channels: list[str]) -> None:
+        self.moved.update(channels)
+        self._on_moved()
 
     def channels(self) -> dict[str, Delivery]:
         """The channels subscribed here and their deliveries (a copy)."""
         return dict(self._channels)
+
+
+async def _per_slot(command: Callable[..., Awaitable[Any]], *channels: str) -> None:
+    by_slot: dict[int, list[str]] = {}
+    for channel in channels:
+        by_slot.setdefault(_slot(channel), []).append(channel)
+    for group in by_slot.values():
+        await command(*group)
+
+
+class _ShardOutbox(Outbox):
+    """An ``Outbox`` to one master that hands a command answered MOVED or ASK to
+    ``redirect`` (which sends it where Redis said) instead of failing it."""
+
+    def __init__(self, run: Run, scripts: Sequence[str], redirect: Callable[[_Queued, AskError], None]) -> None:
+        super().__init__(run, scripts)
+        self._redirect = redirect
+
+    def _settle(self, queued: _Queued, reply: Any) -> None:  # type: ignore[override]
+        if isinstance(reply, AskError) and not queued.result.done():  # MovedError is an AskError
+            self._redirect(queued, reply)
+        else:
+            Outbox._settle(queued, reply)
+
+
+@dataclass(eq=False, slots=True)
+class _Lane:
+    """The master a slot's publishes go to while some of them are unanswered, and how many.
+
+    A slot's publishes follow one another through one master's outbox, and from there
+    (after MOVED or ASK) to the next: a publish made meanwhile takes the same way, so a
+    room's messages keep their order while its slot moves.
+    """
+
+    master: str
+    pending: int = 0
 
 
 @dataclass(eq=False)
@@ -214,7 +324,12 @@ class RedisClusterBroker(RedisBroker):
         # The cluster client fails a command instead of queuing it when a master's pool is
         # full; this keeps the commands in flight within any one pool.
         self._gate = asyncio.Semaphore(max_connections)
-        self._next_topology = 0.0
+        self._last_topology = -math.inf  # loop time of the last topology read
+        self._stale = False  # Redis said a slot moved: read the topology soon
+        self._follow_task: asyncio.Task[None] | None = None
+        self._topology_lock = asyncio.Lock()
+        self._lanes: dict[int, _Lane] = {}  # slot -> where its unanswered publishes went
+        self._hops: dict[asyncio.Future[Any], int] = {}  # a redirected publish -> redirections so far
 
     # --- lifecycle ---
 
@@ -245,7 +360,7 @@ class RedisClusterBroker(RedisBroker):
         except _CLUSTER_ERRORS as exc:
             await self._close_clients()
             raise BrokerError(f"cannot reach the Redis Cluster at {self.shown_url}: {exc or 'timed out'}") from exc
-        shards = [self._shard(node) for node in cluster.get_primaries()]
+        shards = [self._shard(node.name) for node in cluster.get_primaries()]
         opened = await asyncio.gather(*(self._open(shard) for shard in shards))
         if not any(shard.reachable for shard in shards):
             await self._close_clients()
@@ -262,23 +377,28 @@ class RedisClusterBroker(RedisBroker):
         self._tasks = [loop.create_task(self._watch(), name="wsgate redis cluster health")]
         log.info("broker: Redis Cluster at %s (%d masters)", self.shown_url, len(shards))
 
-    def _shard(self, node: ClusterNode) -> _Shard:
-        """The shard of master ``node``, made (not yet connected) if new."""
-        shard = self._shards.get(node.name)
+    def _shard(self, name: str) -> _Shard:
+        """The shard of master ``name`` (``host:port``), made (not yet connected) if new."""
+        shard = self._shards.get(name)
         if shard is None:
+            host, _, port = name.rpartition(":")
             # One retry on a new connection, as for RedisBroker's health PING: a connection a
             # restarted master closed is not an outage.
-            client = Redis(host=node.host, port=int(node.port), retry=FRESH_CONNECTION_RETRY, **self._options("node"))
-            subscriber = ShardSubscriber(f"{self.shown_url} (master {node.name})", self._timeout)
+            client = Redis(host=host, port=int(port), retry=FRESH_CONNECTION_RETRY, **self._options("node"))
+            subscriber = ShardSubscriber(f"{self.shown_url} (master {name})", self._timeout, self._slot_moved)
             subscriber.client = client
-            outbox = Outbox(functools.partial(self._run_on, node.name), [NUMBERED_SHARDED])
-            shard = self._shards[node.name] = _Shard(node.name, client, subscriber, outbox)
+            outbox = _ShardOutbox(functools.partial(self._run_on, name), [NUMBERED_SHARDED],
+                                  functools.partial(self._redirect, name))
+            shard = self._shards[name] = _Shard(name, client, subscriber, outbox)
         return shard
 
     async def _open(self, shard: _Shard) -> PubSub | None:
         try:
             async with asyncio.timeout(self._timeout * 3):
                 pubsub = await shard.subscriber.open()
+                # Loaded on every master up front, so that a publish ASK sends to a master
+                # importing its slot runs there at once (see _redirect).
+                await shard.client.script_load(NUMBERED_SHARDED)
         except _ERRORS as exc:
             log.warning("Redis Cluster master %s is unreachable (%s)", shard.name, exc or "timed out")
             return None
@@ -291,7 +411,10 @@ class RedisClusterBroker(RedisBroker):
 
     async def close(self) -> None:
         """Stop every listener, then as ``RedisBroker.close``."""
+        self._closed = True
         tasks = [shard.task for shard in self._shards.values() if shard.task is not None]
+        if self._follow_task is not None:
+            tasks.append(self._follow_task)
         for shard in self._shards.values():
             shard.subscriber.closed = True
         for task in tasks:
@@ -328,12 +451,12 @@ class RedisClusterBroker(RedisBroker):
 
     # --- topology ---
 
-    def _master_of(self, name: str) -> ClusterNode | None:
-        """The master holding ``name``'s slot as last known, or None."""
+    def _master_of(self, name: str, slot: int | None = None) -> ClusterNode | None:
+        """The master holding ``name``'s slot (``slot``, when known) as last known, or None."""
         if self._cluster is None:
             return None
         try:
-            return self._cluster.nodes_manager.get_node_from_slot(key_slot(name.encode()))
+            return self._cluster.nodes_manager.get_node_from_slot(_slot(name) if slot is None else slot)
         except _CLUSTER_ERRORS:
             return None
 
@@ -345,29 +468,74 @@ class RedisClusterBroker(RedisBroker):
             raise BrokerError(f"{what}: the Redis Cluster master {shard.name} holding {name} is unreachable")
 
     async def _ping(self) -> None:
-        """PING every master; after a change, or while one is unreachable, read the
-        topology again (at most every second) and move channels to their master."""
+        """PING every master; when Redis said a slot moved, or while a master is
+        unreachable (every second), read the topology again and follow it."""
         shards = list(self._shards.values())
         await asyncio.gather(*(self._ping_shard(shard) for shard in shards))
         self._commands_up = any(shard.reachable for shard in shards)
-        moved = any(shard.subscriber.moved for shard in shards)
-        off = moved or None in self._routes.values() or not all(shard.reachable for shard in shards)
+        if self._stale:
+            due = self._last_topology + _TOPOLOGY_SOON
+        elif None in self._routes.values() or not all(shard.reachable for shard in shards):
+            due = self._last_topology + _TOPOLOGY_EVERY
+        else:
+            return
+        if asyncio.get_running_loop().time() >= due:
+            await self._follow()
+
+    def _slot_moved(self) -> None:
+        """Redis said a slot moved: follow it now rather than at the next health check."""
+        self._stale = True
+        if self._follow_task is None and not self._closed:
+            self._follow_task = asyncio.get_running_loop().create_task(
+                self._follow_soon(), name="wsgate redis cluster topology")
+
+    async def _follow_soon(self) -> None:
         loop = asyncio.get_running_loop()
-        if off and loop.time() >= self._next_topology and self._cluster is not None:
-            self._next_topology = loop.time() + _TOPOLOGY_EVERY
+        try:
+            await asyncio.sleep(max(0.0, self._last_topology + _TOPOLOGY_SOON - loop.time()))
+            await self._follow()
+        except Exception:
+            log.exception("following the Redis Cluster topology failed")
+        finally:
+            self._follow_task = None
+
+    async def _follow(self) -> None:
+        """Read the topology; connect to every master in it, move each channel to the
+        master that holds its slot now, and let go of former masters nothing uses."""
+        if self._cluster is None or self._closed:
+            return
+        async with self._topology_lock:
+            self._last_topology = asyncio.get_running_loop().time()
+            self._stale = False
             try:
                 async with asyncio.timeout(self._timeout * 2):
                     await self._cluster.nodes_manager.initialize()
             except _CLUSTER_ERRORS as exc:
                 log.debug("reading the Redis Cluster topology failed: %s", exc)
-            for shard in shards:
+                self._stale = True
+                return
+            masters = {node.name for node in self._cluster.get_primaries()}
+            new = [self._shard(name) for name in masters]
+            new = [shard for shard in new if shard.task is None]
+            for shard in new:
+                log.info("Redis Cluster master %s is new in the topology", shard.name)
+            await asyncio.gather(*(self._ping_shard(shard) for shard in new))
+            for shard in new:
+                self._listen(shard, None)
+            moved: set[str] = set()
+            for shard in self._shards.values():
+                moved |= shard.subscriber.moved
                 shard.subscriber.moved.clear()
-            await self._reroute()
+            await self._reroute(moved)
+            for name in [name for name in self._shards if name not in masters]:
+                await self._retire(self._shards[name])
 
     async def _ping_shard(self, shard: _Shard) -> None:
         try:
             async with asyncio.timeout(self._timeout * 2):
                 await shard.client.ping()
+                if not shard.reachable:
+                    await shard.client.script_load(NUMBERED_SHARDED)  # as in _open
         except _ERRORS as exc:
             if shard.reachable:
                 log.warning("Redis Cluster master %s is unreachable (%s); its rooms deliver locally only "
@@ -383,31 +551,57 @@ class RedisClusterBroker(RedisBroker):
                 self._back_at = asyncio.get_running_loop().time()
             shard.reachable = True
 
-    async def _reroute(self) -> None:
-        """Subscribe every channel on the master that holds its slot now."""
+    async def _reroute(self, dropped: set[str]) -> None:
+        """Subscribe every channel on the master that holds its slot now; a channel
+        Redis ``dropped`` on a master that still holds it (as the topology read says)
+        is subscribed there again: if the read was behind, Redis answers MOVED again.
+        The channels move side by side: one slow master does not hold up the others."""
+        moves = []
         for channel, current in list(self._routes.items()):
             node = self._master_of(channel)
-            if node is None or node.name == current:
-                continue
             deliver = self._deliveries.get(channel)
-            if deliver is None:
+            if node is None or deliver is None or (node.name == current and channel not in dropped):
                 continue
-            log.info("Redis Cluster channel %s moves from master %s to %s", channel, current, node.name)
-            if current is not None and current in self._shards:
-                await self._shards[current].subscriber.unsubscribe(channel)
-            shard = self._shard(node)
+            if node.name != current:
+                log.info("Redis Cluster channel %s moves from master %s to %s", channel, current, node.name)
+            shard = self._shard(node.name)
             if shard.task is None:
                 self._listen(shard, None)
             self._routes[channel] = node.name
-            await shard.subscriber.subscribe(channel, deliver)
+            moves.append(self._move(channel, current, shard, deliver))
+        await asyncio.gather(*moves)
+
+    async def _move(self, channel: str, current: str | None, shard: _Shard, deliver: Delivery) -> None:
+        old = self._shards.get(current) if current is not None and current != shard.name else None
+        if old is not None:
+            await old.subscriber.unsubscribe(channel)
+        if self._routes.get(channel) == shard.name and self._deliveries.get(channel) is deliver:  # still wanted
+            await shard.subscriber.subscribe(channel, deliver, through_reconnect=True)
+
+    async def _retire(self, shard: _Shard) -> None:
+        """Close the shard of a former master once no channel or publish uses it."""
+        if shard.subscriber.channels() or any(lane.master == shard.name for lane in self._lanes.values()):
+            return
+        log.info("Redis Cluster node %s is no longer a master; closing its connections", shard.name)
+        del self._shards[shard.name]
+        shard.subscriber.closed = True
+        if shard.task is not None:
+            shard.task.cancel()
+            await asyncio.gather(shard.task, return_exceptions=True)
+        shard.subscriber.forget_expected()
+        await shard.outbox.close()
+        try:
+            await shard.client.aclose()
+        except _ERRORS as exc:
+            log.debug("closing a Redis Cluster client: %s", exc)
 
     # --- pub/sub ---
 
     async def subscribe(self, channel: str, deliver: Delivery) -> None:
         """Deliver ``channel``'s messages to ``deliver`` from its master's shard channel.
 
-        Returns once the master confirmed, or at once while it is unreachable (the
-        subscriber subscribes when it is back). Never raises.
+        Returns once the master confirmed, or after ``timeout`` while it is unreachable
+        (the subscriber subscribes when it is back). Never raises.
         """
         name = cluster_channel(channel)
         self._deliveries[name] = deliver
@@ -415,11 +609,11 @@ class RedisClusterBroker(RedisBroker):
         if node is None:
             self._routes[name] = None  # the health check routes it
             return
-        shard = self._shard(node)
+        shard = self._shard(node.name)
         if shard.task is None:
             self._listen(shard, None)
         self._routes[name] = node.name
-        await shard.subscriber.subscribe(name, deliver)
+        await shard.subscriber.subscribe(name, deliver, through_reconnect=True)
 
     async def unsubscribe(self, channel: str) -> None:
         """Stop delivering ``channel``; never raises."""
@@ -458,24 +652,122 @@ class RedisClusterBroker(RedisBroker):
         except _ERRORS as exc:
             raise BrokerError(f"{what} on Redis Cluster master {master} failed: {exc or 'timed out'}") from exc
 
-    def _outbox_of(self, name: str, what: str) -> Outbox:
-        node = self._master_of(name)
-        shard = self._shards.get(node.name) if node is not None else None
+    def _post_to(self, name: str, what: str, *command: Any, parse: Callable[[Any], Any] | None = None,
+                 numbered: bool = False) -> asyncio.Future[Any]:
+        """Queue ``command`` for ``name``'s master (see ``_Lane``); BrokerError at once if
+        that master is unreachable, or if a ``numbered`` one would not be seen here."""
+        if numbered and not self._seen_here(name):
+            raise BrokerError(f"{what}: the subscription of this instance to {name} is being restored")
+        slot = _slot(name)
+        lane = self._lanes.get(slot)
+        if lane is not None:
+            shard = self._shards.get(lane.master)
+        else:
+            node = self._master_of(name, slot)
+            shard = self._shards.get(node.name) if node is not None else None
         if shard is None or not shard.reachable or self._closed:
-            where = f"master {node.name}" if node is not None else "no known master"
+            where = f"master {shard.name}" if shard is not None else "no known master"
             raise BrokerError(f"{what}: {name} is on {where}, which is unreachable")
-        return shard.outbox
+        result = shard.outbox.put(what, *command, parse=parse)
+        if lane is None:
+            lane = self._lanes[slot] = _Lane(shard.name)
+        lane.pending += 1
+        result.add_done_callback(functools.partial(self._answered, slot, lane))
+        return result
+
+    def _seen_here(self, name: str, master: str | None = None) -> bool:
+        """False when this instance needs ``name`` (a client here is in the room) but is
+        not subscribed to it right now (on ``master``, if given): Redis would number and
+        keep a message that reaches nobody here, so the hub delivers it locally instead."""
+        if name not in self._routes:
+            return True
+        route = self._routes[name]
+        shard = self._shards.get(route) if route is not None else None
+        return shard is not None and master in (None, route) and shard.subscriber.live(name)
+
+    def _answered(self, slot: int, lane: _Lane, _: asyncio.Future[Any]) -> None:
+        lane.pending -= 1
+        if not lane.pending and self._lanes.get(slot) is lane:
+            del self._lanes[slot]
+
+    def _redirect(self, source: str, queued: _Queued, error: AskError) -> None:
+        """Send a publish that master ``source`` answered MOVED or ASK on to the master
+        Redis named (after ASKING for ASK), behind those already redirected there; its
+        result becomes the original's. After MOVED, to a master where this instance is
+        not subscribed to the room yet, a numbered publish is refused instead (the hub
+        delivers it locally), and the copy of one (``_republish``) is also delivered here."""
+        moved = isinstance(error, MovedError)
+        target = f"{error.host or source.rpartition(':')[0]}:{error.port}"
+        hops = self._hops.pop(queued.result, 0) + 1
+        if moved:
+            self._slot_moved()
+        if hops > _MAX_REDIRECTS or self._closed:
+            self._refuse(queued, f"redirected {hops - 1} times, then {_said(error)}")
+            return
+        numbered = queued.command[:2] == ("EVALSHA", _NUMBERED_SHARDED_SHA)
+        # Where post_numbered and publish put the channel (and the payload).
+        name = queued.command[9] if numbered else queued.command[1]
+        if moved and not self._seen_here(name, target):
+            if numbered:
+                self._refuse(queued, f"{_said(error)}, where the subscription of this instance to {name} "
+                                     "is not yet")
+                return
+            deliver = self._deliveries.get(name)
+            if queued.what == _COPY and deliver is not None:
+                deliver(queued.command[2])
+        outbox = self._shard(target).outbox
+        if not moved:
+            outbox.put("ASKING", "ASKING")
+        result = outbox.put(queued.what, *queued.command, parse=queued.parse)
+        self._hops[result] = hops
+        if numbered and not moved:
+            result.add_done_callback(functools.partial(self._republish, source, queued.command))
+        result.add_done_callback(functools.partial(self._redirected, queued.result))  # after: see _Lane
+
+    @staticmethod
+    def _refuse(queued: _Queued, why: str) -> None:
+        queued.result.set_exception(BrokerError(f"{queued.what}: {why}"))
+        queued.result.exception()  # retrieved here: a caller that did not wait is told elsewhere
+
+    def _redirected(self, original: asyncio.Future[Any], result: asyncio.Future[Any]) -> None:
+        self._hops.pop(result, None)
+        if original.done():
+            return
+        if result.cancelled():
+            original.cancel()
+        elif (exc := result.exception()) is not None:
+            original.set_exception(exc)
+            original.exception()  # retrieved here: a caller that did not wait is told elsewhere
+        else:
+            original.set_result(result.result())
+
+    def _republish(self, source: str, command: tuple[Any, ...], result: asyncio.Future[Any]) -> None:
+        """A numbered publish that ran after ASK, on the master importing its slot, was
+        published to the subscribers there; but every instance is still subscribed on
+        ``source``, which serves the channel until the move of the slot ends. Publish it
+        there too, as the script did: numbered and kept, it must also be seen live."""
+        if result.cancelled() or result.exception() is not None or self._closed:
+            return
+        head, tail, name = command[6], command[7], command[9]  # as post_numbered lays them out
+        try:
+            # In the slot's lane (its publish is still unanswered, so the lane goes to
+            # ``source``): the room's later publishes cannot overtake it.
+            self._post_to(name, _COPY, "SPUBLISH", name, b"%b%d%b" % (head, result.result(), tail))
+        except BrokerError as exc:
+            log.warning("publishing %s, numbered after ASK, on master %s failed: %s", name, source, exc)
 
     async def publish(self, channel: str, payload: bytes) -> None:
         name = cluster_channel(channel)
-        await self._outbox_of(name, "SPUBLISH").put("SPUBLISH", "SPUBLISH", name, payload)
+        await self._post_to(name, "SPUBLISH", "SPUBLISH", name, payload)
 
     def post_numbered(self, channel: str, head: bytes, tail: bytes, keep: int,
                       keep_for: float = 0.0) -> asyncio.Future[int]:
         name = cluster_channel(channel)
-        return self._outbox_of(name, "numbered SPUBLISH").put(
-            "numbered SPUBLISH", "EVALSHA", _NUMBERED_SHARDED_SHA, 3, f"{name}:seq", f"{name}:history",
-            f"{name}:epoch", head, tail, max(keep, 0), name, round(keep_for * 1000), self._new_epoch(), parse=int)
+        # _redirect and _republish read the channel, head and tail back from these places.
+        return self._post_to(
+            name, "numbered SPUBLISH", "EVALSHA", _NUMBERED_SHARDED_SHA, 3, f"{name}:seq", f"{name}:history",
+            f"{name}:epoch", head, tail, max(keep, 0), name, round(keep_for * 1000), self._new_epoch(), parse=int,
+            numbered=True)
 
     @property
     def backlog(self) -> int:
@@ -544,6 +836,8 @@ class RedisClusterBroker(RedisBroker):
                 failures.append(result)
             else:
                 raise result
+        if any(isinstance(failure, AskError) for failure in failures):
+            self._slot_moved()  # the next refresh goes where the keys are now
         if failures:
             raise BrokerError(f"presence refresh on {len(failures)} Redis Cluster master(s) failed: "
                               f"{failures[0] or 'timed out'}") from failures[0]

@@ -27,7 +27,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .base import Delivery
@@ -245,8 +245,11 @@ class RedisSubscriber:
                 while True:
                     # Replies already buffered are read without yielding to the loop, so a
                     # burst is fanned out in one pass and each client's frames share a write.
-                    reply = await connection.read_response(timeout=math.inf, disconnect_on_error=False,
-                                                           push_request=True)
+                    try:
+                        reply = await connection.read_response(timeout=math.inf, disconnect_on_error=False,
+                                                               push_request=True)
+                    except ResponseError as exc:  # one command refused, the connection is fine: _handle decides
+                        reply = exc
                     self._heard = loop.time()
                     self._handle(reply)
         except TimeoutError:
@@ -288,6 +291,8 @@ class RedisSubscriber:
             self._confirmed(_text(reply[1]))
         elif kind in (b"pong", b"PONG"):
             self._ponged()
+        elif isinstance(kind, ResponseError):
+            raise kind  # a refused (UN)SUBSCRIBE: reconnect, which subscribes again
 
     def _ponged(self) -> None:
         self._pongs += 1
