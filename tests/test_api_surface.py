@@ -305,6 +305,7 @@ PLUGIN_API_MODULES = {
     "wsgate.auth", "wsgate.auth.identity", "wsgate.gateway", "wsgate.gateway.frames",
     "wsgate.config", "wsgate.config.base", "wsgate.config.units",  # Duration and Size
     "wsgate.observe", "wsgate.observe.redact",  # how auth.identity shows a URL: pure, stdlib only
+    "wsgate.lazy",  # what makes auth and config load their parts when first named
 }
 
 

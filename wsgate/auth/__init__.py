@@ -10,9 +10,9 @@ or raises ``wsgate.auth.identity.AuthFailure`` (internal, hence not exported), a
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ..lazy import lazy_attributes
 from .identity import Handshake, Identity, Refuse
 
 if TYPE_CHECKING:
@@ -38,14 +38,7 @@ _LAZY = {
     **dict.fromkeys(["AUTH_PROTOCOL", "BEARER_PROTOCOL_PREFIX", "extract_token", "split_offer"], ".tokens"),
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value  # asked once
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [
