@@ -48,7 +48,7 @@ concerned:
   A numbered publish that ran after ASK is also published where the instances are
   still subscribed (see ``_republish``).
   While some of a slot's publishes are unanswered, later ones take the same way (see
-  ``_Lane``): a room's messages keep their order across the move. Redis unsubscribes
+  ``Lane``): a room's messages keep their order across the move. Redis unsubscribes
   the channels of a slot that left a master; they are subscribed on the new master. A
   MOVED answer to an (UN)SUBSCRIBE concerns only the channels of that slot: the pub/sub
   connection, and so every other room of that master, stays. Until a room is subscribed
@@ -74,7 +74,6 @@ import logging
 import math
 import os
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from redis.asyncio import Redis
@@ -83,7 +82,6 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
-from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
     ClusterDownError,
@@ -97,19 +95,19 @@ from redis.typing import EncodableT, KeyT
 
 from ..errors import BrokerError
 from .base import DEFAULT_TTL, Delivery, Replay
+from .cluster_names import cluster_channel, cluster_presence_key, slot_of
 from .cluster_url import parse_cluster_url
 from .redis import FRESH_CONNECTION_RETRY, RedisBroker
-from .redis_outbox import Outbox, Run, _Queued
-from .redis_pubsub import _ERRORS, RedisSubscriber, _text
+from .redis_outbox import _Queued
+from .redis_pubsub import _ERRORS
 from .redis_scripts import CLAIM, KEEP, LIVE, NUMBERED, REPLAY
+from .redis_shard import Lane, Shard, ShardOutbox, ShardSubscriber, said
 
 __all__ = ["RedisClusterBroker", "cluster_channel", "cluster_presence_key"]
 
 log = logging.getLogger("wsgate.broker.redis")  # one logger name for every Redis broker
 T = TypeVar("T")
 
-_PREFIX = "wsgate:"
-_PRESENCE = ":presence"  # the suffix LiveEndpoint gives presence keys
 _TOPOLOGY_EVERY = 1.0  # seconds between two topology reads while a master is unreachable ...
 _TOPOLOGY_SOON = 0.2  # ... and while Redis says a slot moved
 _MAX_REDIRECTS = 5  # MOVED/ASK followed per command before it fails
@@ -124,28 +122,6 @@ _CLUSTER_ERRORS = (*_ERRORS, RedisClusterException)
 NUMBERED_SHARDED = NUMBERED.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',")
 assert NUMBERED_SHARDED != NUMBERED
 _NUMBERED_SHARDED_SHA = hashlib.sha1(NUMBERED_SHARDED.encode()).hexdigest()
-
-
-def _tagged(name: str) -> str:
-    prefix = _PREFIX if name.startswith(_PREFIX) else ""
-    tag, sep, rest = name[len(prefix):].partition("#")
-    return f"{prefix}{{{tag}}}{sep}{rest}"
-
-
-def cluster_channel(channel: str) -> str:
-    """The cluster name of a hub channel: ``wsgate:/chat:lobby`` -> ``wsgate:{/chat:lobby}``.
-
-    Its ``:seq``, ``:history`` and ``:epoch`` keys are that name plus the suffix.
-    """
-    return _tagged(channel)
-
-
-def cluster_presence_key(key: str) -> str:
-    """The cluster name of a presence key, in the slot of the channel it belongs to:
-    ``wsgate:/chat:lobby#owner:al:presence`` -> ``wsgate:{/chat:lobby}#owner:al:presence``."""
-    if key.endswith(_PRESENCE):
-        return _tagged(key[:-len(_PRESENCE)]) + _PRESENCE
-    return _tagged(key)
 
 
 class _ClusterClient(RedisCluster):
@@ -175,133 +151,6 @@ class _SlotScript(AsyncScript):
             return await client.evalsha(self.sha, len(keys), *words)
 
 
-def _slot(name: str) -> int:
-    return key_slot(name.encode())
-
-
-def _said(redirect: AskError) -> str:
-    """A redirection as Redis said it (redis-py keeps only the slot and the address)."""
-    word = "MOVED" if isinstance(redirect, MovedError) else "ASK"
-    return f"{word} {redirect.slot_id} {redirect.host}:{redirect.port}"
-
-
-class ShardSubscriber(RedisSubscriber):
-    """A ``RedisSubscriber`` on one master that uses sharded pub/sub (SSUBSCRIBE).
-
-    ``moved`` collects the channels whose slot is no longer on this master: Redis
-    unsubscribed them on its own, or answered MOVED to their (UN)SUBSCRIBE. Such a
-    reply costs only the channels of that slot, never the connection: the other rooms
-    of this master go on. ``on_moved`` is called when ``moved`` grows.
-    """
-
-    def __init__(self, shown_url: str, timeout: float, on_moved: Callable[[], None]) -> None:
-        super().__init__(shown_url, timeout)
-        self.moved: set[str] = set()
-        self._on_moved = on_moved
-        self._dropped: set[str] = set()  # unsubscribed by Redis: no SUNSUBSCRIBE to send
-
-    async def subscribe(self, channel: str, deliver: Delivery, **options: Any) -> None:
-        self._dropped.discard(channel)
-        await super().subscribe(channel, deliver, **options)
-
-    async def unsubscribe(self, channel: str) -> None:
-        if channel in self._dropped:
-            # Redis dropped it when its slot left this master; a SUNSUBSCRIBE now would be
-            # answered MOVED.
-            self._dropped.discard(channel)
-            self._channels.pop(channel, None)
-            return
-        await super().unsubscribe(channel)
-
-    # One command per slot: Redis refuses an SSUBSCRIBE naming channels of several slots
-    # (CROSSSLOT), which is what resubscribing a master's channels after a reconnect is.
-    def _subscribe_command(self, pubsub: PubSub) -> Callable[..., Awaitable[Any]]:
-        return functools.partial(_per_slot, pubsub.ssubscribe)
-
-    def _unsubscribe_command(self, pubsub: PubSub) -> Callable[..., Awaitable[Any]]:
-        return functools.partial(_per_slot, pubsub.sunsubscribe)
-
-    def _handle(self, reply: Any) -> None:
-        kind = reply[0] if isinstance(reply, list) and reply else reply
-        if kind in (b"smessage", b"ssubscribe"):
-            super()._handle([kind[1:], *reply[1:]])
-        elif kind == b"sunsubscribe":
-            channel = _text(reply[1])
-            if channel in self._channels:  # not asked by unsubscribe(), which forgets it first
-                self._dropped.add(channel)
-                self._lost([channel])
-        elif isinstance(kind, AskError):  # MOVED (an AskError) to an (UN)SUBSCRIBE: that slot is elsewhere
-            channels = [channel for channel in self._channels if _slot(channel) == kind.slot_id]
-            self._dropped.update(channels)
-            for channel in channels:
-                self._confirmed(channel)  # no confirmation will come: release subscribe()
-            log.info("%s answered %s", self.shown_url, _said(kind))
-            self._lost(channels)
-        else:
-            super()._handle(reply)
-
-    def live(self, channel: str) -> bool:
-        """True while ``channel`` is subscribed here and confirmed by Redis."""
-        confirmed = channel in self._channels and not self._expected.get(channel)
-        return self.up and confirmed and channel not in self._dropped
-
-    def _lost(self, channels: list[str]) -> None:
-        self.moved.update(channels)
-        self._on_moved()
-
-    def channels(self) -> dict[str, Delivery]:
-        """The channels subscribed here and their deliveries (a copy)."""
-        return dict(self._channels)
-
-
-async def _per_slot(command: Callable[..., Awaitable[Any]], *channels: str) -> None:
-    by_slot: dict[int, list[str]] = {}
-    for channel in channels:
-        by_slot.setdefault(_slot(channel), []).append(channel)
-    for group in by_slot.values():
-        await command(*group)
-
-
-class _ShardOutbox(Outbox):
-    """An ``Outbox`` to one master that hands a command answered MOVED or ASK to
-    ``redirect`` (which sends it where Redis said) instead of failing it."""
-
-    def __init__(self, run: Run, scripts: Sequence[str], redirect: Callable[[_Queued, AskError], None]) -> None:
-        super().__init__(run, scripts)
-        self._redirect = redirect
-
-    def _settle(self, queued: _Queued, reply: Any) -> None:  # type: ignore[override]
-        if isinstance(reply, AskError) and not queued.result.done():  # MovedError is an AskError
-            self._redirect(queued, reply)
-        else:
-            Outbox._settle(queued, reply)
-
-
-@dataclass(eq=False, slots=True)
-class _Lane:
-    """The master a slot's publishes go to while some of them are unanswered, and how many.
-
-    A slot's publishes follow one another through one master's outbox, and from there
-    (after MOVED or ASK) to the next: a publish made meanwhile takes the same way, so a
-    room's messages keep their order while its slot moves.
-    """
-
-    master: str
-    pending: int = 0
-
-
-@dataclass(eq=False)
-class _Shard:
-    """One master: its own client (PING, presence refresh, pub/sub) and its subscriber."""
-
-    name: str
-    client: Redis
-    subscriber: ShardSubscriber
-    outbox: Outbox
-    reachable: bool = False
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
-
-
 class RedisClusterBroker(RedisBroker):
     """``RedisBroker`` over a Redis Cluster: each room on the master of its hash slot.
 
@@ -318,7 +167,7 @@ class RedisClusterBroker(RedisBroker):
         except ValueError as exc:
             raise BrokerError(f"bad Redis Cluster URL {self.shown_url}: {exc}") from None
         self._cluster: RedisCluster | None = None
-        self._shards: dict[str, _Shard] = {}
+        self._shards: dict[str, Shard] = {}
         self._routes: dict[str, str | None] = {}  # cluster channel -> its master, None: unknown yet
         self._deliveries: dict[str, Delivery] = {}
         # The cluster client fails a command instead of queuing it when a master's pool is
@@ -328,7 +177,7 @@ class RedisClusterBroker(RedisBroker):
         self._stale = False  # Redis said a slot moved: read the topology soon
         self._follow_task: asyncio.Task[None] | None = None
         self._topology_lock = asyncio.Lock()
-        self._lanes: dict[int, _Lane] = {}  # slot -> where its unanswered publishes went
+        self._lanes: dict[int, Lane] = {}  # slot -> where its unanswered publishes went
         self._hops: dict[asyncio.Future[Any], int] = {}  # a redirected publish -> redirections so far
 
     # --- lifecycle ---
@@ -377,7 +226,7 @@ class RedisClusterBroker(RedisBroker):
         self._tasks = [loop.create_task(self._watch(), name="wsgate redis cluster health")]
         log.info("broker: Redis Cluster at %s (%d masters)", self.shown_url, len(shards))
 
-    def _shard(self, name: str) -> _Shard:
+    def _shard(self, name: str) -> Shard:
         """The shard of master ``name`` (``host:port``), made (not yet connected) if new."""
         shard = self._shards.get(name)
         if shard is None:
@@ -387,12 +236,12 @@ class RedisClusterBroker(RedisBroker):
             client = Redis(host=host, port=int(port), retry=FRESH_CONNECTION_RETRY, **self._options("node"))
             subscriber = ShardSubscriber(f"{self.shown_url} (master {name})", self._timeout, self._slot_moved)
             subscriber.client = client
-            outbox = _ShardOutbox(functools.partial(self._run_on, name), [NUMBERED_SHARDED],
+            outbox = ShardOutbox(functools.partial(self._run_on, name), [NUMBERED_SHARDED],
                                   functools.partial(self._redirect, name))
-            shard = self._shards[name] = _Shard(name, client, subscriber, outbox)
+            shard = self._shards[name] = Shard(name, client, subscriber, outbox)
         return shard
 
-    async def _open(self, shard: _Shard) -> PubSub | None:
+    async def _open(self, shard: Shard) -> PubSub | None:
         try:
             async with asyncio.timeout(self._timeout * 3):
                 pubsub = await shard.subscriber.open()
@@ -405,7 +254,7 @@ class RedisClusterBroker(RedisBroker):
         shard.reachable = True
         return pubsub
 
-    def _listen(self, shard: _Shard, pubsub: PubSub | None) -> None:
+    def _listen(self, shard: Shard, pubsub: PubSub | None) -> None:
         shard.task = asyncio.get_running_loop().create_task(
             shard.subscriber.listen(pubsub), name=f"wsgate redis listener {shard.name}")
 
@@ -456,7 +305,7 @@ class RedisClusterBroker(RedisBroker):
         if self._cluster is None:
             return None
         try:
-            return self._cluster.nodes_manager.get_node_from_slot(_slot(name) if slot is None else slot)
+            return self._cluster.nodes_manager.get_node_from_slot(slot_of(name) if slot is None else slot)
         except _CLUSTER_ERRORS:
             return None
 
@@ -530,7 +379,7 @@ class RedisClusterBroker(RedisBroker):
             for name in [name for name in self._shards if name not in masters]:
                 await self._retire(self._shards[name])
 
-    async def _ping_shard(self, shard: _Shard) -> None:
+    async def _ping_shard(self, shard: Shard) -> None:
         try:
             async with asyncio.timeout(self._timeout * 2):
                 await shard.client.ping()
@@ -571,14 +420,14 @@ class RedisClusterBroker(RedisBroker):
             moves.append(self._move(channel, current, shard, deliver))
         await asyncio.gather(*moves)
 
-    async def _move(self, channel: str, current: str | None, shard: _Shard, deliver: Delivery) -> None:
+    async def _move(self, channel: str, current: str | None, shard: Shard, deliver: Delivery) -> None:
         old = self._shards.get(current) if current is not None and current != shard.name else None
         if old is not None:
             await old.subscriber.unsubscribe(channel)
         if self._routes.get(channel) == shard.name and self._deliveries.get(channel) is deliver:  # still wanted
             await shard.subscriber.subscribe(channel, deliver, through_reconnect=True)
 
-    async def _retire(self, shard: _Shard) -> None:
+    async def _retire(self, shard: Shard) -> None:
         """Close the shard of a former master once no channel or publish uses it."""
         if shard.subscriber.channels() or any(lane.master == shard.name for lane in self._lanes.values()):
             return
@@ -654,11 +503,11 @@ class RedisClusterBroker(RedisBroker):
 
     def _post_to(self, name: str, what: str, *command: Any, parse: Callable[[Any], Any] | None = None,
                  numbered: bool = False) -> asyncio.Future[Any]:
-        """Queue ``command`` for ``name``'s master (see ``_Lane``); BrokerError at once if
+        """Queue ``command`` for ``name``'s master (see ``Lane``); BrokerError at once if
         that master is unreachable, or if a ``numbered`` one would not be seen here."""
         if numbered and not self._seen_here(name):
             raise BrokerError(f"{what}: the subscription of this instance to {name} is being restored")
-        slot = _slot(name)
+        slot = slot_of(name)
         lane = self._lanes.get(slot)
         if lane is not None:
             shard = self._shards.get(lane.master)
@@ -670,7 +519,7 @@ class RedisClusterBroker(RedisBroker):
             raise BrokerError(f"{what}: {name} is on {where}, which is unreachable")
         result = shard.outbox.put(what, *command, parse=parse)
         if lane is None:
-            lane = self._lanes[slot] = _Lane(shard.name)
+            lane = self._lanes[slot] = Lane(shard.name)
         lane.pending += 1
         result.add_done_callback(functools.partial(self._answered, slot, lane))
         return result
@@ -685,7 +534,7 @@ class RedisClusterBroker(RedisBroker):
         shard = self._shards.get(route) if route is not None else None
         return shard is not None and master in (None, route) and shard.subscriber.live(name)
 
-    def _answered(self, slot: int, lane: _Lane, _: asyncio.Future[Any]) -> None:
+    def _answered(self, slot: int, lane: Lane, _: asyncio.Future[Any]) -> None:
         lane.pending -= 1
         if not lane.pending and self._lanes.get(slot) is lane:
             del self._lanes[slot]
@@ -702,14 +551,14 @@ class RedisClusterBroker(RedisBroker):
         if moved:
             self._slot_moved()
         if hops > _MAX_REDIRECTS or self._closed:
-            self._refuse(queued, f"redirected {hops - 1} times, then {_said(error)}")
+            self._refuse(queued, f"redirected {hops - 1} times, then {said(error)}")
             return
         numbered = queued.command[:2] == ("EVALSHA", _NUMBERED_SHARDED_SHA)
         # Where post_numbered and publish put the channel (and the payload).
         name = queued.command[9] if numbered else queued.command[1]
         if moved and not self._seen_here(name, target):
             if numbered:
-                self._refuse(queued, f"{_said(error)}, where the subscription of this instance to {name} "
+                self._refuse(queued, f"{said(error)}, where the subscription of this instance to {name} "
                                      "is not yet")
                 return
             deliver = self._deliveries.get(name)
@@ -722,7 +571,7 @@ class RedisClusterBroker(RedisBroker):
         self._hops[result] = hops
         if numbered and not moved:
             result.add_done_callback(functools.partial(self._republish, source, queued.command))
-        result.add_done_callback(functools.partial(self._redirected, queued.result))  # after: see _Lane
+        result.add_done_callback(functools.partial(self._redirected, queued.result))  # after: see Lane
 
     @staticmethod
     def _refuse(queued: _Queued, why: str) -> None:
@@ -843,11 +692,11 @@ class RedisClusterBroker(RedisBroker):
                               f"{failures[0] or 'timed out'}") from failures[0]
         return absent
 
-    def _shard_if_reachable(self, name: str) -> _Shard | None:
+    def _shard_if_reachable(self, name: str) -> Shard | None:
         shard = self._shards.get(name)
         return shard if shard is not None and shard.reachable else None
 
-    async def _keep_on(self, shard: _Shard, part: list[tuple[str, list[str | int]]], flags: list[str]) -> int:
+    async def _keep_on(self, shard: Shard, part: list[tuple[str, list[str | int]]], flags: list[str]) -> int:
         script = self._keep
         assert script is not None
         absent = 0
