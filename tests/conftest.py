@@ -7,6 +7,7 @@ that started it; nothing else is ever signalled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import queue
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 import yaml
+from aiohttp import web
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -284,3 +286,17 @@ async def run_node(script: str, *args: str, within: float = 15) -> dict[str, Any
     assert proc.returncode == 0, (out.decode(), err.decode())
     report: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
     return report
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: web.Application, **runner_options: Any) -> AsyncIterator[str]:
+    """Serve ``app`` on an ephemeral loopback port: its base URL, ``http://127.0.0.1:PORT``."""
+    runner = web.AppRunner(app, **runner_options)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()

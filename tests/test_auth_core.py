@@ -26,6 +26,7 @@ import aiohttp
 import jwt
 import pytest
 from aiohttp import web
+from conftest import serve_app
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from hypothesis import given, settings
@@ -713,14 +714,9 @@ async def jwks_server(keys: Keys) -> AsyncIterator[JwksServer]:
 
     app = web.Application()
     app.router.add_get("/jwks", serve)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    server.url = f"http://{host}:{port}/jwks"
-    yield server
-    await runner.cleanup()
+    async with serve_app(app) as url:
+        server.url = url + "/jwks"
+        yield server
 
 
 class FakeClock:
@@ -1026,15 +1022,10 @@ async def auth_server() -> AsyncIterator[AuthServer]:
 
     app = web.Application()
     app.router.add_post("/check", check)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    server.url = f"http://{host}:{port}/check"
-    yield server
-    server.release.set()
-    await runner.cleanup()
+    async with serve_app(app) as url:
+        server.url = url + "/check"
+        yield server
+        server.release.set()
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ import jwt
 import pytest
 import yaml
 from aiohttp import web
-from conftest import WsgateProcess, free_port, run_node
+from conftest import WsgateProcess, free_port, run_node, serve_app
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import RSAAlgorithm
@@ -192,16 +192,8 @@ async def serve(services: Services) -> AsyncIterator[Services]:
     app = web.Application()
     app.router.add_get("/jwks.json", services.serve_jwks)
     app.router.add_post("/check", services.check)
-    runner = web.AppRunner(app, shutdown_timeout=2.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    services.url = f"http://{host}:{port}"
-    try:
+    async with serve_app(app, shutdown_timeout=2.0) as services.url:
         yield services
-    finally:
-        await runner.cleanup()
 
 
 HOOK = """\

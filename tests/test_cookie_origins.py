@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from conftest import serve_app
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -44,22 +45,15 @@ async def session_gateway() -> AsyncIterator[tuple[GatewayServer, SessionApp]]:
     backend = SessionApp()
     app = web.Application()
     app.router.add_post("/check", backend.check)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    backend.url = f"http://{host}:{port}/check"
-    auth = {"sessions": {"http": {"url": backend.url}}}
     endpoints: dict[str, Any] = {
         "/open": {"handler": "echo", "auth": "sessions", "origins": "*"},
         "/listed": {"handler": "echo", "auth": "sessions", "origins": [APP]},
     }
-    try:
+    async with serve_app(app) as url:
+        backend.url = url + "/check"
+        auth = {"sessions": {"http": {"url": backend.url}}}
         async with run_gateway(endpoints, auth=auth, policy={"heartbeat": {"interval": 0}}) as gw:
             yield gw, backend
-    finally:
-        await runner.cleanup()
 
 
 async def status(gw: GatewayServer, path: str, origin: str) -> int:

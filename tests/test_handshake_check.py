@@ -21,6 +21,7 @@ from typing import Any
 import jwt
 import pytest
 from aiohttp import web
+from conftest import serve_app
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -51,16 +52,9 @@ async def serve_backend() -> AsyncIterator[Backend]:
     backend = Backend()
     app = web.Application()
     app.router.add_post("/check", backend.check)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    backend.url = f"http://{host}:{port}/check"
-    try:
+    async with serve_app(app) as url:
+        backend.url = url + "/check"
         yield backend
-    finally:
-        await runner.cleanup()
 
 
 @contextlib.asynccontextmanager
