@@ -138,6 +138,9 @@ class Broker(ABC):
     """
 
     name: str = "broker"
+    # True where subscribe() completes without suspending (the memory broker): a join
+    # then runs to its end in one go, with nothing to wait for and nothing to cancel.
+    subscribes_at_once: bool = False
 
     async def start(self) -> None:
         """Connect; raise BrokerError if the broker cannot be reached at all."""

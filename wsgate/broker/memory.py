@@ -17,6 +17,7 @@ class MemoryBroker(Broker):
     """In-process pub/sub, counters, history and presence. The default broker."""
 
     name = "memory"
+    subscribes_at_once = True
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._subscribers: dict[str, Delivery] = {}

@@ -83,7 +83,10 @@ class Hub:
         if hold:
             self._holding.setdefault(channel, {})[conn] = _Held()
         members = self._local.get(channel)
-        if members is None:
+        if members is None and self.broker.subscribes_at_once:
+            await self.broker.subscribe(channel, lambda payload: self._deliver(channel, payload))
+            members = self._local[channel] = set()
+        elif members is None:
             members = self._local[channel] = set()
             self._subscribing[channel] = asyncio.get_running_loop().create_task(
                 self._subscribe_broker(channel, members), name=f"wsgate subscribe {channel}")
