@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aiohttp import EofStream, WebSocketError, WSMsgType, web
@@ -50,37 +50,6 @@ def _deflate(ws: web.WebSocketResponse) -> Deflate | None:
     return Deflate(int(ws.compress), takeover="server_no_context_takeover" not in offer)
 
 
-class _FinEndsReading(asyncio.Protocol):
-    """aiohttp's protocol for an upgraded connection, but for the client's FIN.
-
-    aiohttp lets asyncio close the transport at the client's FIN, which discards what
-    the gateway has yet to write; a client that sent its close frame and FIN at once
-    would read no answer. Here FIN only ends the reading (``on_fin`` says whether the
-    transport stays open for writing); the session closes TCP when it is done. Over
-    TLS, asyncio closes at FIN whatever this says.
-    """
-
-    def __init__(self, inner: asyncio.BaseProtocol, on_fin: Callable[[], bool]) -> None:
-        assert isinstance(inner, asyncio.Protocol)
-        self._inner = inner
-        self._on_fin = on_fin
-
-    def data_received(self, data: bytes) -> None:
-        self._inner.data_received(data)
-
-    def eof_received(self) -> bool:
-        return self._on_fin()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
-
-
 class Session:
     """One accepted WebSocket: its Connection, writer, timers and close handshake."""
 
@@ -111,7 +80,6 @@ class Session:
         queue = SendQueue(policy.send_queue, drop=policy.slow_client == "drop")
         self.writer = Writer(transport, services.flusher, queue, live.stats, self._overflow, self.handshake.sent,
                              _deflate(ws))
-        transport.set_protocol(_FinEndsReading(transport.get_protocol(), self._client_fin))
         self.conn = Connection._open(self, self.writer.send, id=conn_id, path=live.path, remote=remote,
                                      headers=request.headers, subprotocol=ws.ws_protocol, identity=identity)
         self.auth = auth  # the authenticator that admitted the client, by name
@@ -135,10 +103,6 @@ class Session:
 
     def handshake_query(self) -> Mapping[str, str]:
         return self._request.query
-
-    def _client_fin(self) -> bool:
-        self.incoming.feed_eof()  # the frames before the FIN are still read, then EofStream
-        return self.writer.client_fin()
 
     def _overflow(self) -> None:
         self.live.stats.slow_client_closes += 1
@@ -300,8 +264,6 @@ class Session:
         if self._expiry is not None:
             self._expiry.cancel()
         self.handshake.lost()
-        if not self.writer.closed and self.writer.client_finished:
-            self.writer.close()  # the client ended TCP first: what the transport holds still goes out
         if not self.writer.closed:
             self.writer.abort()
         elif self.writer.draining:

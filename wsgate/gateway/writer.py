@@ -86,8 +86,8 @@ class Deflate:
 class Writer:
     """One connection's queue and transport: queued frames in, bytes out, in order."""
 
-    __slots__ = ("_deflate", "_eof_after_last", "_eof_written", "_flusher", "_last", "_on_close_sent", "_on_overflow",
-                 "_scheduled", "_stats", "_transport", "client_finished", "frames", "queue")
+    __slots__ = ("_deflate", "_eof_after_last", "_flusher", "_last", "_on_close_sent", "_on_overflow", "_scheduled",
+                 "_stats", "_transport", "frames", "queue")
 
     def __init__(self, transport: asyncio.Transport, flusher: Flusher, queue: SendQueue, stats: EndpointStats,
                  on_overflow: Callable[[], None], on_close_sent: Callable[[], None],
@@ -101,8 +101,6 @@ class Writer:
         self._scheduled = False
         self._last: bytes | None = None  # the close frame, waiting behind queued data
         self._eof_after_last = False
-        self._eof_written = False  # our FIN is sent (or follows what the transport holds)
-        self.client_finished = False  # the client's FIN has arrived: it sends nothing more
         self.queue = queue
         self.frames = 0  # data frames accepted, for the access log
 
@@ -213,18 +211,7 @@ class Writer:
         if self._last is not None:
             self._eof_after_last = True
         elif not self._transport.is_closing() and self._transport.can_write_eof():
-            self._eof_written = True
-            if self.client_finished:
-                self._transport.close()  # both sides have ended: nothing is left to wait for
-            else:
-                self._transport.write_eof()
-
-    def client_fin(self) -> bool:
-        """The client ended its side of TCP. True keeps the transport open for what the
-        gateway still writes (what is queued, the answer to a close frame read before the
-        FIN); False lets it close, as the gateway's side has ended too."""
-        self.client_finished = True
-        return not self._eof_written
+            self._transport.write_eof()
 
     @property
     def closed(self) -> bool:
