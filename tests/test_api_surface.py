@@ -44,8 +44,12 @@ PUBLIC = {
     "Recovery",
     "Refuse",
     "Size",
+    "HttpCall",
+    "HttpAnswer",
+    "TokenRejected",
 }
-ERRORS = {"WsgateError", "ConfigError", "HandlerLoadError", "BrokerError", "ConnectionClosed", "Refuse"}
+ERRORS = {"WsgateError", "ConfigError", "HandlerLoadError", "BrokerError", "ConnectionClosed", "Refuse",
+          "TokenRejected"}
 SCRIPTS = {"wsgate.__main__"}  # runs the CLI when imported; not a library module
 
 

@@ -18,9 +18,10 @@ from .errors import (
     ConnectionClosed,
     HandlerLoadError,
     Refuse,
+    TokenRejected,
     WsgateError,
 )
-from .handler import Context, Handler, Message, NoOptions, Recovery
+from .handler import Context, Handler, HttpAnswer, HttpCall, Message, NoOptions, Recovery
 
 __all__ = [
     "BrokerError",
@@ -34,12 +35,15 @@ __all__ = [
     "Handler",
     "HandlerLoadError",
     "Handshake",
+    "HttpAnswer",
+    "HttpCall",
     "Identity",
     "Message",
     "NoOptions",
     "Recovery",
     "Refuse",
     "Size",
+    "TokenRejected",
     "WsgateError",
 ]
 

@@ -20,6 +20,8 @@ from .config import Registry, Settings, load_config
 from .errors import BrokerError, ConfigError
 from .gateway.hub import Hub
 from .gateway.router import Gateway, host_refusal
+from .handler import Handler as PluginHandler
+from .handler import HttpCall
 from .observe.stats import GatewayStats
 from .policy.probes import PROBE_EVERY
 from .prepare import prepare
@@ -163,6 +165,26 @@ async def publish(request: web.Request) -> web.Response:
     return web.json_response({"published": True})
 
 
+async def endpoint_api(request: web.Request) -> web.Response:
+    """``POST <endpoint path>/api/<method>``: the endpoint handler's own HTTP API."""
+    gateway = request.app[GATEWAY]
+    path, method = "/" + request.match_info["path"], request.match_info["method"]
+    live = gateway.routes.get(path)
+    if live is None or type(live.handler).on_http is PluginHandler.on_http:
+        return web.json_response({"error": f"no endpoint {path!r} with an HTTP API"}, status=404)
+    raw = await _read_body(request)
+    if isinstance(raw, web.Response):
+        return raw
+    call = HttpCall(method, request.headers, raw, gateway.client(request)[0])
+    try:
+        answer = await live.handler.on_http(call)
+    except Exception:
+        live.stats.handler_errors += 1
+        live.logger.exception("on_http(%r) of %s failed", method, path)
+        return web.json_response({"error": "internal error"}, status=500)
+    return web.Response(status=answer.status, body=answer.body, content_type=answer.content_type)
+
+
 async def reload(request: web.Request) -> web.Response:
     if not _authorized(request):
         return _unauthorized()
@@ -256,6 +278,8 @@ def build_app(settings: Settings, registry: Registry | None = None) -> web.Appli
         app.router.add_get(path, handler, expect_handler=expect_continue)
     for path, handler in (("/api/publish", publish), ("/api/reload", reload), ("/api/handshake-check", probe_identity)):
         app.router.add_post(path, _host_checked(handler), expect_handler=expect_continue)
+    app.router.add_post("/{path:.+}/api/{method:[A-Za-z_]+}", _host_checked(endpoint_api),
+                        expect_handler=expect_continue)
     app.router.add_get("/{tail:.*}", app[GATEWAY].handle, expect_handler=expect_continue)
     # Any other method on any path: the Host check, then the 405 aiohttp would give.
     app.router.add_route("*", "/{tail:.*}", _host_checked(_method_not_allowed))

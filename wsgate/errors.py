@@ -7,7 +7,8 @@
     ├── HandlerLoadError     a handler name or ``module:Class`` cannot be resolved
     ├── BrokerError          the broker could not be reached or refused an operation
     ├── ConnectionClosed     a send on a connection that is already closed
-    └── Refuse               raised by a handler's ``authorize`` or an auth hook: turn a handshake away
+    ├── Refuse               raised by a handler's ``authorize`` or an auth hook: turn a handshake away
+    └── TokenRejected        ``Context.authenticate`` refused a token
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "ConnectionClosed",
     "HandlerLoadError",
     "Refuse",
+    "TokenRejected",
     "WsgateError",
 ]
 
@@ -78,3 +80,17 @@ class Refuse(WsgateError):
         self.status = status
         self.reason = reason
         super().__init__(f"{status} {reason}")
+
+
+class TokenRejected(WsgateError):
+    """``Context.authenticate`` refused a token.
+
+    ``reason`` is one of "missing", "invalid", "expired", "forbidden" (valid, but the
+    authenticator's rules refuse it) and "backend_error" (the authenticator could not
+    decide); ``detail`` says what was wrong, never with the token in it.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")

@@ -11,18 +11,19 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal
 
 from pydantic import BaseModel, ConfigDict
 from typing_extensions import TypeVar
 
-from .auth.identity import Handshake
+from .auth.identity import Handshake, Identity
 
 if TYPE_CHECKING:
     from .connection import Connection
 
-__all__ = ["ACCEPTS", "Context", "Handler", "Message", "NoOptions", "Recovery"]
+__all__ = ["ACCEPTS", "Context", "Handler", "HttpAnswer", "HttpCall", "Message", "NoOptions", "Recovery"]
 
 Message = str | bytes
 ACCEPTS = ("text", "binary", "any")
@@ -39,6 +40,7 @@ class Recovery:
     """What ``Context.subscribe`` found; an immutable value (see ``subscribe``).
 
     ``recovered``: True if ``messages`` holds every event after the ``since`` asked for.
+    ``latest``: the last id given on the topic, where a client's position now stands.
     ``epoch``: the life of the topic's ids, for the client to keep. ``messages``: the
     events, oldest first, as a tuple of read-only mappings. They are shared with every
     connection that joins the topic, so they cannot be changed (``dict(event)`` is a
@@ -50,6 +52,40 @@ class Recovery:
     recovered: bool
     epoch: str
     messages: tuple[Mapping[str, Any], ...]
+    latest: int = 0
+    """The topic's last id given (0: none yet, or unknown while the broker is unavailable)."""
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class HttpCall:
+    """A ``POST <endpoint path>/api/<method>`` request, for ``Handler.on_http``.
+
+    ``body`` is read whole (at most 1 MiB); ``headers`` are
+    case-insensitive; ``remote`` is the client address (forwarded behind a trusted proxy).
+    """
+
+    method: str
+    headers: Mapping[str, str]
+    body: bytes
+    remote: str
+
+    def __repr__(self) -> str:
+        # Headers carry API keys.
+        return f"HttpCall(method={self.method!r}, remote={self.remote!r}, body={len(self.body)} bytes)"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpAnswer:
+    """What ``Handler.on_http`` answers: a status and a JSON (or other) body."""
+
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "application/json"
+
+    @classmethod
+    def json(cls, obj: Any, status: int = 200) -> HttpAnswer:
+        """``obj`` as compact JSON (NaN and infinities refused with ValueError)."""
+        return cls(status, json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode())
 
 
 class Context:
@@ -112,8 +148,14 @@ class Context:
         raise NotImplementedError
 
     async def publish_numbered(self, topic: str, event: Mapping[str, Any], keep: int,
-                               keep_for: float = 0.0, *, wait: bool = True) -> int | None:
+                               keep_for: float = 0.0, *, wait: bool = True, at: str = "id",
+                               strict: bool = False) -> int | None:
         """Publish ``event`` as JSON with an ``"id"`` field added.
+
+        ``at`` puts the id elsewhere: a dotted key path, such as ``"push.pub.offset"``,
+        whose every key but the last names an object of ``event``. Everything said
+        of ``"id"`` below holds for it. With ``strict``, a broker failure raises
+        ``BrokerError`` and nobody gets the event (``wait`` is then implied).
 
         Ids count 1, 2, 3 ... per topic across all instances, with no gaps, and are
         delivered in id order. The last ``keep`` events are kept for ``history``. With
@@ -191,6 +233,49 @@ class Context:
         """
         raise NotImplementedError
 
+    def preamble(self, conn: Connection) -> AbstractAsyncContextManager[None]:
+        """``async with context.preamble(conn):`` — what the block sends to ``conn`` goes
+        out before any live message of the topics it subscribes ``conn`` to, as in
+        ``on_connect`` (where this is implied).
+        """
+        raise NotImplementedError
+
+    async def listen(self, topic: str, callback: Callable[[str], None]) -> None:
+        """Call ``callback(message)`` for every ``signal`` on ``topic``, from every instance.
+
+        Signals are the handler's own messages between instances (no connection gets
+        them): "disconnect user 7" reaches the instance that holds user 7. Returns once
+        the broker delivers them here. The callback runs in the event loop; it must not
+        block, and what it raises is logged.
+        """
+        raise NotImplementedError
+
+    async def unlisten(self, topic: str, callback: Callable[[str], None]) -> None:
+        """Stop calling ``callback`` for ``topic``."""
+        raise NotImplementedError
+
+    async def signal(self, topic: str, message: str) -> None:
+        """Send ``message`` to the ``listen`` callbacks of ``topic`` on every instance.
+
+        When the broker fails, this instance's callbacks still get it and ``BrokerError``
+        is raised.
+        """
+        raise NotImplementedError
+
+    async def authenticate(self, authenticator: str, token: str) -> Identity:
+        """The identity a token carries, checked by ``authenticator`` of the ``auth:`` section.
+
+        For protocols that send a token after the handshake. ``TokenRejected`` says why
+        a token was refused (``reason`` "expired", "invalid", ...); ``KeyError`` if there
+        is no such authenticator (see ``authenticators``).
+        """
+        raise NotImplementedError
+
+    @property
+    def authenticators(self) -> frozenset[str]:
+        """The names of the ``auth:`` section's authenticators."""
+        raise NotImplementedError
+
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel, default=NoOptions)
 
@@ -242,6 +327,13 @@ class Handler(Generic[OptionsT]):
 
     async def on_message(self, conn: Connection, message: Message) -> None:
         """A whole message arrived: ``str`` for text frames, ``bytes`` for binary."""
+
+    async def on_http(self, call: HttpCall) -> HttpAnswer:
+        """Answer ``POST <endpoint path>/api/<method>``; a handler that does not override
+        this has no HTTP API there (404). The gateway has checked the Host header only:
+        the handler checks the caller's credentials itself.
+        """
+        return HttpAnswer.json({"error": f"{call.method}: this endpoint has no HTTP API"}, status=404)
 
     async def on_disconnect(self, conn: Connection, code: int) -> None:
         """The connection closed with ``code``; always called once per connection.

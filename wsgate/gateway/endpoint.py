@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from typing import Any
 
+from ..auth.authenticator import AuthenticatorImpl
+from ..auth.identity import AuthFailure, Handshake, Identity, redact
 from ..broker.base import DEFAULT_TTL, check_ttl
 from ..config import Endpoint
 from ..connection import Connection
-from ..errors import BrokerError
+from ..errors import BrokerError, TokenRejected
 from ..handler import Context, Handler, Message, Recovery
 from ..observe.stats import EndpointStats
 from ..policy.origin import OriginPolicy
@@ -31,8 +34,10 @@ class LiveEndpoint:
     handler never sees this object, only its ``context``.
     """
 
-    def __init__(self, endpoint: Endpoint, hub: Hub, stats: EndpointStats) -> None:
+    def __init__(self, endpoint: Endpoint, hub: Hub, stats: EndpointStats,
+                 authenticators: Callable[[], Mapping[str, AuthenticatorImpl]] = dict) -> None:
         self.endpoint = endpoint
+        self.authenticators = authenticators  # the gateway's current ones: a reload replaces them
         self.path = endpoint.path
         self.logger = logging.getLogger(f"wsgate.endpoint.{endpoint.path}")
         self.origin_policy = OriginPolicy.from_config(endpoint.policy.origins, endpoint.policy.allow_missing_origin)
@@ -133,7 +138,7 @@ class EndpointContext(Context):
         finally:
             if not connecting:
                 live.hub.release(conn)
-        return Recovery(replay.recovered, replay.epoch, self._freeze(events, shared=since is None))
+        return Recovery(replay.recovered, replay.epoch, self._freeze(events, shared=since is None), replay.latest)
 
     async def unsubscribe(self, conn: Connection, topic: str) -> None:
         await self._live.hub.unsubscribe(conn, self.path, topic)
@@ -142,8 +147,10 @@ class EndpointContext(Context):
         await self._live.hub.publish(self.path, topic, message)
 
     async def publish_numbered(self, topic: str, event: Mapping[str, Any], keep: int,
-                               keep_for: float = 0.0, *, wait: bool = True) -> int | None:
-        return await self._live.hub.publish_numbered(self.path, topic, event, keep, keep_for, wait=wait)
+                               keep_for: float = 0.0, *, wait: bool = True, at: str = "id",
+                               strict: bool = False) -> int | None:
+        return await self._live.hub.publish_numbered(self.path, topic, event, keep, keep_for, wait=wait,
+                                                     at=tuple(at.split(".")), strict=strict)
 
     async def history(self, topic: str, limit: int) -> tuple[Mapping[str, Any], ...]:
         return self._freeze(await self._live.hub.history(self.path, topic, limit), shared=True)
@@ -184,6 +191,40 @@ class EndpointContext(Context):
         task = asyncio.get_running_loop().create_task(run(), name=f"{self.path}:{name}")
         live.tasks.add(task)
         task.add_done_callback(live.tasks.discard)
+
+    @contextlib.asynccontextmanager
+    async def preamble(self, conn: Connection) -> AsyncIterator[None]:
+        live = self._live
+        if conn in live.connecting:  # on_connect holds already, until it returns
+            yield
+            return
+        live.connecting.add(conn)
+        try:
+            yield
+        finally:
+            live.connecting.discard(conn)
+            live.hub.release(conn)
+
+    async def listen(self, topic: str, callback: Callable[[str], None]) -> None:
+        await self._live.hub.listen(self.path, topic, callback)
+
+    async def unlisten(self, topic: str, callback: Callable[[str], None]) -> None:
+        await self._live.hub.unlisten(self.path, topic, callback)
+
+    async def signal(self, topic: str, message: str) -> None:
+        await self._live.hub.signal(self.path, topic, message)
+
+    async def authenticate(self, authenticator: str, token: str) -> Identity:
+        impl = self._live.authenticators()[authenticator]
+        handshake = Handshake(path=self.path, query={}, headers={}, remote="", token=token)
+        try:
+            return await impl.authenticate(handshake)
+        except AuthFailure as exc:
+            raise TokenRejected(exc.reason, redact(exc.detail, token)) from None
+
+    @property
+    def authenticators(self) -> frozenset[str]:
+        return frozenset(self._live.authenticators())
 
     def __repr__(self) -> str:
         return f"<Context of {self.path}>"

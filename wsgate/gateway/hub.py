@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,22 +18,66 @@ from ..errors import BrokerError
 from ..observe.stats import GatewayStats
 from .frames import BINARY, TEXT, encode_frame
 
-__all__ = ["Hub", "channel_name"]
+__all__ = ["Hub", "channel_name", "numbered_parts", "signal_channel"]
 
 log = logging.getLogger("wsgate.hub")
 
 
-_NUMBERED = b't{"id":'  # how a numbered event's payload starts
+# A numbered event's payload: ``t{"id":`` N ``,...}`` when the id is the event's top-level
+# "id" (as chat's), else ``n``, one byte giving the length of the JSON up to the id, that
+# JSON, N and the rest, so that any instance finds the id without knowing the layout.
+_NUMBERED = b't{"id":'
 _BACKLOG = 1024  # publishes posted without waiting that may queue for the broker
 
 
+def _id_start(payload: bytes) -> int:
+    """Where a numbered payload's id starts; 0 for other payloads."""
+    if payload[:1] == b"n" and len(payload) > 1:
+        return 2 + payload[1]
+    return len(_NUMBERED) if payload.startswith(_NUMBERED) else 0
+
+
 def _number(payload: bytes) -> int | None:
-    """The id of a numbered event's payload; None for others (and for ``"id":null``)."""
-    if not payload.startswith(_NUMBERED):
+    """The id of a numbered event's payload; None for others (and for an unknown id)."""
+    start = _id_start(payload)
+    if not start:
         return None
-    end = payload.find(b",", len(_NUMBERED))
-    digits = payload[len(_NUMBERED):end if end >= 0 else len(payload) - 1]
-    return int(digits) if digits.isdigit() else None
+    end = start
+    while end < len(payload) and 0x30 <= payload[end] <= 0x39:
+        end += 1
+    return int(payload[start:end]) if end > start else None
+
+
+def _json(payload: bytes) -> bytes:
+    """The JSON text of a text or numbered payload."""
+    return payload[2:] if payload[:1] == b"n" else payload[1:]
+
+
+def numbered_parts(event: Mapping[str, Any], at: tuple[str, ...]) -> tuple[bytes, bytes]:
+    """The payload of ``event`` split around its id, which goes at the key path ``at``.
+
+    ValueError if ``event`` has no object at a key on the way, or has no JSON form.
+    """
+    def split(obj: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[str, str]:
+        key = keys[0]
+        rest = json.dumps({k: v for k, v in obj.items() if k != key}, separators=(",", ":"),
+                          ensure_ascii=False, allow_nan=False)
+        head, tail = "", ""
+        if len(keys) > 1:
+            inner = obj.get(key)
+            if not isinstance(inner, Mapping):
+                raise ValueError(f"a numbered event needs an object at {key!r} to put the id in")
+            head, tail = split(inner, keys[1:])
+        close = ("," + rest[1:]) if rest != "{}" else "}"
+        return "{" + json.dumps(key, ensure_ascii=False) + ":" + head, tail + close
+
+    head, tail = split(event, at)
+    if at == ("id",):
+        return _NUMBERED, tail.encode()
+    raw = head.encode()
+    if len(raw) > 255:
+        raise ValueError("the key path of a numbered event's id is too long")
+    return b"n" + bytes([len(raw)]) + raw, tail.encode()
 
 
 @dataclass(slots=True)
@@ -43,6 +88,17 @@ class _Held:
 
 def channel_name(path: str, topic: str) -> str:
     return f"wsgate:{path}:{topic}"
+
+
+def signal_channel(path: str, topic: str) -> str:
+    """The broker channel of an endpoint's signals on ``topic``: apart from its topics'."""
+    return f"wsgate-signal:{path}:{topic}"
+
+
+@dataclass(slots=True)
+class _Listening:
+    callbacks: list[Callable[[str], None]]
+    ready: asyncio.Task[None]
 
 
 class Hub:
@@ -72,6 +128,7 @@ class Hub:
         # that preamble holds (numbered events up to it are not sent again) and the
         # payloads that arrived meanwhile.
         self._holding: dict[str, dict[Connection, _Held]] = {}
+        self._listening: dict[str, _Listening] = {}  # signal channels listened to here
 
     async def subscribe(self, conn: Connection, path: str, topic: str, *, hold: bool = False) -> None:
         """Deliver ``topic`` to ``conn``; with ``hold``, keep its messages until ``release``.
@@ -145,11 +202,12 @@ class Hub:
         members = self._local.get(channel)
         if not members:
             return
-        if payload.startswith(_NUMBERED):
+        kind = payload[:1]
+        if kind == b"n" or payload.startswith(_NUMBERED):
             self._history.pop(channel, None)
             self._replays.pop(channel, None)
             self._changes[channel] = self._changes.get(channel, 0) + 1
-        frame = encode_frame(payload[1:], TEXT if payload[:1] == b"t" else BINARY)
+        frame = encode_frame(_json(payload), BINARY if kind == b"b" else TEXT)
         holding = self._holding.get(channel)
         if holding is None:
             for conn in members:
@@ -177,7 +235,7 @@ class Hub:
             changes = self._changes.get(channel, 0)
             replay = await self.broker.replay(channel, since, epoch, limit, keep_for, max_bytes=max_bytes)
             # One parse for them all: a resume may carry hundreds.
-            events = json.loads(b"[" + b",".join(p[1:] for p in replay.payloads) + b"]")
+            events = json.loads(b"[" + b",".join(_json(p) for p in replay.payloads) + b"]")
             # A fresh join's answer is the same for everyone until the next numbered
             # event: a join flood costs no broker round trip (see history()).
             if since is None and self._cacheable(channel, changes):
@@ -215,42 +273,50 @@ class Hub:
             self._deliver(channel, payload)
 
     async def publish_numbered(self, path: str, topic: str, event: Mapping[str, Any], keep: int,
-                               keep_for: float, *, wait: bool = True) -> int | None:
+                               keep_for: float, *, wait: bool = True, at: tuple[str, ...] = ("id",),
+                               strict: bool = False) -> int | None:
         """The id given, or None when the broker failed and only local subscribers got it.
 
         Without ``wait``, return None once the event is on its way (behind every earlier
         publish of this instance); a broker failure is then handled as it would have been.
+        With ``strict`` (and ``wait``), a broker failure raises BrokerError instead, and
+        nobody gets the event.
         """
-        body = json.dumps({k: v for k, v in event.items() if k != "id"}, separators=(",", ":"), ensure_ascii=False)
-        tail = (("," + body[1:]) if body != "{}" else "}").encode()
+        head, tail = numbered_parts(event, at)
         channel = channel_name(path, topic)
         try:
-            number = self.broker.post_numbered(channel, _NUMBERED, tail, keep, keep_for)
+            number = self.broker.post_numbered(channel, head, tail, keep, keep_for)
         except BrokerError as exc:
-            self._failed_numbered(channel, tail, exc)
+            if strict:
+                self._stats.broker_publish_failures += 1
+                raise
+            self._failed_numbered(channel, head, tail, exc)
             return None
         # Not waiting, the caller may post again at once: past _BACKLOG publishes that
         # have not left yet, it waits for its own, so a fast sender cannot grow the queue.
         # (Awaiting a done future, the memory broker's, does not suspend.)
-        if wait or number.done() or self.broker.backlog > _BACKLOG:
+        if wait or strict or number.done() or self.broker.backlog > _BACKLOG:
             try:
                 return await number
             except BrokerError as exc:
-                self._failed_numbered(channel, tail, exc)
+                if strict:
+                    self._stats.broker_publish_failures += 1
+                    raise
+                self._failed_numbered(channel, head, tail, exc)
                 return None
-        number.add_done_callback(functools.partial(self._posted, channel, tail))
+        number.add_done_callback(functools.partial(self._posted, channel, head, tail))
         return None
 
-    def _posted(self, channel: str, tail: bytes, number: asyncio.Future[int]) -> None:
+    def _posted(self, channel: str, head: bytes, tail: bytes, number: asyncio.Future[int]) -> None:
         exc = None if number.cancelled() else number.exception()
         if isinstance(exc, BrokerError):
-            self._failed_numbered(channel, tail, exc)
+            self._failed_numbered(channel, head, tail, exc)
         elif exc is not None:
             log.error("numbered publish to %s failed", channel, exc_info=exc)
 
-    def _failed_numbered(self, channel: str, tail: bytes, exc: BrokerError) -> None:
+    def _failed_numbered(self, channel: str, head: bytes, tail: bytes, exc: BrokerError) -> None:
         self._failed(channel, exc)
-        self._deliver(channel, _NUMBERED + b"null" + tail)
+        self._deliver(channel, head + b"null" + tail)
 
     async def history(self, path: str, topic: str, limit: int) -> list[dict[str, Any]]:
         """Kept numbered events; empty while the broker is unavailable.
@@ -267,10 +333,64 @@ class Hub:
         except BrokerError as exc:
             log.warning("history of %s unavailable: %s", channel, exc)
             return []
-        events = [json.loads(p[1:]) for p in payloads]
+        events = [json.loads(_json(p)) for p in payloads]
         if self._cacheable(channel, changes):
             self._history[channel] = (limit, events)
         return events
+
+    async def listen(self, path: str, topic: str, callback: Callable[[str], None]) -> None:
+        """Call ``callback`` with every signal on ``topic``; returns once the broker delivers them here."""
+        channel = signal_channel(path, topic)
+        listening = self._listening.get(channel)
+        if listening is None:
+            ready = asyncio.get_running_loop().create_task(
+                self.broker.subscribe(channel, functools.partial(self._signalled, channel)),
+                name=f"wsgate listen {channel}")
+            listening = self._listening[channel] = _Listening([], ready)
+        listening.callbacks.append(callback)
+        try:
+            await asyncio.shield(listening.ready)
+        except BaseException:
+            await self.unlisten(path, topic, callback)
+            raise
+
+    async def unlisten(self, path: str, topic: str, callback: Callable[[str], None]) -> None:
+        channel = signal_channel(path, topic)
+        listening = self._listening.get(channel)
+        if listening is None or callback not in listening.callbacks:
+            return
+        listening.callbacks.remove(callback)
+        if listening.callbacks:
+            return
+        del self._listening[channel]
+        with contextlib.suppress(BaseException):
+            await listening.ready
+        await self.broker.unsubscribe(channel)
+
+    def _signalled(self, channel: str, payload: bytes) -> None:
+        listening = self._listening.get(channel)
+        if listening is None:
+            return
+        message = _json(payload).decode()
+        for callback in list(listening.callbacks):
+            try:
+                callback(message)
+            except Exception:
+                log.exception("signal listener of %s failed", channel)
+
+    async def signal(self, path: str, topic: str, message: str) -> None:
+        """Send ``message`` to the listeners of ``topic`` on every instance.
+
+        When the broker fails, this instance's listeners still get it; BrokerError is raised.
+        """
+        channel = signal_channel(path, topic)
+        payload = b"t" + message.encode()
+        try:
+            await self.broker.publish(channel, payload)
+        except BrokerError as exc:
+            self._failed(channel, exc)
+            self._signalled(channel, payload)
+            raise
 
     def _cacheable(self, channel: str, changes: int) -> bool:
         # Only what no numbered event overtook while the broker answered; without a

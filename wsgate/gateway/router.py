@@ -112,7 +112,7 @@ class Gateway:
             self.routes[endpoint.path] = await self._start_endpoint(endpoint)
 
     async def _start_endpoint(self, endpoint: Endpoint) -> LiveEndpoint:
-        live = LiveEndpoint(endpoint, self.hub, self.stats.endpoint(endpoint.path))
+        live = LiveEndpoint(endpoint, self.hub, self.stats.endpoint(endpoint.path), lambda: self.authenticators)
         await live.handler.startup()
         return live
 
@@ -267,7 +267,7 @@ class Gateway:
             return web.Response(status=503, text="the server is shutting down\n")
         stats = live.stats
         origin = request.headers.get("Origin")
-        remote, scheme = self._client(request)
+        remote, scheme = self.client(request)
         if not live.origin_policy.allows(origin, request.host, scheme):
             stats.origin_rejections += 1
             log.warning("origin refused: %r on %s from %s (allowed: %s)",
@@ -280,7 +280,7 @@ class Gateway:
             return web.Response(status=refusal.status, text=refusal.reason + "\n")
         return live, remote, origin
 
-    def _client(self, request: web.Request) -> tuple[str, str]:
+    def client(self, request: web.Request) -> tuple[str, str]:
         """The client's address and scheme, through ``server.trusted_proxies``."""
         peer = request.remote or "?"
         proxies = self.settings.config.server.trusted_proxies
@@ -293,7 +293,7 @@ class Gateway:
 
     def may_probe(self, request: web.Request) -> bool:
         """Spend one handshake check of ``request``'s client; False when it is over its limit."""
-        return self.probes.take(self._client(request)[0], asyncio.get_running_loop().time())
+        return self.probes.take(self.client(request)[0], asyncio.get_running_loop().time())
 
     async def probe_identity(self, request: web.Request, target: str, token: str | None) -> tuple[int, str]:
         """How a WebSocket handshake to ``target`` (a path with its query), carrying
