@@ -1,0 +1,1 @@
+"""The channels handler: Centrifugo client protocol, server API and HTTP proxy."""
