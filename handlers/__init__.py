@@ -1,1 +1,1 @@
-"""The built-in handlers, installed as ``wsgate.builtins``: ``echo`` and ``chat``."""
+"""The built-in handlers, installed as ``wsgate.builtins``: ``echo``, ``chat`` and ``channels``."""

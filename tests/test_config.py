@@ -281,8 +281,8 @@ def test_ordinary_paths_are_fine(path: str) -> None:
 def test_unknown_handler_lists_known_handlers() -> None:
     text = "endpoints:\n  - path: /ws\n    handler: ecko\n"
     problem = one_problem(text)
-    assert_problem(problem, 3, 5, "endpoints[0].handler", "unknown handler 'ecko'", "known handlers: chat, echo",
-                   "module.path:ClassName")
+    assert_problem(problem, 3, 5, "endpoints[0].handler", "unknown handler 'ecko'",
+                   "known handlers: channels, chat, echo", "module.path:ClassName")
 
 
 @pytest.mark.parametrize(
@@ -618,7 +618,7 @@ def _run(args: list[str], cwd: Path, timeout: float = 30.0) -> subprocess.Comple
         ("endpoints:\n  - path: /chat\n    handler: chat\n    options: {history: -1}\n",
          ":4:15: endpoints[0].options.history: "),
         ("endpoints:\n  - {path: /ws, handler: echo}\n  - path: /x\n    handler: nope\n",
-         ":4:5: endpoints[1].handler: unknown handler 'nope'; known handlers: chat, echo"),
+         ":4:5: endpoints[1].handler: unknown handler 'nope'; known handlers: channels, chat, echo"),
         ("server:\n  workers: 3\nendpoints:\n  - {path: /ws, handler: echo}\n", ":2:3: server.workers: "),
         ("endpoints:\n  - {path: /ws, handler: echo\n", ":3:1: YAML syntax error"),
     ],

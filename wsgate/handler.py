@@ -267,13 +267,9 @@ class Context:
 
         For protocols that send a token after the handshake. ``TokenRejected`` says why
         a token was refused (``reason`` "expired", "invalid", ...); ``KeyError`` if there
-        is no such authenticator (see ``authenticators``).
+        is no such authenticator (an option naming one is checked at config load: its
+        validator sees ``info.context["authenticators"]``).
         """
-        raise NotImplementedError
-
-    @property
-    def authenticators(self) -> frozenset[str]:
-        """The names of the ``auth:`` section's authenticators."""
         raise NotImplementedError
 
 

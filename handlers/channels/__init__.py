@@ -1,1 +1,5 @@
-"""The channels handler: Centrifugo client protocol, server API and HTTP proxy."""
+"""``channels``: the Centrifugo client protocol v2 (JSON), its server API and proxy. See docs/channels.md."""
+
+from .handler import Channels
+
+__all__ = ["Channels"]

@@ -123,8 +123,12 @@ def _apply_env(data: dict[str, Any]) -> None:
 
 
 def _resolve(registry: Registry, src: Located, index: int, handler: str, options: dict[str, Any],
-             problems: list[ConfigProblem]) -> tuple[type[Handler], BaseModel] | None:
-    """The handler class and validated options of ``endpoints[index]``, or None with problems added."""
+             problems: list[ConfigProblem], authenticators: frozenset[str]) -> tuple[type[Handler], BaseModel] | None:
+    """The handler class and validated options of ``endpoints[index]``, or None with problems added.
+
+    Validators of the options see ``info.context["authenticators"]``: the names of the
+    ``auth:`` section, for an option that names one.
+    """
     where = ("endpoints", index)
     try:
         cls = registry.resolve(handler)
@@ -132,7 +136,7 @@ def _resolve(registry: Registry, src: Located, index: int, handler: str, options
         problems.append(src.problem((*where, "handler"), str(exc)))
         return None
     try:
-        return cls, cls.Options.model_validate(options)
+        return cls, cls.Options.model_validate(options, context={"authenticators": authenticators})
     except ValidationError as exc:
         problems.extend(_problems(exc, cls.Options, src, (*where, "options")))
         return None
@@ -201,6 +205,8 @@ def parse_config(text: str, file: str, registry: Registry) -> Settings:
         # Also check the handlers of well-formed entries, so one run reports everything.
         problems = _problems(exc, Config, src)
         raw = data.get("endpoints")
+        auth = data.get("auth")
+        names = frozenset(auth) if isinstance(auth, dict) else frozenset()
         problems += _duplicate_paths(raw, src)
         if broker_problem:
             problems.append(broker_problem)
@@ -208,7 +214,7 @@ def parse_config(text: str, file: str, registry: Registry) -> Settings:
             if isinstance(entry, dict) and isinstance(entry.get("handler"), str):
                 options = entry.get("options", {})
                 _resolve(registry, src, index, entry["handler"], options if isinstance(options, dict) else {},
-                         problems)
+                         problems, names)
         raise ConfigError(sorted(set(problems), key=lambda p: (p.line, p.column))) from None
 
     problems = [broker_problem] if broker_problem else []
@@ -216,7 +222,7 @@ def parse_config(text: str, file: str, registry: Registry) -> Settings:
     global_policy = config.policy.model_dump(exclude_unset=True)
     for index, spec in enumerate(config.endpoints):
         where = ("endpoints", index)
-        resolved = _resolve(registry, src, index, spec.handler, spec.options, problems)
+        resolved = _resolve(registry, src, index, spec.handler, spec.options, problems, frozenset(config.auth))
         if resolved is None:
             continue
         cls, options = resolved

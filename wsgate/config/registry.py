@@ -25,7 +25,8 @@ from ..handler import ACCEPTS, Handler
 __all__ = ["BUILTINS", "ENTRY_POINT_GROUP", "Registry", "check_handler_class"]
 
 ENTRY_POINT_GROUP = "wsgate.handlers"
-BUILTINS = {"echo": "wsgate.builtins.echo:Echo", "chat": "wsgate.builtins.chat:Chat"}
+BUILTINS = {"echo": "wsgate.builtins.echo:Echo", "chat": "wsgate.builtins.chat:Chat",
+            "channels": "wsgate.builtins.channels:Channels"}
 
 
 def check_handler_class(cls: object, ref: str) -> type[Handler]:

@@ -222,9 +222,5 @@ class EndpointContext(Context):
         except AuthFailure as exc:
             raise TokenRejected(exc.reason, redact(exc.detail, token)) from None
 
-    @property
-    def authenticators(self) -> frozenset[str]:
-        return frozenset(self._live.authenticators())
-
     def __repr__(self) -> str:
         return f"<Context of {self.path}>"

@@ -1,0 +1,609 @@
+"""``channels``: the Centrifugo client protocol v2 (JSON) over wsgate's topics and broker.
+
+A client connects, sends ``connect`` (with a token, or asked of the connect proxy), then
+subscribes to many channels over the one socket; the backend publishes through the
+server API (``api.py``) or lets clients publish. Each channel is a wsgate topic: a
+publication is framed once for all its subscribers, numbered by the broker (the
+Centrifugo ``offset``) where the namespace keeps history, and recovered after a
+reconnect from the client's offset and epoch. See docs/channels.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import wsgate
+from wsgate import BrokerError, Connection, Handler, HttpAnswer, HttpCall, Identity, Message, TokenRejected
+
+from .api import ServerApi, carry_out
+from .clients import Client, Directory, Sub
+from .names import allowed_users, check_channel, namespace_of, user_limited
+from .options import ChannelsOptions, Namespace
+from .protocol import (
+    BAD_REQUEST,
+    COMMANDS,
+    EXPIRED,
+    INVALID_TOKEN,
+    NO_PONG,
+    STALE,
+    Command,
+    Disconnect,
+    ProtocolError,
+    ReplyError,
+    dumps,
+    error,
+    parse_frame,
+)
+from .proxy import Proxy, ProxyEvent, ProxyReply
+
+__all__ = ["Channels"]
+
+STALE_AFTER = 10.0  # seconds a connection may stay open without sending connect
+
+
+def _base(client: Client) -> dict[str, Any]:
+    """The fields every proxy request starts with."""
+    return {"client": client.id, "transport": "websocket", "protocol": "json", "encoding": "json",
+            "user": client.user}
+
+
+def _expiry(claims: Mapping[str, Any], identity_expiry: float | None) -> float | None:
+    """Centrifugo's ``expire_at`` claim overrides ``exp`` (0: never expires)."""
+    if "expire_at" in claims:
+        value = claims["expire_at"]
+        if type(value) is not int or value < 0:
+            raise ReplyError(107, "bad request: expire_at is a unix time in seconds")
+        return float(value) or None
+    return identity_expiry
+
+
+def _ttl(expires_at: float) -> int:
+    return max(1, round(expires_at - time.time()))
+
+
+def _answer(reply: ProxyReply) -> Mapping[str, Any]:
+    """The proxy's result; its error or disconnect raised as the client's."""
+    if reply.disconnect is not None:
+        raise Disconnect(reply.disconnect.code, reply.disconnect.reason)
+    if reply.error is not None:
+        raise ReplyError(reply.error.code, reply.error.message, reply.error.temporary)
+    return reply.result or {}
+
+
+class Channels(Handler[ChannelsOptions]):
+    """Centrifugo-protocol channels; the options are in docs/channels.md."""
+
+    Options = ChannelsOptions
+    accepts = "text"
+    # Clients batch commands into frames, so this bounds frames, not commands.
+    policy_defaults = {"rate_limit": {"messages": 100, "per": 1.0, "burst": 200}}
+
+    def __init__(self, options: ChannelsOptions, context: wsgate.Context) -> None:
+        super().__init__(options, context)
+        self.clients = Directory()
+        self.proxy = Proxy(options.proxy, context.logger)
+        self.version = f"wsgate {wsgate.__version__}"
+        self._opened: dict[Connection, float] = {}  # connections that sent no connect yet
+        self._validators: dict[str, Any] = {}
+        self._api = ServerApi(self)
+
+    # --- life -------------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        self.context.spawn(self._ping, "ping")
+        self.context.spawn(self._sweep, "expiry")
+
+    async def shutdown(self) -> None:
+        await self.proxy.close()
+
+    async def on_http(self, call: HttpCall) -> HttpAnswer:
+        return await self._api.answer(call)
+
+    def namespace(self, channel: str) -> Namespace:
+        """The rules of ``channel``; error 102 for a namespace not configured."""
+        ns = self.options.namespaces.get(namespace_of(channel))
+        if ns is None:
+            raise error(102)
+        return ns
+
+    # --- frames -----------------------------------------------------------------------------
+
+    async def on_connect(self, conn: Connection) -> None:
+        self._opened[conn] = time.monotonic()
+
+    async def on_message(self, conn: Connection, message: Message) -> None:
+        assert isinstance(message, str)  # accepts = "text"
+        try:
+            commands = parse_frame(message)
+        except ProtocolError as exc:
+            self.context.logger.info("closing %s: %s", conn.id, exc)
+            await conn.close(*BAD_REQUEST)
+            return
+        replies: list[str] = []
+        # Replies first: a subscribe's reply goes out before the channel's live publications.
+        async with self.context.preamble(conn):
+            try:
+                for command in commands:
+                    reply = await self._command(conn, command)
+                    if reply is not None:
+                        replies.append(dumps(reply))
+            except Disconnect as exc:
+                if replies:
+                    await conn.send("\n".join(replies))
+                await conn.close(exc.code, exc.reason)
+                return
+            if replies:
+                await conn.send("\n".join(replies))
+
+    async def _command(self, conn: Connection, command: Command) -> dict[str, Any] | None:
+        client = self.clients.get(conn)
+        method = command.method
+        if method is None:  # {} answers the server's ping
+            if client is not None:
+                client.pinged_at = None
+            return None
+        if method not in COMMANDS or (client is None) != (method == "connect"):
+            raise Disconnect(*BAD_REQUEST)  # unknown, before connect, or a second connect
+        if method == "send":
+            return None  # Centrifugo passes send to nothing either, without a send proxy
+        if command.id == 0:
+            raise Disconnect(*BAD_REQUEST)
+        try:
+            if client is None:
+                result = await self._connect(conn, command.params)
+            else:
+                result = await getattr(self, "_" + method)(client, command.params)
+        except ReplyError as exc:
+            return {"id": command.id, "error": exc.as_json()}
+        except BrokerError as exc:
+            self.context.logger.warning("%s on %s: broker unavailable: %s", method, conn.id, exc)
+            return {"id": command.id, "error": error(100).as_json()}
+        return {"id": command.id, method: result}
+
+    # --- connect and refresh ----------------------------------------------------------------
+
+    async def _identity(self, token: str) -> Identity:
+        auth = self.options.token_auth
+        if auth is None:
+            raise Disconnect(*INVALID_TOKEN)
+        try:
+            return await self.context.authenticate(auth, token)
+        except TokenRejected as exc:
+            if exc.reason == "expired":
+                raise error(109) from None
+            if exc.reason == "backend_error":
+                raise error(100) from None
+            self.context.logger.info("connection token refused: %s", exc.detail)
+            raise Disconnect(*INVALID_TOKEN) from None
+
+    async def _connect(self, conn: Connection, params: dict[str, Any]) -> dict[str, Any]:
+        token, data = params.get("token", ""), params.get("data")
+        if not isinstance(token, str):
+            raise error(107)
+        client = Client(conn, str(uuid.uuid4()), "")
+        creds: Mapping[str, Any]
+        reply_data = None
+        if token:
+            identity = await self._identity(token)
+            if "channel" in identity.claims:
+                raise Disconnect(*INVALID_TOKEN)  # a subscription token
+            client.user, creds = identity.user, identity.claims
+            client.expires_at = _expiry(creds, identity.expires_at)
+        elif self.proxy.enabled("connect"):
+            request = {**_base(client), "name": params.get("name", ""), "version": params.get("version", "")}
+            del request["user"]
+            if data is not None:
+                request["data"] = data
+            creds = await self._ask("connect", request, conn)
+            user = creds.get("user", "")
+            if not isinstance(user, str):
+                raise error(100)
+            client.user = user
+            client.expires_at = _expiry(creds, None)
+            reply_data = creds.get("data")
+        elif conn.user is not None:  # the handshake's own auth
+            client.user, creds = conn.user, conn.claims
+            client.expires_at = _expiry(creds, None)
+        elif self.options.anonymous:
+            creds = {}
+        else:
+            raise Disconnect(*BAD_REQUEST)  # no credentials
+        if client.expires_at is not None and client.expires_at <= time.time():
+            raise error(110)
+        client.conn_info, client.meta = creds.get("info"), creds.get("meta")
+        server_subs = self._server_channels(creds)
+        self._opened.pop(conn, None)
+        if self.clients.add(client) and client.user:
+            await self.context.listen(f"user:{client.user}", self._signalled)
+        result: dict[str, Any] = {"client": client.id, "version": self.version,
+                                  "ping": round(self.options.ping_interval), "pong": True}
+        if client.expires_at is not None:
+            result.update(expires=True, ttl=_ttl(client.expires_at))
+        if reply_data is not None:
+            result["data"] = reply_data
+        asked = params.get("subs")
+        wanted: dict[str, Any] = asked if isinstance(asked, dict) else {}
+        subs = {}
+        for channel, extra in server_subs.items():
+            position = wanted.get(channel)
+            recover: dict[str, Any] = position if isinstance(position, dict) else {}
+            subs[channel] = await self._join(client, channel, self.namespace(channel), {**recover, **extra},
+                                             server=True)
+        if subs:
+            result["subs"] = subs
+        return result
+
+    def _server_channels(self, creds: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """Server-side subscriptions from ``subs`` (which wins) or ``channels`` of the credentials."""
+        subs, channels = creds.get("subs"), creds.get("channels")
+        found: dict[str, dict[str, Any]] = {}
+        if isinstance(subs, dict) and subs:
+            for channel, options in subs.items():
+                check_channel(channel, self.options.max_channel_length)
+                extra = options if isinstance(options, dict) else {}
+                found[channel] = {"info": extra.get("info"), "data": extra.get("data")}
+        elif isinstance(channels, list):
+            for channel in channels:
+                found[check_channel(channel, self.options.max_channel_length)] = {}
+        for channel in found:
+            self.namespace(channel)
+        return found
+
+    async def _refresh(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:
+        token = params.get("token")
+        if not isinstance(token, str) or not token:
+            raise error(107)
+        try:
+            identity = await self._identity(token)
+        except ReplyError as exc:
+            if exc.code == 109:
+                raise Disconnect(*EXPIRED) from None
+            raise
+        if identity.user != client.user or "channel" in identity.claims:
+            raise Disconnect(*INVALID_TOKEN)
+        client.expires_at = _expiry(identity.claims, identity.expires_at)
+        if "info" in identity.claims:
+            client.conn_info = identity.claims["info"]
+        result: dict[str, Any] = {"client": client.id, "version": self.version}
+        if client.expires_at is not None:
+            if client.expires_at <= time.time():
+                raise error(110)
+            result.update(expires=True, ttl=_ttl(client.expires_at))
+        return result
+
+    async def _ask(self, event: ProxyEvent, request: dict[str, Any], conn: Connection) -> Mapping[str, Any]:
+        return _answer(await self.proxy.call(event, request, conn.headers))
+
+    # --- subscriptions ----------------------------------------------------------------------
+
+    async def _subscribe(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:
+        channel = check_channel(params.get("channel"), self.options.max_channel_length)
+        ns = self.namespace(channel)
+        if channel in client.subs:
+            raise error(105)
+        token = params.get("token", "")
+        if not isinstance(token, str):
+            raise error(107)
+        grant: dict[str, Any] = {}
+        if token:
+            grant = await self._sub_token(client, channel, token)
+        elif not allowed_users(channel, client.user):
+            raise error(103)
+        elif user_limited(channel) is None:
+            if ns.subscribe == "proxy":
+                request = {**_base(client), "channel": channel}
+                if "data" in params:
+                    request["data"] = params["data"]
+                answer = await self._ask("subscribe", request, client.conn)
+                grant = {"info": answer.get("info"), "data": answer.get("data"),
+                         "expire_at": _expiry(answer, None)}
+            elif ns.subscribe == "token" or (ns.subscribe == "authenticated" and not client.user):
+                raise error(103)
+        return await self._join(client, channel, ns, {**params, **grant})
+
+    async def _sub_token(self, client: Client, channel: str, token: str) -> dict[str, Any]:
+        """What a subscription token grants; error 109 expired, 103 unverifiable, 3500 not this client's."""
+        auth = self.options.token_auth
+        if auth is None:
+            raise error(103)
+        try:
+            identity = await self.context.authenticate(auth, token)
+        except TokenRejected as exc:
+            if exc.reason == "expired":
+                raise error(109) from None
+            raise error(100 if exc.reason == "backend_error" else 103) from None
+        claims = identity.claims
+        if claims.get("channel") != channel or identity.user != client.user or \
+                claims.get("client", client.id) != client.id:
+            raise Disconnect(*INVALID_TOKEN)
+        return {"info": claims.get("info"), "data": claims.get("data"),
+                "expire_at": _expiry(claims, identity.expires_at)}
+
+    async def _join(self, client: Client, channel: str, ns: Namespace, params: Mapping[str, Any], *,
+                    server: bool = False) -> dict[str, Any]:
+        """Subscribe ``client``: recovery, presence, join; the subscribe result."""
+        if len(client.subs) >= self.options.max_subscriptions:
+            raise error(106)
+        offset, epoch = params.get("offset", 0), params.get("epoch", "")
+        if type(offset) is not int or offset < 0 or not isinstance(epoch, str):
+            raise error(107)
+        recoverable = ns.history > 0 and (ns.force_recovery or server or (
+            ns.allow_recovery and bool(params.get("recoverable") or params.get("recover"))))
+        recovering = recoverable and bool(params.get("recover"))
+        sub = Sub(channel, ns, params.get("info"), params.get("expire_at"))
+        client.subs[channel] = sub  # taken now: a second subscribe meanwhile is a duplicate
+        try:
+            recovery = await self.context.subscribe(
+                client.conn, channel, offset if recovering else None, epoch if recovering else None,
+                history=ns.history if recovering else 0, keep_for=ns.history_ttl)
+            sub.epoch = recovery.epoch
+            if ns.presence:
+                sub.present = await self.context.claim(channel, dumps(client.info(sub)),
+                                                       ttl=self.options.presence_ttl)
+        except BaseException:
+            client.subs.pop(channel, None)
+            await self.context.unsubscribe(client.conn, channel)
+            raise
+        if ns.join_leave:
+            await self.context.publish(channel, dumps({"push": {"channel": channel,
+                                                                "join": {"info": client.info(sub)}}}))
+        result: dict[str, Any] = {}
+        if recoverable or params.get("positioned"):
+            result.update(positioned=True, epoch=recovery.epoch)
+            if recovery.latest:
+                result["offset"] = recovery.latest
+        if recoverable:
+            result["recoverable"] = True
+        if recovering:
+            result["was_recovering"] = True
+            result["recovered"] = recovery.recovered
+            if recovery.recovered and recovery.messages:
+                result["publications"] = [m["push"]["pub"] for m in recovery.messages]
+        if params.get("data") is not None and server:
+            result["data"] = params["data"]
+        elif "expire_at" in params and params.get("data") is not None:
+            result["data"] = params["data"]  # from a token or the proxy, not the client's own
+        if sub.expires_at is not None:
+            result.update(expires=True, ttl=_ttl(sub.expires_at))
+        return result
+
+    async def _unsubscribe(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:
+        channel = check_channel(params.get("channel"), self.options.max_channel_length)
+        sub = client.subs.pop(channel, None)
+        if sub is not None:
+            await self._leave(client, sub)
+        return {}
+
+    async def _leave(self, client: Client, sub: Sub) -> None:
+        await self.context.unsubscribe(client.conn, sub.channel)
+        if sub.present:
+            await self.context.release(sub.channel, dumps(client.info(sub)))
+        if sub.namespace.join_leave:
+            await self.context.publish(sub.channel, dumps({"push": {"channel": sub.channel,
+                                                                    "leave": {"info": client.info(sub)}}}))
+
+    async def _sub_refresh(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:
+        channel = check_channel(params.get("channel"), self.options.max_channel_length)
+        token = params.get("token")
+        sub = client.subs.get(channel)
+        if sub is None or not isinstance(token, str) or not token:
+            raise error(107)
+        grant = await self._sub_token(client, channel, token)
+        sub.expires_at = grant["expire_at"]
+        if sub.expires_at is None:
+            return {}
+        if sub.expires_at <= time.time():
+            raise error(110)
+        return {"expires": True, "ttl": _ttl(sub.expires_at)}
+
+    # --- publications, presence, history, rpc -----------------------------------------------
+
+    def _may(self, rule: str, client: Client, channel: str) -> None:
+        if rule == "anyone" or (rule == "subscribers" and channel in client.subs) or \
+                (rule == "authenticated" and client.user):
+            return
+        raise error(103)
+
+    async def _publish(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:
+        channel = check_channel(params.get("channel"), self.options.max_channel_length)
+        ns = self.namespace(channel)
+        if "data" not in params:
+            raise error(107)
+        data = params["data"]
+        skip_history = False
+        if ns.publish == "proxy":
+            answer = await self._ask("publish", {**_base(client), "channel": channel, "data": data}, client.conn)
+            data = answer.get("data", data)
+            skip_history = answer.get("skip_history") is True
+        else:
+            self._may(ns.publish, client, channel)
+        self.check_schema(channel, ns, data)
+        sub = client.subs.get(channel)
+        await self.publish(channel, ns, data, info=client.info(sub), skip_history=skip_history)
+        return {}
+
+    def check_schema(self, channel: str, ns: Namespace, data: Any) -> None:
+        """Error 107 if the namespace has a schema that ``data`` does not match."""
+        if ns.schema_ is None:
+            return
+        name = namespace_of(channel)
+        validator = self._validators.get(name)
+        if validator is None:
+            from jsonschema import Draft202012Validator  # type: ignore[import-untyped]  # ships no hints
+
+            validator = self._validators[name] = Draft202012Validator(ns.schema_)
+        problem = next(iter(validator.iter_errors(data)), None)
+        if problem is not None:
+            where = "/".join(map(str, problem.absolute_path)) or "data"
+            raise error(107, f"bad request: {where}: {problem.message}"[:200])
+
+    async def publish(self, channel: str, ns: Namespace, data: Any, *, info: Mapping[str, Any] | None = None,
+                      tags: Mapping[str, str] | None = None, skip_history: bool = False) -> int:
+        """Publish to every subscriber on every instance; the offset given (0: none).
+
+        BrokerError when the broker did not take it; then nobody got it.
+        """
+        pub: dict[str, Any] = {"data": data}
+        if info:
+            pub["info"] = info
+        if tags:
+            pub["tags"] = tags
+        event = {"push": {"channel": channel, "pub": pub}}
+        if ns.history and not skip_history:
+            offset = await self.context.publish_numbered(channel, event, ns.history, ns.history_ttl,
+                                                         at="push.pub.offset", strict=True)
+            return offset or 0
+        await self.context.publish(channel, dumps(event))
+        return 0
+
+    async def presence_of(self, channel: str) -> dict[str, Any]:
+        """ClientInfo per client id of the channel's subscribers, on every instance."""
+        found = {}
+        for member in await self.context.members(channel):
+            info = json.loads(member)
+            found[info["client"]] = info
+        return found
+
+    async def _presence(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:
+        channel = self._readable(client, params, "presence")
+        return {"presence": await self.presence_of(channel)}
+
+    async def _presence_stats(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:
+        channel = self._readable(client, params, "presence")
+        presence = await self.presence_of(channel)
+        return {"num_clients": len(presence), "num_users": len({i["user"] for i in presence.values()})}
+
+    def _readable(self, client: Client, params: dict[str, Any], what: str) -> str:
+        channel = check_channel(params.get("channel"), self.options.max_channel_length)
+        ns = self.namespace(channel)
+        if not (ns.presence if what == "presence" else ns.history):
+            raise error(108)
+        self._may(ns.presence_readers if what == "presence" else ns.history_readers, client, channel)
+        return channel
+
+    async def _history(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:
+        channel = self._readable(client, params, "history")
+        sub = client.subs.get(channel)
+        return await self.history_of(channel, params, sub.epoch if sub is not None else "")
+
+    async def history_of(self, channel: str, params: Mapping[str, Any], epoch: str) -> dict[str, Any]:
+        """The ``history`` result: ``limit`` (0: none, -1: all), ``since``, ``reverse``."""
+        ns = self.namespace(channel)
+        limit, since, reverse = params.get("limit", 0), params.get("since"), params.get("reverse", False)
+        if type(limit) is not int or limit < -1 or not isinstance(reverse, bool):
+            raise error(107)
+        pubs = [m["push"]["pub"] for m in await self.context.history(channel, ns.history)]
+        top = pubs[-1]["offset"] if pubs else 0
+        if since is not None:
+            if not isinstance(since, dict) or type(since.get("offset", 0)) is not int:
+                raise error(107)
+            if epoch and since.get("epoch", "") not in ("", epoch):
+                raise error(112)
+            after = since.get("offset", 0)
+            pubs = [p for p in pubs if (p["offset"] < after if reverse else p["offset"] > after)]
+        if reverse:
+            pubs.reverse()
+        pubs = pubs if limit == -1 else pubs[:limit]
+        result: dict[str, Any] = {"epoch": epoch} if epoch else {}
+        if top:
+            result["offset"] = top
+        if pubs:
+            result["publications"] = pubs
+        return result
+
+    async def _rpc(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:
+        if not self.proxy.enabled("rpc"):
+            raise error(104)
+        request = {**_base(client), "method": params.get("method", "")}
+        if "data" in params:
+            request["data"] = params["data"]
+        answer = await self._ask("rpc", request, client.conn)
+        return {"data": answer["data"]} if "data" in answer else {}
+
+    # --- the end of a connection ------------------------------------------------------------
+
+    async def on_disconnect(self, conn: Connection, code: int) -> None:
+        self._opened.pop(conn, None)
+        client = self.clients.remove(conn)
+        if client is None:
+            return
+        for sub in list(client.subs.values()):
+            try:
+                await self._leave(client, sub)
+            except BrokerError as exc:
+                self.context.logger.warning("leave of %s from %s: %s", client.id, sub.channel, exc)
+        client.subs.clear()
+        if client.user and not self.clients.has_user(client.user):
+            await self.context.unlisten(f"user:{client.user}", self._signalled)
+
+    # --- timers -----------------------------------------------------------------------------
+
+    async def _ping(self) -> None:
+        """``{}`` to every client each ``ping_interval``; no ``{}`` back within ``pong_timeout``: 3012."""
+        while True:
+            await asyncio.sleep(self.options.ping_interval - self.options.pong_timeout)
+            pinged = list(self.clients)
+            now = time.monotonic()
+            for client in pinged:
+                client.pinged_at = now
+            self.context.broadcast("{}", [client.conn for client in pinged])
+            await asyncio.sleep(self.options.pong_timeout)
+            for client in pinged:
+                if client.pinged_at == now and not client.conn.closed:
+                    await client.conn.close(*NO_PONG)
+
+    async def _sweep(self) -> None:
+        """Once a second: close expired and stale connections, end expired subscriptions."""
+        while True:
+            await asyncio.sleep(1.0)
+            now, mono = time.time(), time.monotonic()
+            for conn, opened in list(self._opened.items()):
+                if mono - opened > STALE_AFTER:
+                    del self._opened[conn]
+                    await conn.close(*STALE)
+            delay = self.options.expired_close_delay
+            for client in self.clients:
+                if client.expires_at is not None and now >= client.expires_at + delay:
+                    await client.conn.close(*EXPIRED)
+                    continue
+                lapsed = [s for s in client.subs.values() if s.expires_at is not None and now >= s.expires_at + delay]
+                for sub in lapsed:
+                    await self.server_unsubscribe(client, sub.channel, 2501, "subscription expired")
+
+    # --- server-side actions, by user on every instance -------------------------------------
+
+    def _signalled(self, message: str) -> None:
+        order = json.loads(message)
+        targets = self.clients.of_user(order["user"], order.get("client"))
+        if targets:
+            self.context.spawn(lambda: self._carry_out(order, targets), f"{order['op']} {order['user']}")
+
+    async def _carry_out(self, order: dict[str, Any], targets: list[Client]) -> None:
+        await carry_out(self, order, targets)
+
+    async def server_subscribe(self, client: Client, channel: str, extra: Mapping[str, Any]) -> None:
+        """Subscribe ``client`` as the server: a ``subscribe`` push, then the channel's publications."""
+        if channel in client.subs or client.conn.closed:
+            return
+        async with self.context.preamble(client.conn):
+            try:
+                result = await self._join(client, channel, self.namespace(channel), extra, server=True)
+            except ReplyError as exc:
+                self.context.logger.warning("server subscribe of %s to %s: %s", client.id, channel, exc)
+                return
+            await client.conn.send(dumps({"push": {"channel": channel, "subscribe": result}}))
+
+    async def server_unsubscribe(self, client: Client, channel: str, code: int = 2000,
+                                 reason: str = "server unsubscribe") -> None:
+        sub = client.subs.pop(channel, None)
+        if sub is None:
+            return
+        await self._leave(client, sub)
+        if not client.conn.closed:
+            await client.conn.send(dumps({"push": {"channel": channel, "unsubscribe": {"code": code,
+                                                                                      "reason": reason}}}))
