@@ -17,7 +17,7 @@ GUIDE = Path(__file__).resolve().parent.parent / "docs" / "handlers.md"
 DOCUMENTED = {
     "path", "logger", "connections", "broadcast", "broadcast_json", "subscribe", "unsubscribe", "publish",
     "publish_numbered", "history", "claim", "hold", "drop", "release", "members", "reap", "spawn",
-    "preamble", "listen", "unlisten", "signal", "authenticate",
+    "preamble", "listen", "unlisten", "signal", "authenticate", "stream",
 }
 RUNTIME = {"stats", "stop", "detach", "attach", "connected", "wait_idle", "update", "handler", "endpoint",
            "origin_policy", "tasks", "hub", "open", "connecting"}

@@ -176,6 +176,13 @@ class Context:
         """The last ``limit`` numbered events of ``topic``, oldest first, read-only as in ``Recovery``."""
         raise NotImplementedError
 
+    async def stream(self, topic: str, limit: int, *, keep_for: float = 600.0) -> Recovery:
+        """Where ``topic`` stands, without subscribing: its ``epoch``, ``latest`` id and last
+        ``limit`` numbered events (``recovered`` is False). Creates the epoch, as
+        ``subscribe`` does, living ``keep_for``. ``BrokerError`` when the broker fails.
+        """
+        raise NotImplementedError
+
     async def claim(self, topic: str, member: str, *, ttl: float = 30.0) -> bool:
         """Add ``member`` to the presence set of ``topic`` and hold it; False if already taken.
 

@@ -165,7 +165,7 @@ class ServerApi:
         channel = self._channel(params)
         if not self._ch.namespace(channel).history:
             raise error(108)
-        return await self._ch.history_of(channel, params, "")
+        return await self._ch.history_of(channel, params)
 
     async def history_remove(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel(params)

@@ -37,6 +37,7 @@ class Client:
     meta: Any = None
     subs: dict[str, Sub] = field(default_factory=dict)
     pinged_at: float | None = None  # the last ping not answered yet
+    server_refresh: bool = False  # expiry is extended by the refresh proxy, not by the client
 
     def info(self, sub: Sub | None = None) -> dict[str, Any]:
         """ClientInfo as pushes and presence show it."""

@@ -11,6 +11,7 @@ reconnect from the client's offset and epoch. See docs/channels.md.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 import uuid
@@ -44,6 +45,7 @@ from .proxy import Proxy, ProxyEvent, ProxyReply
 __all__ = ["Channels"]
 
 STALE_AFTER = 10.0  # seconds a connection may stay open without sending connect
+REFRESH_GRACE = 60.0  # seconds more when the refresh proxy fails, as Centrifugo gives
 
 
 def _base(client: Client) -> dict[str, Any]:
@@ -205,6 +207,7 @@ class Channels(Handler[ChannelsOptions]):
                 raise error(100)
             client.user = user
             client.expires_at = _expiry(creds, None)
+            client.server_refresh = self.proxy.enabled("refresh")
             reply_data = creds.get("data")
         elif conn.user is not None:  # the handshake's own auth
             client.user, creds = conn.user, conn.claims
@@ -222,7 +225,7 @@ class Channels(Handler[ChannelsOptions]):
             await self.context.listen(f"user:{client.user}", self._signalled)
         result: dict[str, Any] = {"client": client.id, "version": self.version,
                                   "ping": round(self.options.ping_interval), "pong": True}
-        if client.expires_at is not None:
+        if client.expires_at is not None and not client.server_refresh:
             result.update(expires=True, ttl=_ttl(client.expires_at))
         if reply_data is not None:
             result["data"] = reply_data
@@ -255,6 +258,8 @@ class Channels(Handler[ChannelsOptions]):
         return found
 
     async def _refresh(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:
+        if client.server_refresh:
+            raise Disconnect(*BAD_REQUEST)  # the refresh proxy extends this connection, as in Centrifugo
         token = params.get("token")
         if not isinstance(token, str) or not token:
             raise error(107)
@@ -487,29 +492,28 @@ class Channels(Handler[ChannelsOptions]):
         return channel
 
     async def _history(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:
-        channel = self._readable(client, params, "history")
-        sub = client.subs.get(channel)
-        return await self.history_of(channel, params, sub.epoch if sub is not None else "")
+        return await self.history_of(self._readable(client, params, "history"), params)
 
-    async def history_of(self, channel: str, params: Mapping[str, Any], epoch: str) -> dict[str, Any]:
+    async def history_of(self, channel: str, params: Mapping[str, Any]) -> dict[str, Any]:
         """The ``history`` result: ``limit`` (0: none, -1: all), ``since``, ``reverse``."""
         ns = self.namespace(channel)
         limit, since, reverse = params.get("limit", 0), params.get("since"), params.get("reverse", False)
         if type(limit) is not int or limit < -1 or not isinstance(reverse, bool):
             raise error(107)
-        pubs = [m["push"]["pub"] for m in await self.context.history(channel, ns.history)]
-        top = pubs[-1]["offset"] if pubs else 0
+        stream = await self.context.stream(channel, ns.history, keep_for=ns.history_ttl)
+        epoch, top = stream.epoch, stream.latest
+        pubs = [m["push"]["pub"] for m in stream.messages]
         if since is not None:
             if not isinstance(since, dict) or type(since.get("offset", 0)) is not int:
                 raise error(107)
-            if epoch and since.get("epoch", "") not in ("", epoch):
+            if since.get("epoch", "") not in ("", epoch):
                 raise error(112)
             after = since.get("offset", 0)
             pubs = [p for p in pubs if (p["offset"] < after if reverse else p["offset"] > after)]
         if reverse:
             pubs.reverse()
         pubs = pubs if limit == -1 else pubs[:limit]
-        result: dict[str, Any] = {"epoch": epoch} if epoch else {}
+        result: dict[str, Any] = {"epoch": epoch}
         if top:
             result["offset"] = top
         if pubs:
@@ -568,12 +572,31 @@ class Channels(Handler[ChannelsOptions]):
                     await conn.close(*STALE)
             delay = self.options.expired_close_delay
             for client in self.clients:
-                if client.expires_at is not None and now >= client.expires_at + delay:
+                if client.expires_at is not None and client.server_refresh and now >= client.expires_at:
+                    self.context.spawn(functools.partial(self._refresh_by_proxy, client), f"refresh {client.id}")
+                    client.expires_at = now + REFRESH_GRACE  # not asked again while this runs
+                elif client.expires_at is not None and now >= client.expires_at + delay:
                     await client.conn.close(*EXPIRED)
                     continue
                 lapsed = [s for s in client.subs.values() if s.expires_at is not None and now >= s.expires_at + delay]
                 for sub in lapsed:
                     await self.server_unsubscribe(client, sub.channel, 2501, "subscription expired")
+
+    async def _refresh_by_proxy(self, client: Client) -> None:
+        """Ask the refresh proxy for more time; expired: 3005. A failed call gives REFRESH_GRACE more."""
+        request = _base(client)
+        if client.meta is not None:
+            request["meta"] = client.meta
+        reply = await self.proxy.call("refresh", request, client.conn.headers)
+        if reply.result is None:
+            return
+        expire_at = reply.result.get("expire_at")
+        if reply.result.get("expired") is True or (type(expire_at) is int and 0 < expire_at <= time.time()):
+            await client.conn.close(*EXPIRED)
+            return
+        client.expires_at = float(expire_at) if type(expire_at) is int and expire_at > 0 else None
+        if "info" in reply.result:
+            client.conn_info = reply.result["info"]
 
     # --- server-side actions, by user on every instance -------------------------------------
 
@@ -581,10 +604,7 @@ class Channels(Handler[ChannelsOptions]):
         order = json.loads(message)
         targets = self.clients.of_user(order["user"], order.get("client"))
         if targets:
-            self.context.spawn(lambda: self._carry_out(order, targets), f"{order['op']} {order['user']}")
-
-    async def _carry_out(self, order: dict[str, Any], targets: list[Client]) -> None:
-        await carry_out(self, order, targets)
+            self.context.spawn(functools.partial(carry_out, self, order, targets), f"{order['op']} {order['user']}")
 
     async def server_subscribe(self, client: Client, channel: str, extra: Mapping[str, Any]) -> None:
         """Subscribe ``client`` as the server: a ``subscribe`` push, then the channel's publications."""

@@ -155,6 +155,10 @@ class EndpointContext(Context):
     async def history(self, topic: str, limit: int) -> tuple[Mapping[str, Any], ...]:
         return self._freeze(await self._live.hub.history(self.path, topic, limit), shared=True)
 
+    async def stream(self, topic: str, limit: int, *, keep_for: float = 600.0) -> Recovery:
+        replay, events = await self._live.hub.stream(self.path, topic, limit, keep_for)
+        return Recovery(False, replay.epoch, self._freeze(events, shared=False), replay.latest)
+
     def _presence_key(self, topic: str) -> str:
         return f"wsgate:{self.path}:{topic}:presence"
 

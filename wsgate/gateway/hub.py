@@ -245,6 +245,11 @@ class Hub:
             held.seen = max(held.seen, replay.latest)
         return replay, events
 
+    async def stream(self, path: str, topic: str, limit: int, keep_for: float) -> tuple[Replay, list[dict[str, Any]]]:
+        """The broker's replay of ``topic`` for no one: its epoch, latest id and last ``limit`` events."""
+        replay = await self.broker.replay(channel_name(path, topic), None, None, limit, keep_for)
+        return replay, json.loads(b"[" + b",".join(_json(p) for p in replay.payloads) + b"]")
+
     def release(self, conn: Connection) -> None:
         """Send ``conn`` what arrived while it was held, without what its replay held."""
         for channel in [c for c, held in self._holding.items() if conn in held]:
