@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from .config.auth import Authenticator
 from .config.models import Endpoint, Settings
 from .observe.redact import redact_url
@@ -22,16 +25,30 @@ def _bytes(value: int) -> str:
     return f"{value}B"
 
 
+def _option_lines(options: dict[str, Any], indent: str) -> list[str]:
+    """Every option with its effective value, a line each; a mapping of mappings (a
+    handler's namespaces, say) opens a level, so each inner mapping has its line."""
+    lines = []
+    for key, value in options.items():
+        name = key or '""'
+        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            lines += [f"{indent}{name}:", *_option_lines(value, indent + "  ")]
+        else:
+            lines.append(f"{indent}{name}: {json.dumps(value, ensure_ascii=False)}")
+    return lines
+
+
 def _describe(endpoint: Endpoint) -> list[str]:
     p = endpoint.policy
     origin = OriginPolicy.from_config(p.origins, p.allow_missing_origin).describe()
     rate = f"{p.rate_limit.messages}/{_seconds(p.rate_limit.per)} burst {p.rate_limit.burst or p.rate_limit.messages}" \
         if p.rate_limit else "off"
-    options = endpoint.options.model_dump()
+    options = endpoint.options.model_dump(mode="json", by_alias=True)  # secrets show as asterisks
     return [
         f"{endpoint.path}  ->  {endpoint.handler_ref} "
         f"({endpoint.handler_cls.__module__}.{endpoint.handler_cls.__qualname__})",
-        f"    options:        {options if options else '(none)'}",
+        f"    options:        {'' if options else '(none)'}".rstrip(),
+        *_option_lines(options, "      "),
         f"    origins:        {origin}; no Origin header: {'allowed' if p.allow_missing_origin else 'refused'}",
         f"    heartbeat:      ping every {_seconds(p.heartbeat.interval)}, "
         f"pong timeout {_seconds(p.heartbeat.timeout)}",
