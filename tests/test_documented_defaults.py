@@ -36,6 +36,8 @@ SECTIONS = {
     "`policy:` (per endpoint)": "policy",
     "Other top-level keys": "top",
     "Built-in handlers": "chat",  # the chat options; echo has none
+    "Configuration": "channels",  # docs/channels.md: the channels handler's options
+    "Per namespace": "namespace",  # docs/channels.md: the rules of one of its namespaces
 }
 PROSE = {
     ("server", "max_connections"): "unlimited: the key's absence (null)",
@@ -46,6 +48,10 @@ PROSE = {
     ("policy", "rate_limit"): "off, or chat's own default; both are tests/test_config.py's",
     ("top", "endpoints"): "required: there is no default",
     ("top", "api.token"): "unset: the key's absence (null)",
+    ("channels", "token_auth"): "unset: the key's absence (null)",
+    ("channels", "api_key"): "unset: the key's absence (null)",
+    ("channels", "proxy"): "all off: every event's URL absent",
+    ("namespace", "schema"): "unset: the key's absence (null)",
 }
 _HEADING = re.compile(r"^#{1,6}\s+(?P<title>.+?)\s*$")
 _ROW = re.compile(r"^\|(?P<cells>.*)\|\s*$")
@@ -121,6 +127,11 @@ def configs(row: Row, value: str | None) -> dict[str, str]:
     if row.section == "chat":
         options = "    options:\n" + setting if setting else ""
         return {"chat's options:": "endpoints:\n  - path: /chat\n    handler: chat\n" + options}
+    if row.section in ("channels", "namespace"):
+        if row.section == "namespace":
+            setting = '      namespaces:\n        "":\n' + ("  " * 2 + setting if setting else '          {}\n')
+        options = "    options:\n" + setting if setting else ""
+        return {"channels' options:": "endpoints:\n  - path: /connection/websocket\n    handler: channels\n" + options}
     return {"the top level": setting.replace("      ", "", 1) + "endpoints:\n" + BASE_ENDPOINT}
 
 
@@ -130,8 +141,10 @@ def effective(row: Row, settings: Settings, placement: str) -> Any:
         return getattr(settings.config.server, row.key)
     if row.section == "policy":
         return getattr(settings.endpoints[0].policy, row.key)
-    if row.section == "chat":
+    if row.section in ("chat", "channels"):
         return getattr(settings.endpoints[0].options, row.key)
+    if row.section == "namespace":
+        return getattr(settings.endpoints[0].options.namespaces[""], row.key)
     found: Any = settings.config
     for part in row.key.split("."):
         found = getattr(found, part)
