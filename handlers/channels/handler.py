@@ -201,7 +201,10 @@ class Channels(Handler[ChannelsOptions]):
             del request["user"]
             if data is not None:
                 request["data"] = data
-            creds = await self._ask("connect", request, conn)
+            answer = await self.proxy.call("connect", request, conn.headers)
+            creds = _answer(answer)
+            if answer.result is None and not self.options.anonymous:
+                raise Disconnect(*BAD_REQUEST)  # the backend gave no credentials
             user = creds.get("user", "")
             if not isinstance(user, str):
                 raise error(100)

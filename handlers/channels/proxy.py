@@ -110,7 +110,7 @@ class ProxyDisconnect:
 
 @dataclass(frozen=True)
 class ProxyReply:
-    """Exactly one of the three is set."""
+    """At most one of the three is set; none: the backend gave no result."""
 
     result: Mapping[str, Any] | None = None
     error: ProxyError | None = None
@@ -193,7 +193,7 @@ def parse_answer(body: bytes) -> ProxyReply:
     result = answer.get("result")
     if result is not None:
         return ProxyReply(result=_object(result, "result"))
-    raise _BadAnswer("answered with none of result, error, disconnect")
+    return ProxyReply()  # Centrifugo: no result is no credentials (connect), the defaults (the others)
 
 
 class Proxy:
