@@ -300,11 +300,16 @@ class Handler(Generic[OptionsT]):
     ``policy_defaults``
         Policy keys this handler wants unless the config says otherwise (the chat
         handler turns rate limiting on this way).
+    ``shutdown_close``
+        ``(code, reason)`` its clients get when the gateway drains, for a protocol
+        that defines its own (Centrifugo's is 3001 "shutdown"); None: 1001, or 1012
+        for a restart drain.
     """
 
     Options: ClassVar[type[BaseModel]] = NoOptions
     accepts: ClassVar[Literal["text", "binary", "any"]] = "any"
     policy_defaults: ClassVar[Mapping[str, Any]] = {}
+    shutdown_close: ClassVar[tuple[int, str] | None] = None
 
     def __init__(self, options: OptionsT, context: Context) -> None:
         self.options = options

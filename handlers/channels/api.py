@@ -77,7 +77,10 @@ class ServerApi:
             params = json.loads(call.body or b"{}", parse_constant=_no_constants)
         except ValueError:
             return HttpAnswer.json({"error": {"code": 107, "message": "bad request: the body is not JSON"}})
-        return HttpAnswer.json(await self.run(method, params))
+        outcome = await self.run(method, params)
+        if call.method == "batch" and "result" in outcome:
+            return HttpAnswer.json(outcome["result"])  # Centrifugo answers {"replies": [...]} unwrapped
+        return HttpAnswer.json(outcome)
 
     async def run(self, method: Method, params: Any) -> dict[str, Any]:
         """``{"result": ...}`` or ``{"error": ...}`` of one method call."""

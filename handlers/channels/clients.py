@@ -22,7 +22,7 @@ class Sub:
     chan_info: Any = None
     expires_at: float | None = None
     epoch: str = ""
-    present: bool = False  # holds a presence member
+    member: str | None = None  # the presence member held, as claimed (info may change since)
 
 
 @dataclass(slots=True, eq=False)

@@ -31,6 +31,7 @@ from .protocol import (
     EXPIRED,
     INVALID_TOKEN,
     NO_PONG,
+    SHUTDOWN,
     STALE,
     Command,
     Disconnect,
@@ -84,6 +85,7 @@ class Channels(Handler[ChannelsOptions]):
     accepts = "text"
     # Clients batch commands into frames, so this bounds frames, not commands.
     policy_defaults = {"rate_limit": {"messages": 100, "per": 1.0, "burst": 200}}
+    shutdown_close = SHUTDOWN  # Centrifugo's: its SDKs reconnect
 
     def __init__(self, options: ChannelsOptions, context: wsgate.Context) -> None:
         super().__init__(options, context)
@@ -224,22 +226,29 @@ class Channels(Handler[ChannelsOptions]):
         client.conn_info, client.meta = creds.get("info"), creds.get("meta")
         server_subs = self._server_channels(creds)
         self._opened.pop(conn, None)
-        if self.clients.add(client) and client.user:
-            await self.context.listen(f"user:{client.user}", self._signalled)
-        result: dict[str, Any] = {"client": client.id, "version": self.version,
-                                  "ping": round(self.options.ping_interval), "pong": True}
-        if client.expires_at is not None and not client.server_refresh:
-            result.update(expires=True, ttl=_ttl(client.expires_at))
-        if reply_data is not None:
-            result["data"] = reply_data
-        asked = params.get("subs")
-        wanted: dict[str, Any] = asked if isinstance(asked, dict) else {}
-        subs = {}
-        for channel, extra in server_subs.items():
-            position = wanted.get(channel)
-            recover: dict[str, Any] = position if isinstance(position, dict) else {}
-            subs[channel] = await self._join(client, channel, self.namespace(channel), {**recover, **extra},
-                                             server=True)
+        first = self.clients.add(client)
+        try:
+            if first and client.user:
+                await self.context.listen(f"user:{client.user}", self._signalled)
+            result: dict[str, Any] = {"client": client.id, "version": self.version,
+                                      "ping": round(self.options.ping_interval), "pong": True}
+            if client.expires_at is not None and not client.server_refresh:
+                result.update(expires=True, ttl=_ttl(client.expires_at))
+            if reply_data is not None:
+                result["data"] = reply_data
+            asked = params.get("subs")
+            wanted: dict[str, Any] = asked if isinstance(asked, dict) else {}
+            subs = {}
+            for channel, extra in server_subs.items():
+                position = wanted.get(channel)
+                recover: dict[str, Any] = position if isinstance(position, dict) else {}
+                subs[channel] = await self._join(client, channel, self.namespace(channel), {**recover, **extra},
+                                                 server=True)
+        except BaseException:
+            # Not connected after all: the client may try again.
+            await self._forget(conn)
+            self._opened[conn] = time.monotonic()
+            raise
         if subs:
             result["subs"] = subs
         return result
@@ -351,8 +360,9 @@ class Channels(Handler[ChannelsOptions]):
                 history=ns.history if recovering else 0, keep_for=ns.history_ttl)
             sub.epoch = recovery.epoch
             if ns.presence:
-                sub.present = await self.context.claim(channel, dumps(client.info(sub)),
-                                                       ttl=self.options.presence_ttl)
+                member = dumps(client.info(sub))
+                if await self.context.claim(channel, member, ttl=self.options.presence_ttl):
+                    sub.member = member
         except BaseException:
             client.subs.pop(channel, None)
             await self.context.unsubscribe(client.conn, channel)
@@ -389,8 +399,8 @@ class Channels(Handler[ChannelsOptions]):
 
     async def _leave(self, client: Client, sub: Sub) -> None:
         await self.context.unsubscribe(client.conn, sub.channel)
-        if sub.present:
-            await self.context.release(sub.channel, dumps(client.info(sub)))
+        if sub.member is not None:
+            await self.context.release(sub.channel, sub.member)
         if sub.namespace.join_leave:
             await self.context.publish(sub.channel, dumps({"push": {"channel": sub.channel,
                                                                     "leave": {"info": client.info(sub)}}}))
@@ -536,6 +546,10 @@ class Channels(Handler[ChannelsOptions]):
 
     async def on_disconnect(self, conn: Connection, code: int) -> None:
         self._opened.pop(conn, None)
+        await self._forget(conn)
+
+    async def _forget(self, conn: Connection) -> None:
+        """Leave every channel of the client of ``conn`` and forget it."""
         client = self.clients.remove(conn)
         if client is None:
             return

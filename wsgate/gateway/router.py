@@ -352,7 +352,8 @@ class Gateway:
         deadline = loop.time() + timeout
         reason = "service restart" if code == CloseCode.SERVICE_RESTART else "server shutting down"
         for session in list(self.sessions):
-            session.close(code, reason)
+            own = session.live.handler.shutdown_close  # a protocol's own (Centrifugo's 3001)
+            session.close(*(own or (code, reason)))
         # Keep the last second (a quarter of a short timeout) for the handlers and the broker.
         reserve = min(1.0, timeout / 4)
         stuck = []
