@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,10 +17,18 @@ Path = tuple[str | int, ...]
 
 
 def dotted(loc: Sequence[str | int]) -> str:
-    """``('endpoints', 1, 'options', 'history')`` -> ``endpoints[1].options.history``."""
+    """``('endpoints', 1, 'options', 'history')`` -> ``endpoints[1].options.history``.
+
+    A key that is not a plain name (empty, or with a dot or space) is quoted: ``namespaces[""]``.
+    """
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not part or not part.replace("_", "a").replace("-", "a").isalnum():
+            out += f"[{json.dumps(part)}]"
+        else:
+            out += f".{part}" if out else part
     return out
 
 
