@@ -56,6 +56,8 @@
  *               server down) give up at once instead of retrying: that is usually a mistake,
  *               not an outage
  *   resume      true: send since/epoch on reconnect (see below)
+ *   shouldReconnect  a function (code) => boolean that replaces the list below, for a
+ *               protocol with close codes of its own (Centrifugo: 3500-3999 and 4500-4999 are final)
  *   binaryType  "blob" (the WebSocket default) or "arraybuffer"
  *   WebSocket   the WebSocket class to use (default: the global one at connect time)
  *
@@ -330,7 +332,8 @@ class WsgateConnection extends EventTarget {
     // Only a socket that stayed open a while resets the backoff: a server that accepts
     // and closes at once (its broker down, say) must not be retried every few 100 ms.
     if (opened && performance.now() - this.#openedAt >= this.#options.healthyAfter) this.#backoff = 0;
-    const willReconnect = !this.#userClosed && this.#reconnect && shouldReconnect(code) &&
+    const retryable = this.#options.shouldReconnect ?? shouldReconnect;
+    const willReconnect = !this.#userClosed && this.#reconnect && retryable(code) &&
       (this.#everOpened || this.#options.retryFirst) && this.#failures < this.#options.maxRetries;
     if (willReconnect) this.#state = "reconnecting";
     else this.#setClosed();
