@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +44,6 @@ class ServerApi:
 
     def __init__(self, channels: Channels) -> None:
         self._ch = channels
-        self._started = time.monotonic()
         self._methods: dict[str, Method] = {
             "publish": self.publish, "broadcast": self.broadcast, "subscribe": self.subscribe,
             "unsubscribe": self.unsubscribe, "disconnect": self.disconnect, "refresh": self.refresh,
@@ -107,7 +104,11 @@ class ServerApi:
             raise error(107, "bad request: tags map strings to strings")
         offset = await self._ch.publish(channel, ns, params["data"], tags=tags,
                                         skip_history=params.get("skip_history") is True)
-        return {"offset": offset} if offset else {}
+        if not offset:
+            return {}
+        # The epoch costs a broker read; a backend needs it to hand a client a position.
+        stream = await self._ch.context.stream(channel, 0, keep_for=ns.history_ttl)
+        return {"offset": offset, "epoch": stream.epoch}
 
     async def broadcast(self, params: dict[str, Any]) -> dict[str, Any]:
         channels = params.get("channels")
@@ -179,21 +180,12 @@ class ServerApi:
     async def channels(self, params: dict[str, Any]) -> dict[str, Any]:
         pattern = params.get("pattern", "")
         if not isinstance(pattern, str):
-            raise error(107)
-        import fnmatch
-
-        counts = self._ch.clients.channels()
-        return {"channels": {name: {"num_clients": n} for name, n in counts.items()
-                             if not pattern or fnmatch.fnmatchcase(name, pattern)}}
+            raise error(107, "bad request: pattern is a string")
+        counts = await self._ch.nodes.channels(pattern)
+        return {"channels": {name: {"num_clients": n} for name, n in counts.items()}}
 
     async def info(self, params: dict[str, Any]) -> dict[str, Any]:
-        clients = list(self._ch.clients)
-        return {"nodes": [{
-            "uid": f"{os.uname().nodename}-{os.getpid()}", "name": os.uname().nodename, "version": self._ch.version,
-            "num_clients": len(clients), "num_users": len({c.user for c in clients}),
-            "num_subs": sum(len(c.subs) for c in clients), "num_channels": len(self._ch.clients.channels()),
-            "uptime": int(time.monotonic() - self._started),
-        }]}
+        return {"nodes": self._ch.nodes.all()}
 
     async def batch(self, params: dict[str, Any]) -> dict[str, Any]:
         commands = params.get("commands")

@@ -24,6 +24,7 @@ from wsgate import BrokerError, Connection, Handler, HttpAnswer, HttpCall, Ident
 from .api import ServerApi, carry_out
 from .clients import Client, Directory, Sub
 from .names import allowed_users, check_channel, namespace_of, user_limited
+from .nodes import Nodes
 from .options import ChannelsOptions, Namespace
 from .protocol import (
     BAD_REQUEST,
@@ -95,15 +96,23 @@ class Channels(Handler[ChannelsOptions]):
         self._opened: dict[Connection, float] = {}  # connections that sent no connect yet
         self._validators: dict[str, Any] = {}
         self._api = ServerApi(self)
+        self.nodes = Nodes(context, self.version, self._counts, self.clients.channels)
 
     # --- life -------------------------------------------------------------------------------
 
     async def startup(self) -> None:
+        await self.nodes.start()
         self.context.spawn(self._ping, "ping")
         self.context.spawn(self._sweep, "expiry")
 
     async def shutdown(self) -> None:
+        await self.nodes.stop()
         await self.proxy.close()
+
+    def _counts(self) -> dict[str, int]:
+        clients = list(self.clients)
+        return {"num_clients": len(clients), "num_users": len({c.user for c in clients}),
+                "num_subs": sum(len(c.subs) for c in clients), "num_channels": len(self.clients.channels())}
 
     async def on_http(self, call: HttpCall) -> HttpAnswer:
         return await self._api.answer(call)
