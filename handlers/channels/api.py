@@ -102,13 +102,12 @@ class ServerApi:
         tags = params.get("tags")
         if tags is not None and not (isinstance(tags, dict) and all(isinstance(v, str) for v in tags.values())):
             raise error(107, "bad request: tags map strings to strings")
-        offset = await self._ch.publish(channel, ns, params["data"], tags=tags,
-                                        skip_history=params.get("skip_history") is True)
+        offset = await self._ch.streams.publish(channel, ns, params["data"], tags=tags,
+                                                skip_history=params.get("skip_history") is True)
         if not offset:
             return {}
         # The epoch costs a broker read; a backend needs it to hand a client a position.
-        stream = await self._ch.context.stream(channel, 0, keep_for=ns.history_ttl)
-        return {"offset": offset, "epoch": stream.epoch}
+        return {"offset": offset, "epoch": await self._ch.streams.epoch(channel, ns)}
 
     async def broadcast(self, params: dict[str, Any]) -> dict[str, Any]:
         channels = params.get("channels")
@@ -159,7 +158,7 @@ class ServerApi:
         channel = self._channel(params)
         if not self._ch.namespace(channel).presence:
             raise error(108)
-        return {"presence": await self._ch.presence_of(channel)}
+        return {"presence": await self._ch.streams.presence(channel)}
 
     async def presence_stats(self, params: dict[str, Any]) -> dict[str, Any]:
         presence = (await self.presence(params))["presence"]
@@ -169,7 +168,7 @@ class ServerApi:
         channel = self._channel(params)
         if not self._ch.namespace(channel).history:
             raise error(108)
-        return await self._ch.history_of(channel, params)
+        return await self._ch.streams.history(channel, params)
 
     async def history_remove(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel(params)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +11,12 @@ from wsgate import Connection
 
 from .options import Namespace
 
-__all__ = ["Client", "Directory", "Sub"]
+__all__ = ["Client", "Directory", "Sub", "ttl"]
+
+
+def ttl(expires_at: float) -> int:
+    """Whole seconds until ``expires_at`` (unix time), at least 1, as replies give ``ttl``."""
+    return max(1, round(expires_at - time.time()))
 
 
 @dataclass(slots=True)

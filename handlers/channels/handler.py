@@ -19,10 +19,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import wsgate
-from wsgate import BrokerError, Connection, Handler, HttpAnswer, HttpCall, Identity, Message, TokenRejected
+from wsgate import BrokerError, Connection, Handler, HttpAnswer, HttpCall, Message
 
 from .api import ServerApi, carry_out
-from .clients import Client, Directory, Sub
+from .clients import Client, Directory, Sub, ttl
+from .credentials import Credentials, proxy_request
 from .names import allowed_users, check_channel, namespace_of, user_limited
 from .nodes import Nodes
 from .options import ChannelsOptions, Namespace
@@ -30,7 +31,6 @@ from .protocol import (
     BAD_REQUEST,
     COMMANDS,
     EXPIRED,
-    INVALID_TOKEN,
     NO_PONG,
     SHUTDOWN,
     STALE,
@@ -42,41 +42,13 @@ from .protocol import (
     error,
     parse_frame,
 )
-from .proxy import Proxy, ProxyEvent, ProxyReply
+from .proxy import Proxy
+from .streams import Streams
 
 __all__ = ["Channels"]
 
 STALE_AFTER = 10.0  # seconds a connection may stay open without sending connect
 REFRESH_GRACE = 60.0  # seconds more when the refresh proxy fails, as Centrifugo gives
-
-
-def _base(client: Client) -> dict[str, Any]:
-    """The fields every proxy request starts with."""
-    return {"client": client.id, "transport": "websocket", "protocol": "json", "encoding": "json",
-            "user": client.user}
-
-
-def _expiry(claims: Mapping[str, Any], identity_expiry: float | None) -> float | None:
-    """Centrifugo's ``expire_at`` claim overrides ``exp`` (0: never expires)."""
-    if "expire_at" in claims:
-        value = claims["expire_at"]
-        if type(value) is not int or value < 0:
-            raise ReplyError(107, "bad request: expire_at is a unix time in seconds")
-        return float(value) or None
-    return identity_expiry
-
-
-def _ttl(expires_at: float) -> int:
-    return max(1, round(expires_at - time.time()))
-
-
-def _answer(reply: ProxyReply) -> Mapping[str, Any]:
-    """The proxy's result; its error or disconnect raised as the client's."""
-    if reply.disconnect is not None:
-        raise Disconnect(reply.disconnect.code, reply.disconnect.reason)
-    if reply.error is not None:
-        raise ReplyError(reply.error.code, reply.error.message, reply.error.temporary)
-    return reply.result or {}
 
 
 class Channels(Handler[ChannelsOptions]):
@@ -92,9 +64,10 @@ class Channels(Handler[ChannelsOptions]):
         super().__init__(options, context)
         self.clients = Directory()
         self.proxy = Proxy(options.proxy, context.logger)
+        self.credentials = Credentials(options, context, self.proxy)
+        self.streams = Streams(context, self.namespace)
         self.version = f"wsgate {wsgate.__version__}"
         self._opened: dict[Connection, float] = {}  # connections that sent no connect yet
-        self._validators: dict[str, Any] = {}
         self._api = ServerApi(self)
         self.nodes = Nodes(context, self.version, self._counts, self.clients.channels)
 
@@ -180,59 +153,9 @@ class Channels(Handler[ChannelsOptions]):
 
     # --- connect and refresh ----------------------------------------------------------------
 
-    async def _identity(self, token: str) -> Identity:
-        auth = self.options.token_auth
-        if auth is None:
-            raise Disconnect(*INVALID_TOKEN)
-        try:
-            return await self.context.authenticate(auth, token)
-        except TokenRejected as exc:
-            if exc.reason == "expired":
-                raise error(109) from None
-            if exc.reason == "backend_error":
-                raise error(100) from None
-            self.context.logger.info("connection token refused: %s", exc.detail)
-            raise Disconnect(*INVALID_TOKEN) from None
-
     async def _connect(self, conn: Connection, params: dict[str, Any]) -> dict[str, Any]:
-        token, data = params.get("token", ""), params.get("data")
-        if not isinstance(token, str):
-            raise error(107)
         client = Client(conn, str(uuid.uuid4()), "")
-        creds: Mapping[str, Any]
-        reply_data = None
-        if token:
-            identity = await self._identity(token)
-            if "channel" in identity.claims:
-                raise Disconnect(*INVALID_TOKEN)  # a subscription token
-            client.user, creds = identity.user, identity.claims
-            client.expires_at = _expiry(creds, identity.expires_at)
-        elif self.proxy.enabled("connect"):
-            request = {**_base(client), "name": params.get("name", ""), "version": params.get("version", "")}
-            del request["user"]
-            if data is not None:
-                request["data"] = data
-            answer = await self.proxy.call("connect", request, conn.headers)
-            creds = _answer(answer)
-            if answer.result is None and not self.options.anonymous:
-                raise Disconnect(*BAD_REQUEST)  # the backend gave no credentials
-            user = creds.get("user", "")
-            if not isinstance(user, str):
-                raise error(100)
-            client.user = user
-            client.expires_at = _expiry(creds, None)
-            client.server_refresh = self.proxy.enabled("refresh")
-            reply_data = creds.get("data")
-        elif conn.user is not None:  # the handshake's own auth
-            client.user, creds = conn.user, conn.claims
-            client.expires_at = _expiry(creds, None)
-        elif self.options.anonymous:
-            creds = {}
-        else:
-            raise Disconnect(*BAD_REQUEST)  # no credentials
-        if client.expires_at is not None and client.expires_at <= time.time():
-            raise error(110)
-        client.conn_info, client.meta = creds.get("info"), creds.get("meta")
+        creds, reply_data = await self.credentials.connect(client, params)
         server_subs = self._server_channels(creds)
         self._opened.pop(conn, None)
         first = self.clients.add(client)
@@ -242,7 +165,7 @@ class Channels(Handler[ChannelsOptions]):
             result: dict[str, Any] = {"client": client.id, "version": self.version,
                                       "ping": round(self.options.ping_interval), "pong": True}
             if client.expires_at is not None and not client.server_refresh:
-                result.update(expires=True, ttl=_ttl(client.expires_at))
+                result.update(expires=True, ttl=ttl(client.expires_at))
             if reply_data is not None:
                 result["data"] = reply_data
             asked = params.get("subs")
@@ -279,31 +202,11 @@ class Channels(Handler[ChannelsOptions]):
         return found
 
     async def _refresh(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:
-        if client.server_refresh:
-            raise Disconnect(*BAD_REQUEST)  # the refresh proxy extends this connection, as in Centrifugo
-        token = params.get("token")
-        if not isinstance(token, str) or not token:
-            raise error(107)
-        try:
-            identity = await self._identity(token)
-        except ReplyError as exc:
-            if exc.code == 109:
-                raise Disconnect(*EXPIRED) from None
-            raise
-        if identity.user != client.user or "channel" in identity.claims:
-            raise Disconnect(*INVALID_TOKEN)
-        client.expires_at = _expiry(identity.claims, identity.expires_at)
-        if "info" in identity.claims:
-            client.conn_info = identity.claims["info"]
+        await self.credentials.refresh(client, params)
         result: dict[str, Any] = {"client": client.id, "version": self.version}
         if client.expires_at is not None:
-            if client.expires_at <= time.time():
-                raise error(110)
-            result.update(expires=True, ttl=_ttl(client.expires_at))
+            result.update(expires=True, ttl=ttl(client.expires_at))
         return result
-
-    async def _ask(self, event: ProxyEvent, request: dict[str, Any], conn: Connection) -> Mapping[str, Any]:
-        return _answer(await self.proxy.call(event, request, conn.headers))
 
     # --- subscriptions ----------------------------------------------------------------------
 
@@ -317,38 +220,15 @@ class Channels(Handler[ChannelsOptions]):
             raise error(107)
         grant: dict[str, Any] = {}
         if token:
-            grant = await self._sub_token(client, channel, token)
+            grant = await self.credentials.subscription_token(client, channel, token)
         elif not allowed_users(channel, client.user):
             raise error(103)
         elif user_limited(channel) is None:
             if ns.subscribe == "proxy":
-                request = {**_base(client), "channel": channel}
-                if "data" in params:
-                    request["data"] = params["data"]
-                answer = await self._ask("subscribe", request, client.conn)
-                grant = {"info": answer.get("info"), "data": answer.get("data"),
-                         "expire_at": _expiry(answer, None)}
+                grant = await self.credentials.subscribe_proxy(client, channel, params)
             elif ns.subscribe == "token" or (ns.subscribe == "authenticated" and not client.user):
                 raise error(103)
         return await self._join(client, channel, ns, {**params, **grant})
-
-    async def _sub_token(self, client: Client, channel: str, token: str) -> dict[str, Any]:
-        """What a subscription token grants; error 109 expired, 103 unverifiable, 3500 not this client's."""
-        auth = self.options.token_auth
-        if auth is None:
-            raise error(103)
-        try:
-            identity = await self.context.authenticate(auth, token)
-        except TokenRejected as exc:
-            if exc.reason == "expired":
-                raise error(109) from None
-            raise error(100 if exc.reason == "backend_error" else 103) from None
-        claims = identity.claims
-        if claims.get("channel") != channel or identity.user != client.user or \
-                claims.get("client", client.id) != client.id:
-            raise Disconnect(*INVALID_TOKEN)
-        return {"info": claims.get("info"), "data": claims.get("data"),
-                "expire_at": _expiry(claims, identity.expires_at)}
 
     async def _join(self, client: Client, channel: str, ns: Namespace, params: Mapping[str, Any], *,
                     server: bool = False) -> dict[str, Any]:
@@ -396,7 +276,7 @@ class Channels(Handler[ChannelsOptions]):
         elif "expire_at" in params and params.get("data") is not None:
             result["data"] = params["data"]  # from a token or the proxy, not the client's own
         if sub.expires_at is not None:
-            result.update(expires=True, ttl=_ttl(sub.expires_at))
+            result.update(expires=True, ttl=ttl(sub.expires_at))
         return result
 
     async def _unsubscribe(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:
@@ -420,13 +300,13 @@ class Channels(Handler[ChannelsOptions]):
         sub = client.subs.get(channel)
         if sub is None or not isinstance(token, str) or not token:
             raise error(107)
-        grant = await self._sub_token(client, channel, token)
+        grant = await self.credentials.subscription_token(client, channel, token)
         sub.expires_at = grant["expire_at"]
         if sub.expires_at is None:
             return {}
         if sub.expires_at <= time.time():
             raise error(110)
-        return {"expires": True, "ttl": _ttl(sub.expires_at)}
+        return {"expires": True, "ttl": ttl(sub.expires_at)}
 
     # --- publications, presence, history, rpc -----------------------------------------------
 
@@ -444,66 +324,22 @@ class Channels(Handler[ChannelsOptions]):
         data = params["data"]
         skip_history = False
         if ns.publish == "proxy":
-            answer = await self._ask("publish", {**_base(client), "channel": channel, "data": data}, client.conn)
+            answer = await self.credentials.ask("publish", {**proxy_request(client), "channel": channel, "data": data},
+                                                client.conn)
             data = answer.get("data", data)
             skip_history = answer.get("skip_history") is True
         else:
             self._may(ns.publish, client, channel)
-        self.check_schema(channel, ns, data)
+        self.streams.check_schema(channel, ns, data)
         sub = client.subs.get(channel)
-        await self.publish(channel, ns, data, info=client.info(sub), skip_history=skip_history)
+        await self.streams.publish(channel, ns, data, info=client.info(sub), skip_history=skip_history)
         return {}
 
-    def check_schema(self, channel: str, ns: Namespace, data: Any) -> None:
-        """Error 107 if the namespace has a schema that ``data`` does not match."""
-        if ns.schema_ is None:
-            return
-        name = namespace_of(channel)
-        validator = self._validators.get(name)
-        if validator is None:
-            from jsonschema import Draft202012Validator  # type: ignore[import-untyped]  # ships no hints
-
-            validator = self._validators[name] = Draft202012Validator(ns.schema_)
-        problem = next(iter(validator.iter_errors(data)), None)
-        if problem is not None:
-            where = "/".join(map(str, problem.absolute_path)) or "data"
-            raise error(107, f"bad request: {where}: {problem.message}"[:200])
-
-    async def publish(self, channel: str, ns: Namespace, data: Any, *, info: Mapping[str, Any] | None = None,
-                      tags: Mapping[str, str] | None = None, skip_history: bool = False) -> int:
-        """Publish to every subscriber on every instance; the offset given (0: none).
-
-        BrokerError when the broker did not take it; then nobody got it.
-        """
-        pub: dict[str, Any] = {"data": data}
-        if info:
-            pub["info"] = info
-        if tags:
-            pub["tags"] = tags
-        event = {"push": {"channel": channel, "pub": pub}}
-        if ns.history and not skip_history:
-            offset = await self.context.publish_numbered(channel, event, ns.history, ns.history_ttl,
-                                                         at="push.pub.offset", strict=True)
-            return offset or 0
-        await self.context.publish(channel, dumps(event))
-        return 0
-
-    async def presence_of(self, channel: str) -> dict[str, Any]:
-        """ClientInfo per client id of the channel's subscribers, on every instance."""
-        found = {}
-        for member in await self.context.members(channel):
-            info = json.loads(member)
-            found[info["client"]] = info
-        return found
-
     async def _presence(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:
-        channel = self._readable(client, params, "presence")
-        return {"presence": await self.presence_of(channel)}
+        return {"presence": await self.streams.presence(self._readable(client, params, "presence"))}
 
     async def _presence_stats(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:
-        channel = self._readable(client, params, "presence")
-        presence = await self.presence_of(channel)
-        return {"num_clients": len(presence), "num_users": len({i["user"] for i in presence.values()})}
+        return await self.streams.presence_stats(self._readable(client, params, "presence"))
 
     def _readable(self, client: Client, params: dict[str, Any], what: str) -> str:
         channel = check_channel(params.get("channel"), self.options.max_channel_length)
@@ -514,41 +350,15 @@ class Channels(Handler[ChannelsOptions]):
         return channel
 
     async def _history(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:
-        return await self.history_of(self._readable(client, params, "history"), params)
-
-    async def history_of(self, channel: str, params: Mapping[str, Any]) -> dict[str, Any]:
-        """The ``history`` result: ``limit`` (0: none, -1: all), ``since``, ``reverse``."""
-        ns = self.namespace(channel)
-        limit, since, reverse = params.get("limit", 0), params.get("since"), params.get("reverse", False)
-        if type(limit) is not int or limit < -1 or not isinstance(reverse, bool):
-            raise error(107)
-        stream = await self.context.stream(channel, ns.history, keep_for=ns.history_ttl)
-        epoch, top = stream.epoch, stream.latest
-        pubs = [m["push"]["pub"] for m in stream.messages]
-        if since is not None:
-            if not isinstance(since, dict) or type(since.get("offset", 0)) is not int:
-                raise error(107)
-            if since.get("epoch", "") not in ("", epoch):
-                raise error(112)
-            after = since.get("offset", 0)
-            pubs = [p for p in pubs if (p["offset"] < after if reverse else p["offset"] > after)]
-        if reverse:
-            pubs.reverse()
-        pubs = pubs if limit == -1 else pubs[:limit]
-        result: dict[str, Any] = {"epoch": epoch}
-        if top:
-            result["offset"] = top
-        if pubs:
-            result["publications"] = pubs
-        return result
+        return await self.streams.history(self._readable(client, params, "history"), params)
 
     async def _rpc(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:
         if not self.proxy.enabled("rpc"):
             raise error(104)
-        request = {**_base(client), "method": params.get("method", "")}
+        request = {**proxy_request(client), "method": params.get("method", "")}
         if "data" in params:
             request["data"] = params["data"]
-        answer = await self._ask("rpc", request, client.conn)
+        answer = await self.credentials.ask("rpc", request, client.conn)
         return {"data": answer["data"]} if "data" in answer else {}
 
     # --- the end of a connection ------------------------------------------------------------
@@ -609,20 +419,8 @@ class Channels(Handler[ChannelsOptions]):
                     await self.server_unsubscribe(client, sub.channel, 2501, "subscription expired")
 
     async def _refresh_by_proxy(self, client: Client) -> None:
-        """Ask the refresh proxy for more time; expired: 3005. A failed call gives REFRESH_GRACE more."""
-        request = _base(client)
-        if client.meta is not None:
-            request["meta"] = client.meta
-        reply = await self.proxy.call("refresh", request, client.conn.headers)
-        if reply.result is None:
-            return
-        expire_at = reply.result.get("expire_at")
-        if reply.result.get("expired") is True or (type(expire_at) is int and 0 < expire_at <= time.time()):
+        if not await self.credentials.refresh_by_proxy(client):
             await client.conn.close(*EXPIRED)
-            return
-        client.expires_at = float(expire_at) if type(expire_at) is int and expire_at > 0 else None
-        if "info" in reply.result:
-            client.conn_info = reply.result["info"]
 
     # --- server-side actions, by user on every instance -------------------------------------
 
