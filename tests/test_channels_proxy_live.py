@@ -74,8 +74,11 @@ class Backend:
         if act == "null":
             return web.json_response({"result": None})
         user = data.get("user", "proxied")
-        return web.json_response({"result": {"user": user, "data": {"welcome": user},
-                                             "info": {"via": "proxy"}, "channels": data.get("channels", [])}})
+        result = {"user": user, "data": {"welcome": user}, "info": {"via": "proxy"},
+                  "channels": data.get("channels", [])}
+        if act == "short":  # expires soon: the refresh proxy decides what then
+            result["expire_at"] = int(time.time()) + 2
+        return web.json_response({"result": result})
 
     async def subscribe(self, body: dict[str, Any]) -> web.StreamResponse:
         channel = body["channel"]
@@ -83,7 +86,10 @@ class Backend:
             return web.json_response({"error": {"code": 1001, "message": "no entry"}})
         if channel.startswith("px:drop"):
             return web.json_response({"disconnect": {"code": 4502, "reason": "dropped"}})
-        return web.json_response({"result": {"data": {"granted": channel}, "info": {"seat": 7}}})
+        result: dict[str, Any] = {"data": {"granted": channel}, "info": {"seat": 7}}
+        if channel.startswith("px:short"):  # expires soon: the sub_refresh proxy decides what then
+            result["expire_at"] = int(time.time()) + 2
+        return web.json_response({"result": result})
 
     async def publish(self, body: dict[str, Any]) -> web.StreamResponse:
         data = body.get("data")
@@ -102,10 +108,14 @@ class Backend:
         return web.json_response({"result": {"data": {"echo": body.get("data"), "user": body.get("user")}}})
 
     async def refresh(self, body: dict[str, Any]) -> web.StreamResponse:
+        if body.get("user") == "ends":
+            return web.json_response({"result": {"expired": True}})
         return web.json_response({"result": {"expire_at": int(time.time()) + 60}})
 
     async def sub_refresh(self, body: dict[str, Any]) -> web.StreamResponse:
-        return web.json_response({"result": {"expire_at": int(time.time()) + 60}})
+        if body.get("channel", "").startswith("px:short-end"):
+            return web.json_response({"result": {"expired": True}})
+        return web.json_response({"result": {"expire_at": int(time.time()) + 60, "info": {"seat": 8}}})
 
     def requests(self, event: str, client: str | None = None) -> list[Seen]:
         return [s for s in list(self.seen) if s.event == event and (client is None or s.body.get("client") == client)]
@@ -379,3 +389,36 @@ async def test_rpc_answers_data_and_errors(server: WsgateProcess, backend: Backe
         assert seen[0].body == {"client": result["client"], **BASE, "user": "fay", "method": "echo",
                                 "data": {"q": [1, 2]}}, seen[0].body
         assert seen[0].headers.get("Cookie") == COOKIE
+
+
+# --- refresh and sub_refresh: the backend extends what it granted -----------------------------
+
+async def test_the_refresh_proxy_extends_or_ends_a_proxied_connection(server: WsgateProcess,
+                                                                      backend: Backend) -> None:
+    async with connected(server, act="short", user="stays") as (stays, granted), \
+            connected(server, act="short", user="ends") as (ends, _):
+        assert "expires" not in granted, granted  # the server refreshes it, not the client
+        assert await ends.closed(within=WAIT + 3) == (3005, "connection expired")
+        reply = await stays.call("subscribe", {"channel": "after-" + uuid.uuid4().hex[:6]})
+        assert "subscribe" in reply, reply  # still connected past its first expiry
+        [seen] = backend.requests("refresh", granted["client"])
+        assert seen.body == {"client": granted["client"], **BASE, "user": "stays"}, seen.body
+
+
+async def test_the_sub_refresh_proxy_extends_or_ends_a_subscription(server: WsgateProcess,
+                                                                    backend: Backend) -> None:
+    stay, end = "px:short-stay-" + uuid.uuid4().hex[:6], "px:short-end-" + uuid.uuid4().hex[:6]
+    async with connected(server, user="dave") as (c, result):
+        for channel in (stay, end):
+            reply = await c.call("subscribe", {"channel": channel})
+            assert "expires" not in reply["subscribe"], reply
+        async with asyncio.timeout(WAIT + 3):
+            while True:
+                msg = await c.queue.get()
+                assert msg is not None, f"closed by the server: {c.close}"
+                if "unsubscribe" in msg.get("push", {}):
+                    break
+        assert msg["push"] == {"channel": end, "unsubscribe": {"code": 2501, "reason": "subscription expired"}}
+        await api_publish(server, stay, "still here")
+        assert (await c.pub(stay))["data"] == "still here"
+        assert {s.body["channel"] for s in backend.requests("sub_refresh", result["client"])} == {stay, end}

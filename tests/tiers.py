@@ -36,6 +36,8 @@ SLOW_TESTS = frozenset({
     "test_channels_input.py::test_a_connection_that_never_sends_connect_is_closed_3502",
     "test_channels_input.py::test_a_refreshed_connection_is_not_closed",
     "test_channels_input.py::test_an_expired_connection_is_closed_3005",
+    "test_channels_proxy_live.py::test_the_refresh_proxy_extends_or_ends_a_proxied_connection",
+    "test_channels_proxy_live.py::test_the_sub_refresh_proxy_extends_or_ends_a_subscription",
     "test_channels_scaleout.py::test_cluster_disconnect_by_user_reaches_every_instance",
     "test_channels_scaleout.py::test_cluster_publications_reach_both_instances_in_one_order",
     "test_channels_scaleout.py::test_redis_centrifuge_python_recovers_by_itself_across_a_gateway_restart",

@@ -29,6 +29,7 @@ class Sub:
     expires_at: float | None = None
     epoch: str = ""
     member: str | None = None  # the presence member held, as claimed (info may change since)
+    server_refresh: bool = False  # expiry is extended by the sub_refresh proxy, not by the client
 
 
 @dataclass(slots=True, eq=False)

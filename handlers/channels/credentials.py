@@ -9,12 +9,14 @@ from typing import Any
 
 from wsgate import Connection, Context, Identity, TokenRejected
 
-from .clients import Client
+from .clients import Client, Sub
 from .options import ChannelsOptions
 from .protocol import BAD_REQUEST, EXPIRED, INVALID_TOKEN, Disconnect, ReplyError, error
 from .proxy import Proxy, ProxyEvent, ProxyReply
 
 __all__ = ["Credentials", "expiry", "proxy_request"]
+
+_NONE = object()  # an answer without "info"
 
 
 def proxy_request(client: Client) -> dict[str, Any]:
@@ -133,19 +135,40 @@ class Credentials:
 
     async def refresh_by_proxy(self, client: Client) -> bool:
         """Ask the refresh proxy for more time; False: expired. A failed call changes nothing."""
-        request = proxy_request(client)
+        extended = await self._extend("refresh", proxy_request(client), client)
+        if extended is None:
+            return True
+        alive, client.expires_at, info = extended
+        if info is not _NONE:
+            client.conn_info = info
+        return alive
+
+    async def sub_refresh_by_proxy(self, client: Client, sub: Sub) -> bool:
+        """Ask the sub_refresh proxy for more time for ``sub``; False: expired."""
+        extended = await self._extend("sub_refresh", {**proxy_request(client), "channel": sub.channel}, client)
+        if extended is None:
+            return True
+        alive, sub.expires_at, info = extended
+        if info is not _NONE:
+            sub.chan_info = info
+        return alive
+
+    async def _extend(self, event: ProxyEvent, request: dict[str, Any],
+                      client: Client) -> tuple[bool, float | None, Any] | None:
+        """The refresh proxies' answer: None when the call failed (nothing changes), else
+        whether it is still alive, its new expiry, and its info (``_NONE`` when not given)."""
         if client.meta is not None:
             request["meta"] = client.meta
-        reply = await self.proxy.call("refresh", request, client.conn.headers)
+        reply = await self.proxy.call(event, request, client.conn.headers)
+        if reply.error is not None or reply.disconnect is not None:
+            return None  # as Centrifugo: a failed call gives time, not an end
         if reply.result is None:
-            return True
+            return False, None, _NONE
         expire_at = reply.result.get("expire_at")
         if reply.result.get("expired") is True or (type(expire_at) is int and 0 < expire_at <= time.time()):
-            return False
-        client.expires_at = float(expire_at) if type(expire_at) is int and expire_at > 0 else None
-        if "info" in reply.result:
-            client.conn_info = reply.result["info"]
-        return True
+            return False, None, _NONE
+        return True, float(expire_at) if type(expire_at) is int and expire_at > 0 else None, \
+            reply.result.get("info", _NONE)
 
     async def subscription_token(self, client: Client, channel: str, token: str) -> dict[str, Any]:
         """What a subscription token grants; error 109 expired, 103 unverifiable, 3500 not this client's."""

@@ -174,7 +174,7 @@ class Channels(Handler[ChannelsOptions]):
             for channel, extra in server_subs.items():
                 position = wanted.get(channel)
                 recover: dict[str, Any] = position if isinstance(position, dict) else {}
-                subs[channel] = await self._join(client, channel, self.namespace(channel), {**recover, **extra},
+                subs[channel] = await self._join(client, channel, self.namespace(channel), recover, extra,
                                                  server=True)
         except BaseException:
             # Not connected after all: the client may try again.
@@ -226,13 +226,19 @@ class Channels(Handler[ChannelsOptions]):
         elif user_limited(channel) is None:
             if ns.subscribe == "proxy":
                 grant = await self.credentials.subscribe_proxy(client, channel, params)
+                grant["server_refresh"] = self.proxy.enabled("sub_refresh")
             elif ns.subscribe == "token" or (ns.subscribe == "authenticated" and not client.user):
                 raise error(103)
-        return await self._join(client, channel, ns, {**params, **grant})
+        return await self._join(client, channel, ns, params, grant)
 
-    async def _join(self, client: Client, channel: str, ns: Namespace, params: Mapping[str, Any], *,
-                    server: bool = False) -> dict[str, Any]:
-        """Subscribe ``client``: recovery, presence, join; the subscribe result."""
+    async def _join(self, client: Client, channel: str, ns: Namespace, params: Mapping[str, Any],
+                    grant: Mapping[str, Any], *, server: bool = False) -> dict[str, Any]:
+        """Subscribe ``client``: recovery, presence, join; the subscribe result.
+
+        ``params`` are the client's (``recover``, ``offset``, ``epoch``, ``recoverable``,
+        ``positioned``); ``grant`` is what a token, the proxy or the server gave (``info``,
+        ``data``, ``expire_at``, ``server_refresh``), never what the client says of itself.
+        """
         if len(client.subs) >= self.options.max_subscriptions:
             raise error(106)
         offset, epoch = params.get("offset", 0), params.get("epoch", "")
@@ -241,7 +247,8 @@ class Channels(Handler[ChannelsOptions]):
         recoverable = ns.history > 0 and (ns.force_recovery or server or (
             ns.allow_recovery and bool(params.get("recoverable") or params.get("recover"))))
         recovering = recoverable and bool(params.get("recover"))
-        sub = Sub(channel, ns, params.get("info"), params.get("expire_at"))
+        sub = Sub(channel, ns, grant.get("info"), grant.get("expire_at"),
+                  server_refresh=bool(grant.get("server_refresh")))
         client.subs[channel] = sub  # taken now: a second subscribe meanwhile is a duplicate
         try:
             recovery = await self.context.subscribe(
@@ -271,11 +278,9 @@ class Channels(Handler[ChannelsOptions]):
             result["recovered"] = recovery.recovered
             if recovery.recovered and recovery.messages:
                 result["publications"] = [m["push"]["pub"] for m in recovery.messages]
-        if params.get("data") is not None and server:
-            result["data"] = params["data"]
-        elif "expire_at" in params and params.get("data") is not None:
-            result["data"] = params["data"]  # from a token or the proxy, not the client's own
-        if sub.expires_at is not None:
+        if grant.get("data") is not None:
+            result["data"] = grant["data"]
+        if sub.expires_at is not None and not sub.server_refresh:
             result.update(expires=True, ttl=ttl(sub.expires_at))
         return result
 
@@ -414,13 +419,21 @@ class Channels(Handler[ChannelsOptions]):
                 elif client.expires_at is not None and now >= client.expires_at + delay:
                     await client.conn.close(*EXPIRED)
                     continue
-                lapsed = [s for s in client.subs.values() if s.expires_at is not None and now >= s.expires_at + delay]
-                for sub in lapsed:
-                    await self.server_unsubscribe(client, sub.channel, 2501, "subscription expired")
+                for sub in list(client.subs.values()):
+                    if sub.expires_at is not None and sub.server_refresh and now >= sub.expires_at:
+                        self.context.spawn(functools.partial(self._sub_refresh_by_proxy, client, sub),
+                                           f"sub_refresh {client.id} {sub.channel}")
+                        sub.expires_at = now + REFRESH_GRACE
+                    elif sub.expires_at is not None and now >= sub.expires_at + delay:
+                        await self.server_unsubscribe(client, sub.channel, 2501, "subscription expired")
 
     async def _refresh_by_proxy(self, client: Client) -> None:
         if not await self.credentials.refresh_by_proxy(client):
             await client.conn.close(*EXPIRED)
+
+    async def _sub_refresh_by_proxy(self, client: Client, sub: Sub) -> None:
+        if not await self.credentials.sub_refresh_by_proxy(client, sub):
+            await self.server_unsubscribe(client, sub.channel, 2501, "subscription expired")
 
     # --- server-side actions, by user on every instance -------------------------------------
 
@@ -436,7 +449,8 @@ class Channels(Handler[ChannelsOptions]):
             return
         async with self.context.preamble(client.conn):
             try:
-                result = await self._join(client, channel, self.namespace(channel), extra, server=True)
+                position = {k: extra[k] for k in ("recover", "offset", "epoch") if k in extra}
+                result = await self._join(client, channel, self.namespace(channel), position, extra, server=True)
             except ReplyError as exc:
                 self.context.logger.warning("server subscribe of %s to %s: %s", client.id, channel, exc)
                 return
