@@ -25,6 +25,21 @@
  *          arrived for --quiet S, sends one text message on connection 0 and
  *          times until all N connections (the sender included) received a
  *          text frame. The endpoint must broadcast each message to everyone.
+ *   sub    --conns N: N receivers and no sender; once all are ready and quiet
+ *          (as bcast), prints {"ready":true} on stdout and counts deliveries
+ *          for --warmup + --duration while another process publishes. Reports
+ *          deliveries/s and the server's CPU in the window.
+ *
+ * Protocols on top of WebSocket (e.g. the Centrifugo JSON protocol):
+ *   --init TEXT (repeatable) text frames each connection sends after the 101;
+ *   --init-replies R         text frames it must receive before it counts as
+ *                            open (idle/many: open; echo/bcast/sub: ready);
+ *   --message TEXT           the frame echo/bcast/many send, instead of --size
+ *                            bytes;
+ *   --match TEXT             a delivery is each occurrence of TEXT in a text
+ *                            frame (a frame may carry several, newline-separated);
+ *   --fail-on TEXT           any text frame containing TEXT is a fatal error.
+ *   {i} in these is replaced by the connection index.
  *
  * --sources K binds connection i to the source address 127.0.0.(1 + i % K)
  * before connecting (the port is chosen at connect, IP_BIND_ADDRESS_NO_PORT), so
@@ -67,7 +82,7 @@
 #endif
 #define MAX_BCASTS 64
 
-enum { MODE_ECHO, MODE_BCAST, MODE_IDLE, MODE_MANY };
+enum { MODE_ECHO, MODE_BCAST, MODE_IDLE, MODE_MANY, MODE_SUB };
 enum { ST_CONNECTING, ST_HANDSHAKE, ST_OPEN, ST_CLOSED };
 enum { PH_SETUP, PH_SETTLE, PH_RUN, PH_PAUSE, PH_IDLE, PH_BQUIET, PH_BRUN, PH_DONE };
 
@@ -84,6 +99,9 @@ typedef struct {
     unsigned q_head, q_len;
     uint64_t count; /* echo: replies; bcast: counted deliveries */
     int frag_op, frag_match;
+    int init_left;      /* --init-replies still awaited */
+    unsigned char *msg; /* this connection's --message frame, when it has one */
+    size_t msg_len;
 } conn_t;
 
 static struct {
@@ -107,6 +125,12 @@ static struct {
     int sources;
     double idle;
     int broadcasts;
+    const char *init[8];
+    int n_init;
+    int init_replies;
+    const char *message;
+    const char *match;
+    const char *fail_on;
 } opt = {
     .mode = MODE_ECHO,
     .host = "127.0.0.1",
@@ -139,7 +163,7 @@ static int nreceivers;   /* bcast */
 static conn_t *sender;   /* bcast */
 static int phase = PH_SETUP;
 static int target;       /* connections to initiate so far */
-static int initiated, n_open, n_closed;
+static int initiated, n_open, n_closed, n_ready;
 static uint64_t last_rx_ns;
 static struct sockaddr_in addr, addr2;
 #define MAX_EXTRA 8
@@ -315,6 +339,42 @@ static size_t build_frame(unsigned char *out, int opcode, const unsigned char *p
     return h + len;
 }
 
+/* a masked text frame of `tmpl` with {i} replaced by idx; *len set; malloc'd */
+static unsigned char *template_frame(const char *tmpl, int idx, size_t *len) {
+    size_t cap = strlen(tmpl) + 64;
+    for (const char *p = tmpl; (p = strstr(p, "{i}")); p += 3) cap += 16;
+    char *text = malloc(cap);
+    size_t o = 0;
+    for (const char *p = tmpl; *p; p++) {
+        if (p[0] == '{' && p[1] == 'i' && p[2] == '}') {
+            o += (size_t)snprintf(text + o, cap - o, "%d", idx);
+            p += 2;
+        } else {
+            text[o++] = *p;
+        }
+    }
+    unsigned char *frame = malloc(o + 14);
+    if (!text || !frame) fatal("out of memory");
+    *len = build_frame(frame, 0x1, (const unsigned char *)text, o);
+    free(text);
+    return frame;
+}
+
+static int count_hits(const unsigned char *p, size_t len, const char *needle) {
+    size_t nl = strlen(needle);
+    int hits = 0;
+    const unsigned char *s = p, *end = p + len;
+    while (s < end) {
+        const unsigned char *k = memmem(s, (size_t)(end - s), needle, nl);
+        if (!k) break;
+        hits++;
+        s = k + nl;
+    }
+    return hits;
+}
+
+static void connect_more(void);
+
 static void ep_set(conn_t *c, int want_out) {
     if (c->state == ST_CLOSED || c->epout == want_out) return;
     struct epoll_event ev = {.events = EPOLLIN | (want_out ? EPOLLOUT : 0), .data.ptr = c};
@@ -402,7 +462,10 @@ static void lat_add(double us) {
 }
 
 static void echo_send(conn_t *c, uint64_t now) {
-    conn_queue(c, msg_frame, msg_frame_len);
+    if (c->msg)
+        conn_queue(c, c->msg, c->msg_len);
+    else
+        conn_queue(c, msg_frame, msg_frame_len);
     if (c->q_len < MAX_INFLIGHT) {
         c->sent_ts[(c->q_head + c->q_len) % MAX_INFLIGHT] = now;
         c->q_len++;
@@ -414,7 +477,10 @@ static void bcast_pump(uint64_t now) {
     int any = 0;
     while (sent < completed + (uint64_t)opt.inflight && now < t_end) {
         bc_send_ts[sent % RING] = now;
-        conn_queue(sender, msg_frame, msg_frame_len);
+        if (sender->msg)
+            conn_queue(sender, sender->msg, sender->msg_len);
+        else
+            conn_queue(sender, msg_frame, msg_frame_len);
         sent++;
         any = 1;
     }
@@ -422,6 +488,17 @@ static void bcast_pump(uint64_t now) {
 }
 
 static void on_message(conn_t *c, int opcode, int matched, uint64_t now) {
+    if (c->init_left > 0) {
+        if (opcode == 1 && --c->init_left == 0) {
+            n_ready++;
+            if (opt.mode == MODE_IDLE || opt.mode == MODE_MANY) connect_more();
+        }
+        return;
+    }
+    if (opt.mode == MODE_SUB) {
+        if (phase == PH_RUN && opcode == 1) total_rx += (uint64_t)matched;
+        return;
+    }
     if (opt.mode == MODE_MANY) {
         (void)matched;
         if (phase != PH_BRUN || opcode != 1) return;
@@ -448,22 +525,24 @@ static void on_message(conn_t *c, int opcode, int matched, uint64_t now) {
         }
         if (now < t_end) echo_send(c, now);
     } else if (opt.mode == MODE_BCAST) {
-        if (c == sender || !matched) return;
-        uint64_t idx = c->count;
-        if (idx >= sent) {
-            stray++;
-            return;
-        }
-        c->count++;
-        total_rx++;
-        if (++reached[idx % RING] >= (uint32_t)nreceivers) {
-            while (completed < sent && reached[completed % RING] >= (uint32_t)nreceivers) {
-                reached[completed % RING] = 0;
-                if (now >= t_start && now < t_end)
-                    lat_add((double)(now - bc_send_ts[completed % RING]) / 1000.0);
-                completed++;
+        if (c == sender) return;
+        for (; matched > 0; matched--) {
+            uint64_t idx = c->count;
+            if (idx >= sent) {
+                stray++;
+                return;
             }
-            bcast_pump(now);
+            c->count++;
+            total_rx++;
+            if (++reached[idx % RING] >= (uint32_t)nreceivers) {
+                while (completed < sent && reached[completed % RING] >= (uint32_t)nreceivers) {
+                    reached[completed % RING] = 0;
+                    if (now >= t_start && now < t_end)
+                        lat_add((double)(now - bc_send_ts[completed % RING]) / 1000.0);
+                    completed++;
+                }
+                bcast_pump(now);
+            }
         }
     }
 }
@@ -489,8 +568,20 @@ static void handle_frame(conn_t *c, int fin, int op, const unsigned char *pl, si
             c->frag_op = op;
             c->frag_match = 0;
         }
-        if (opt.json_type && !c->frag_match && c->frag_op == 1) c->frag_match = json_type_match(pl, len);
-        if (fin) on_message(c, c->frag_op, opt.json_type ? c->frag_match : 1, now);
+        if (c->frag_op == 1 && opt.fail_on && memmem(pl, len, opt.fail_on, strlen(opt.fail_on))) {
+            char text[161];
+            size_t tl = len < 160 ? len : 160;
+            memcpy(text, pl, tl);
+            text[tl] = 0;
+            fatal("connection %d got %s", c->idx, text);
+        }
+        if (opt.match) {
+            /* a needle split over two fragments is not counted: frames here are small */
+            if (c->frag_op == 1) c->frag_match += count_hits(pl, len, opt.match);
+        } else if (opt.json_type && !c->frag_match && c->frag_op == 1) {
+            c->frag_match = json_type_match(pl, len);
+        }
+        if (fin) on_message(c, c->frag_op, (opt.json_type || opt.match) ? c->frag_match : 1, now);
         break;
     default:
         conn_close(c, "bad opcode");
@@ -657,14 +748,21 @@ static void on_connected(conn_t *c) {
 }
 
 static void connect_more(void) {
-    while (initiated < target && initiated - n_open < opt.max_pending) {
+    while (initiated < target && initiated - n_ready < opt.max_pending) {
         start_connect(&conns[initiated]);
         initiated++;
     }
 }
 
 static void on_open(conn_t *c) {
-    (void)c;
+    for (int i = 0; i < opt.n_init; i++) {
+        size_t len;
+        unsigned char *frame = template_frame(opt.init[i], c->idx, &len);
+        conn_queue(c, frame, len);
+        free(frame);
+    }
+    c->init_left = opt.init_replies;
+    if (c->init_left == 0) n_ready++;
     connect_more();
 }
 
@@ -701,7 +799,7 @@ static void start_run(uint64_t now) {
             for (int k = 0; k < opt.inflight; k++) echo_send(c, now);
             conn_flush(c);
         }
-    } else {
+    } else if (opt.mode == MODE_BCAST) {
         for (int i = 0; i < nconns; i++) conns[i].count = 0;
         bcast_pump(now);
     }
@@ -746,7 +844,10 @@ static void step_many(uint64_t now) {
         bc_got = 0;
         t_bsend = now_ns();
         phase = PH_BRUN;
-        conn_queue(&conns[0], msg_frame, msg_frame_len);
+        if (conns[0].msg)
+            conn_queue(&conns[0], conns[0].msg, conns[0].msg_len);
+        else
+            conn_queue(&conns[0], msg_frame, msg_frame_len);
         conn_flush(&conns[0]);
         return;
     }
@@ -766,9 +867,9 @@ static int step(uint64_t now) {
     switch (phase) {
     case PH_SETUP:
         if (now - t_setup_start > (uint64_t)(opt.timeout * 1e9))
-            fatal("timeout: %d of %d connections open after %.1fs", n_open, nconns, opt.timeout);
+            fatal("timeout: %d of %d connections open (%d ready) after %.1fs", n_open, nconns, n_ready, opt.timeout);
         if (opt.mode == MODE_IDLE || opt.mode == MODE_MANY) {
-            if (n_open == target) {
+            if (n_ready == target) {
                 open_elapsed_ns += now - seg_start_ns;
                 if (target < nconns) {
                     phase = PH_PAUSE;
@@ -781,9 +882,9 @@ static int step(uint64_t now) {
             }
             break;
         }
-        if (n_open == nconns) {
+        if (n_ready == nconns) {
             t_all_open = now;
-            if (opt.mode == MODE_BCAST) {
+            if (opt.mode == MODE_BCAST || opt.mode == MODE_SUB) {
                 phase = PH_SETTLE;
                 if (last_rx_ns < now) last_rx_ns = now;
             } else {
@@ -829,10 +930,18 @@ static int step(uint64_t now) {
         uint64_t quiet_at = last_rx_ns + (uint64_t)(opt.quiet * 1e9);
         if (now >= quiet_at) {
             t_settled = now;
+            if (opt.mode == MODE_SUB) {
+                printf("{\"ready\":true}\n");
+                fflush(stdout);
+            }
             start_run(now);
         } else if (now - t_all_open > (uint64_t)(opt.settle_max * 1e9)) {
             settle_timed_out = 1;
             t_settled = now;
+            if (opt.mode == MODE_SUB) {
+                printf("{\"ready\":true}\n");
+                fflush(stdout);
+            }
             start_run(now);
         } else if (quiet_at < next) {
             next = quiet_at;
@@ -947,13 +1056,18 @@ static void report(void) {
     for (size_t i = 0; i < lat_n; i++) mean += lat[i];
     mean = lat_n ? mean / (double)lat_n : -1;
     qsort(lat, lat_n, sizeof *lat, cmp_double);
-    printf("{\"mode\":\"%s\",\"conns\":%d,\"inflight\":%d,\"size\":%d,", opt.mode == MODE_ECHO ? "echo" : "bcast",
-           opt.mode == MODE_ECHO ? nconns : nreceivers, opt.inflight, opt.size);
+    printf("{\"mode\":\"%s\",\"conns\":%d,\"inflight\":%d,\"size\":%d,",
+           opt.mode == MODE_ECHO ? "echo" : opt.mode == MODE_SUB ? "sub" : "bcast",
+           opt.mode == MODE_BCAST ? nreceivers : nconns, opt.inflight, opt.size);
     put_num("connect_s", (double)(t_all_open - t_setup_start) / 1e9, 0);
     put_num("window_s", window, 0);
     if (opt.mode == MODE_ECHO) {
         printf("\"messages\":%llu,", (unsigned long long)rx);
         put_num("msg_per_s", (double)rx / window, 0);
+    } else if (opt.mode == MODE_SUB) {
+        put_num("settle_s", (double)(t_settled - t_all_open) / 1e9, 0);
+        printf("\"deliveries\":%llu,", (unsigned long long)rx);
+        put_num("deliveries_per_s", (double)rx / window, 0);
     } else {
         uint64_t done = completed_at_end - completed_at_start;
         put_num("settle_s", (double)(t_settled - t_all_open) / 1e9, 0);
@@ -987,11 +1101,12 @@ static void report(void) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: loadgen --mode echo|bcast|idle|many --port P [--port2 P2] [--host 127.0.0.1] [--path /ws]\n"
+            "usage: loadgen --mode echo|bcast|idle|many|sub --port P [--port2 P2] [--host 127.0.0.1] [--path /ws]\n"
             "  [--sender-path P] [--conns N] [--inflight K] [--size BYTES] [--warmup S]\n"
             "  [--duration S] [--server-pid PID] [--extra-pid PID]... [--json-type T] [--quiet S] [--settle-max S]\n"
             "  [--rss-at M] [--rss-settle S] [--max-pending P] [--timeout S]\n"
             "  [--sources K] [--idle S] [--broadcasts B]\n"
+            "  [--init TEXT]... [--init-replies R] [--message TEXT] [--match TEXT] [--fail-on TEXT]\n"
             "  paths may contain {i}, replaced by the connection index;\n"
             "  with --port2, odd-index connections (not the bcast sender) use P2\n");
     exit(64);
@@ -1011,6 +1126,9 @@ int main(int argc, char **argv) {
         {"port2", required_argument, 0, 'o'},      {"extra-pid", required_argument, 0, 'e'},
         {"sources", required_argument, 0, 'K'},    {"idle", required_argument, 0, 'I'},
         {"broadcasts", required_argument, 0, 'B'},
+        {"init", required_argument, 0, 'i'},       {"init-replies", required_argument, 0, 'y'},
+        {"message", required_argument, 0, 'M'},    {"match", required_argument, 0, 'X'},
+        {"fail-on", required_argument, 0, 'F'},
         {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -1024,6 +1142,8 @@ int main(int argc, char **argv) {
                 opt.mode = MODE_IDLE;
             else if (strcmp(optarg, "many") == 0)
                 opt.mode = MODE_MANY;
+            else if (strcmp(optarg, "sub") == 0)
+                opt.mode = MODE_SUB;
             else
                 usage();
             break;
@@ -1048,6 +1168,14 @@ int main(int argc, char **argv) {
         case 'K': opt.sources = atoi(optarg); break;
         case 'I': opt.idle = atof(optarg); break;
         case 'B': opt.broadcasts = atoi(optarg); break;
+        case 'i':
+            if (opt.n_init == 8) usage();
+            opt.init[opt.n_init++] = optarg;
+            break;
+        case 'y': opt.init_replies = atoi(optarg); break;
+        case 'M': opt.message = optarg; break;
+        case 'X': opt.match = optarg; break;
+        case 'F': opt.fail_on = optarg; break;
         case 'e':
             if (n_extra == MAX_EXTRA) usage();
             extra_pids[n_extra++] = atoi(optarg);
@@ -1057,7 +1185,7 @@ int main(int argc, char **argv) {
     }
     if (opt.port <= 0 || opt.conns <= 0 || opt.inflight <= 0 || opt.inflight > MAX_INFLIGHT || opt.size < 0 ||
         opt.max_pending <= 0 || opt.sources < 0 || opt.sources > 254 || opt.broadcasts < 0 ||
-        opt.broadcasts > MAX_BCASTS)
+        opt.broadcasts > MAX_BCASTS || opt.init_replies < 0)
         usage();
 
     signal(SIGPIPE, SIG_IGN);
@@ -1091,6 +1219,7 @@ int main(int argc, char **argv) {
         conns[i].idx = i;
         conns[i].fd = -1;
         if (opt.mode == MODE_ECHO) conns[i].sent_ts = calloc(MAX_INFLIGHT, sizeof(uint64_t));
+        if (opt.message) conns[i].msg = template_frame(opt.message, i, &conns[i].msg_len);
     }
     if (opt.mode == MODE_BCAST) sender = &conns[nconns - 1];
 

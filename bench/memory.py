@@ -1,6 +1,6 @@
 """What one idle connection costs wsgate, allocation by allocation.
 
-    python -m bench.memory [--conns 10000] [--warm 1000] [--path /fanout] [--top 25] [--json F]
+    python -m bench.memory [--conns 10000] [--warm 1000] [--path /fanout] [--channels] [--top 25] [--json F]
 
 Runs a wsgate (bench/wsgate-bench.yaml) in this process with ``tracemalloc`` on, opens
 ``--warm`` connections with the C load generator (so that one-time costs, imports
@@ -16,7 +16,9 @@ generator, takes another, and divides the difference by ``--conns``:
   both ends of each loopback connection: the client's socket is as big as the server's.
 
 The figures are per connection, for connections that completed the handshake and sit
-idle, pinged every 20 s.
+idle, pinged every 20 s. With ``--channels`` the connections go to the ``channels``
+endpoint instead, and each sends ``connect`` and subscribes to a channel of its own and
+to one all share (the ``channels`` scenario's memory case).
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ COMPONENTS: tuple[tuple[str, str], ...] = (
     ("wsgate/policy/keepalive.py", "wsgate Session (+ CloseHandshake, KeepAlive)"),
     ("wsgate/gateway/timers.py", "wsgate heartbeat timer wheel"),
     ("wsgate/connection.py", "wsgate Connection"),
+    ("wsgate/gateway/hub.py", "wsgate hub (topics, subscribers)"),
+    ("handlers/channels/", "channels handler (Client, Sub, directory)"),
     ("wsgate/gateway/router.py", "wsgate handshake (router)"),
     ("wsgate/gateway/endpoint.py", "wsgate endpoint's connection sets"),
     ("wsgate/gateway/identify.py", "wsgate handshake (router)"),
@@ -121,11 +125,12 @@ class Point:
         self.snapshot = tracemalloc.take_snapshot().filter_traces(ignore)
 
 
-def spawn_loadgen(binary: Path, port: int, path: str, conns: int, sources: int) -> subprocess.Popen[str]:
+def spawn_loadgen(binary: Path, port: int, path: str, conns: int, sources: int,
+                  extra: Sequence[str] = ()) -> subprocess.Popen[str]:
     """A load generator that opens ``conns`` connections and holds them (answering pings)."""
     return subprocess.Popen(
         [str(binary), "--mode=many", f"--port={port}", f"--path={path}", f"--conns={conns}", f"--sources={sources}",
-         "--idle=3600", "--broadcasts=0", "--rss-settle=0", "--timeout=120"],
+         "--idle=3600", "--broadcasts=0", "--rss-settle=0", "--timeout=120", *extra],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
@@ -140,6 +145,16 @@ async def until_open(sessions: Any, count: int, loadgens: Sequence[subprocess.Po
             raise SystemExit(f"only {len(sessions)} of {count} connections open")
         await asyncio.sleep(0.1)
     await asyncio.sleep(settle)  # on_connect hooks and the handshake's leftovers
+
+
+def channels_init(args: argparse.Namespace, prefix: str) -> list[str]:
+    """--channels: connect, then subscribe to ``<prefix><i>`` and to ``all``."""
+    if not args.channels:
+        return []
+    from bench.channels import CONNECT, FAIL_ON
+
+    return [f"--init={CONNECT}", f'--init={{"id":2,"subscribe":{{"channel":"{prefix}{{i}}"}}}}',
+            '--init={"id":3,"subscribe":{"channel":"all"}}', "--init-replies=3", f"--fail-on={FAIL_ON}"]
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -161,11 +176,11 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     loadgens = []
     try:
         tracemalloc.start(args.frames)
-        loadgens.append(spawn_loadgen(binary, port, args.path, args.warm, sources))
+        loadgens.append(spawn_loadgen(binary, port, args.path, args.warm, sources, channels_init(args, "w")))
         await until_open(sessions, args.warm, loadgens, args.settle)
         before = Point()
         started = time.monotonic()
-        loadgens.append(spawn_loadgen(binary, port, args.path, args.conns, sources))
+        loadgens.append(spawn_loadgen(binary, port, args.path, args.conns, sources, channels_init(args, "p")))
         await until_open(sessions, args.warm + args.conns, loadgens, args.settle)
         after = Point()
         elapsed = time.monotonic() - started
@@ -250,11 +265,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--conns", type=int, default=10_000, help="connections measured (default 10,000)")
     parser.add_argument("--warm", type=int, default=1_000, help="connections opened first, not measured")
     parser.add_argument("--path", default="/fanout", help="endpoint of bench/wsgate-bench.yaml (default /fanout)")
+    parser.add_argument("--channels", action="store_true",
+                        help="the channels endpoint; each connection connects and subscribes to two channels")
     parser.add_argument("--frames", type=int, default=1, help="traceback depth tracemalloc keeps")
     parser.add_argument("--settle", type=float, default=1.0, help="seconds to wait after the last connection opened")
     parser.add_argument("--top", type=int, default=30, help="allocation sites listed")
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args(argv)
+    if args.channels and args.path == "/fanout":
+        from bench.channels import PATH
+
+        args.path = PATH
     need = args.warm + args.conns + 1000
     if raise_fd_limit(need) < need:
         print(f"the open-file limit is below {need:,}: use fewer --conns", file=sys.stderr)

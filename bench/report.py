@@ -48,6 +48,20 @@ METRICS: dict[str, tuple[Metric, ...]] = {
     "startup": (Metric("startup_ms", "spawn→first ws", "ms", False),),
 }
 METRICS["scaleout"] = METRICS["broadcast"]
+# the channels scenario (bench/channels.py): four groups of rows, each with its own baseline
+METRICS["ch-fanout"] = (Metric("deliveries_per_s", "deliveries", "deliv/s", True),)
+METRICS["ch-memory"] = (
+    Metric("rss_per_conn_at_bytes", "memory/conn", "B", False),
+    Metric("open_s", "open+subscribe all", "s", False),
+)
+METRICS["ch-subscribe"] = (Metric("msg_per_s", "sub+unsub pairs", "pairs/s", True),)
+METRICS["ch-api"] = (Metric("msg_per_s", "publishes", "pub/s", True),)
+BASELINES.update({
+    "ch-fanout": "fanout plugin",
+    "ch-memory": "echo idle",
+    "ch-subscribe": "echo same frame",
+    "ch-api": "/api/publish aiohttp",
+})
 
 
 def baseline_for(scenario: str) -> str:
@@ -161,7 +175,7 @@ def summarize(
 def _fmt_value(value: float | None, unit: str) -> str:
     if value is None:
         return "-"
-    if unit in ("msg/s", "deliv/s", "B"):
+    if unit in ("msg/s", "deliv/s", "B", "pairs/s", "pub/s"):
         return f"{value:,.0f}"
     if unit == "s":
         return f"{value:.3f}"

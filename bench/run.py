@@ -42,6 +42,7 @@ from bench.harness import (
 )
 from bench.report import (
     BASELINE,
+    BASELINES,
     OTHER_LOAD_PCT,
     SCALEOUT_MEMORY,
     SCALEOUT_REDIS,
@@ -49,7 +50,9 @@ from bench.report import (
     summarize,
 )
 
-SCENARIOS = ("echo", "latency", "broadcast", "idle", "many", "startup", "scaleout", "handshake", "resume", "cluster")
+SCENARIOS = (
+    "echo", "latency", "broadcast", "idle", "many", "startup", "scaleout", "channels", "handshake", "resume", "cluster",
+)
 WSGATE_ONLY = ("handshake", "resume", "cluster")  # wsgate features the other servers do not have
 DEFAULT_JSON = BENCH_DIR / "results" / "latest.json"
 
@@ -81,6 +84,16 @@ class Settings:
     max_pending: int = 64
     setup_timeout: float = 60.0
     retries: int = 2
+    # the channels scenario (bench/channels.py)
+    ch_receivers: int = 1000
+    ch_inflight: int = 16
+    ch_mem_conns: int = 10_000
+    ch_mem_sources: int = 4
+    ch_sub_conns: int = 100
+    ch_sub_inflight: int = 4
+    ch_api_inflight: int = 16
+    ch_api_few: int = 10
+    ch_redis: bool = True  # the fan-out over Redis with two instances
 
 
 QUICK = Settings(repeat=1, warmup=0.3, window=1.0, many_idle=5.0, many_broadcasts=3)
@@ -105,6 +118,15 @@ SMOKE = Settings(
     settle_max=10.0,
     setup_timeout=20.0,
     retries=0,
+    ch_receivers=10,
+    ch_inflight=4,
+    ch_mem_conns=100,
+    ch_mem_sources=2,
+    ch_sub_conns=4,
+    ch_sub_inflight=2,
+    ch_api_inflight=4,
+    ch_api_few=3,
+    ch_redis=False,
 )
 
 
@@ -146,6 +168,10 @@ def plan(scenarios: Sequence[str], s: Settings) -> list[Case]:
             for k in s.scaleout_inflight:
                 label = f"N={n} k={k} {s.bcast_size}B"
                 cases.append(Case("scaleout", label, "bcast", n, k, s.bcast_size))
+    if "channels" in scenarios:
+        from bench import channels
+
+        cases += channels.cases(s)
     return cases
 
 
@@ -193,7 +219,7 @@ def loadgen_args(case: Case, spec: ServerSpec, server: ServerProcess, s: Setting
 def describe(case: Case, result: dict[str, Any]) -> str:
     if case.scenario == "startup":
         return f"{result['startup_ms']:.0f} ms"
-    if case.scenario == "idle":
+    if case.mode == "idle":
         per_conn = result.get("rss_per_conn_at_bytes")
         mem = "-" if per_conn is None else f"{per_conn:,.0f} B/conn"
         return f"{mem}, open {result['open_s']:.2f} s"
@@ -205,7 +231,9 @@ def describe(case: Case, result: dict[str, Any]) -> str:
         )
     rate = result.get("deliveries_per_s") or result.get("msg_per_s") or 0.0
     unit = "deliv/s" if case.mode == "bcast" else "msg/s"
-    text = f"{rate:,.0f} {unit}, p50 {result.get('lat_p50_us') or 0:,.0f} µs"
+    text = f"{rate:,.0f} {unit}"
+    if result.get("lat_p50_us") is not None:
+        text += f", p50 {result['lat_p50_us']:,.0f} µs"
     server_pct = result.get("server_cpu_pct")
     if server_pct is not None:
         text += f", server {server_pct:.0f}%"
@@ -279,7 +307,13 @@ class Bench:
             scaleout = []
         # The idle and many cases get a fresh server each; the others share one.
         groups = [[c for c in self.cases if c.scenario == "idle"]]
-        groups.append([c for c in self.cases if c.scenario not in ("idle", "many", "startup", "scaleout")])
+        channels = [c for c in self.cases if c.scenario.startswith("ch-")]
+        if channels and "wsgate" not in active:
+            why = "wsgate is not among the servers" if "wsgate" not in self.servers else "wsgate is unavailable"
+            self.notes.append(f"channels skipped: {why}")
+            channels = []
+        groups.append([c for c in self.cases if c.scenario not in ("idle", "many", "startup", "scaleout")
+                       and not c.scenario.startswith("ch-")])
         groups = [g for g in groups if g]
         many = [c for c in self.cases if c.scenario == "many"]
         many_servers = [n for n in active if SERVERS[n].many_path is not None]
@@ -287,7 +321,7 @@ class Bench:
             for name in active:
                 if name not in many_servers:
                     self.notes.append(f"many: not run on {name} (no broadcast-to-all endpoint for it in the bench)")
-        if not groups and not scaleout and not many:
+        if not groups and not scaleout and not many and not channels:
             groups = [[]]  # startup only
         try:
             for rnd in range(self.s.repeat):
@@ -302,6 +336,10 @@ class Bench:
                         self.run_group(SERVERS[name], many, rnd)
                 if scaleout:
                     self.run_scaleout(scaleout, rnd)
+                if channels:
+                    from bench import channels as channels_scenario
+
+                    channels_scenario.run_round(self, channels, rnd)
         finally:
             if self.redis is not None:
                 self.redis.stop()
@@ -615,7 +653,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Each side of a connection holds a descriptor: the server and the load generator
     # each need one per connection, plus some for the rest.
     many = "many" in args.only
-    fd_limit = raise_fd_limit(max(settings.idle_conns, settings.many_conns if many else 0) + 1000)
+    ch_conns = settings.ch_mem_conns if "channels" in args.only else 0
+    fd_limit = raise_fd_limit(max(settings.idle_conns, settings.many_conns if many else 0, ch_conns) + 1000)
+    if ch_conns and fd_limit < ch_conns + 100:
+        settings = replace(settings, ch_mem_conns=max(100, fd_limit - 100))
+        print(f"open-file limit {fd_limit}: channels memory case reduced to {settings.ch_mem_conns} connections",
+              file=sys.stderr)
     if fd_limit < settings.idle_conns + 100:
         conns = max(100, fd_limit - 100)
         print(f"open-file limit {fd_limit}: idle case reduced to {conns} connections", file=sys.stderr)
@@ -665,10 +708,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     case_keys = list(dict.fromkeys((c.scenario, c.label) for c in cases))
     row_servers = [*args.servers, SCALEOUT_MEMORY, SCALEOUT_REDIS]
+    if "channels" in scenarios:
+        from bench import channels as channels_scenario
+
+        row_servers += channels_scenario.ROW_SERVERS
     rows = summarize(case_keys, row_servers, bench.samples, bench.failures)
+    if "channels" in scenarios:
+        channels_scenario.annotate(rows)
     print(format_table(rows))
     if any(r.scenario == "scaleout" for r in rows):
         print(f"\nratio vs base: vs {BASELINE}; in scaleout, {SCALEOUT_REDIS} vs {SCALEOUT_MEMORY}")
+    if any(r.scenario.startswith("ch-") for r in rows):
+        print("\nchannels: ratio vs " + "; ".join(f"{sc}: {b}" for sc, b in BASELINES.items() if sc.startswith("ch-")))
     for name, error in bench.unavailable.items():
         print(f"\n{name} not benchmarked: {error}")
     for note in bench.notes:

@@ -57,5 +57,20 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert data["handshake"][mode]["server_cpu_us"] > 0, data["handshake"]
     assert data["resume"]["clients"] == 40
     assert 0 < data["resume"]["all_recovered_s"] < 30
+    # the channels handler (Centrifugo protocol), each group against its same-run baseline
+    channels = {(row["scenario"], row["server"], row["metric"]): row["median"] for row in data["rows"]
+                if row["scenario"].startswith("ch-")}
+    for key in [
+        ("ch-fanout", "fanout plugin", "deliveries_per_s"),
+        ("ch-fanout", "channels client-pub", "deliveries_per_s"),
+        ("ch-fanout", "channels api-pub", "deliveries_per_s"),
+        ("ch-memory", "echo idle", "rss_per_conn_at_bytes"),
+        ("ch-memory", "channels 2 subs", "rss_per_conn_at_bytes"),
+        ("ch-subscribe", "echo same frame", "msg_per_s"),
+        ("ch-subscribe", "channels sub+unsub", "msg_per_s"),
+        ("ch-api", "/api/publish aiohttp", "msg_per_s"),
+        ("ch-api", "channels api cent", "msg_per_s"),
+    ]:
+        assert (channels.get(key) or 0) > 0, f"{key}: {channels}\n{log}"
     assert done.returncode == 0, log
 
