@@ -121,7 +121,8 @@ class Context:
         return self.broadcast(json.dumps(obj, separators=(",", ":"), ensure_ascii=False), connections)
 
     async def subscribe(self, conn: Connection, topic: str, since: int | None = None, epoch: str | None = None,
-                        *, history: int = 0, keep_for: float = 600.0, max_bytes: int = 0) -> Recovery:
+                        *, history: int = 0, keep_for: float = 600.0, max_bytes: int = 0,
+                        position: bool = True) -> Recovery:
         """Deliver what is published on ``topic`` to ``conn`` until it leaves or closes.
 
         For topics published with ``publish_numbered``, this is also how a client
@@ -136,6 +137,9 @@ class Context:
         ``max_bytes`` (0: no bound) bounds what is read from the broker: the stored
         payloads of ``messages`` add up to at most that, a resume that needs more is
         not recovered, and the last ``history`` are then only the newest that fit.
+        ``position=False`` skips the broker read, for a client that needs no position:
+        the Recovery is then empty (no epoch, ``latest`` 0), and a join costs no broker
+        round trip once another connection here has the topic.
         """
         raise NotImplementedError
 
@@ -154,8 +158,8 @@ class Context:
 
         ``at`` puts the id elsewhere: a dotted key path, such as ``"push.pub.offset"``,
         whose every key but the last names an object of ``event``. Everything said
-        of ``"id"`` below holds for it. With ``strict``, a broker failure raises
-        ``BrokerError`` and nobody gets the event (``wait`` is then implied).
+        of ``"id"`` below holds for it. With ``strict``, nobody gets an event the
+        broker did not take: ``BrokerError`` is raised (with ``wait``), or logged and counted.
 
         Ids count 1, 2, 3 ... per topic across all instances, with no gaps, and are
         delivered in id order. The last ``keep`` events are kept for ``history``. With

@@ -247,13 +247,14 @@ class Channels(Handler[ChannelsOptions]):
         recoverable = ns.history > 0 and (ns.force_recovery or server or (
             ns.allow_recovery and bool(params.get("recoverable") or params.get("recover"))))
         recovering = recoverable and bool(params.get("recover"))
+        positioned = recoverable or bool(params.get("positioned"))
         sub = Sub(channel, ns, grant.get("info"), grant.get("expire_at"),
                   server_refresh=bool(grant.get("server_refresh")))
         client.subs[channel] = sub  # taken now: a second subscribe meanwhile is a duplicate
         try:
             recovery = await self.context.subscribe(
                 client.conn, channel, offset if recovering else None, epoch if recovering else None,
-                history=ns.history if recovering else 0, keep_for=ns.history_ttl)
+                history=ns.history if recovering else 0, keep_for=ns.history_ttl, position=positioned)
             sub.epoch = recovery.epoch
             if ns.presence:
                 member = dumps(client.info(sub))
@@ -267,7 +268,7 @@ class Channels(Handler[ChannelsOptions]):
             await self.context.publish(channel, dumps({"push": {"channel": channel,
                                                                 "join": {"info": client.info(sub)}}}))
         result: dict[str, Any] = {}
-        if recoverable or params.get("positioned"):
+        if positioned:
             result.update(positioned=True, epoch=recovery.epoch)
             if recovery.latest:
                 result["offset"] = recovery.latest
@@ -337,7 +338,9 @@ class Channels(Handler[ChannelsOptions]):
             self._may(ns.publish, client, channel)
         self.streams.check_schema(channel, ns, data)
         sub = client.subs.get(channel)
-        await self.streams.publish(channel, ns, data, info=client.info(sub), skip_history=skip_history)
+        # Replied to once on its way: the connection's next command need not wait for the
+        # broker, and its publications still reach the broker in order.
+        await self.streams.publish(channel, ns, data, info=client.info(sub), skip_history=skip_history, wait=False)
         return {}
 
     async def _presence(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 from .protocol import error
 
 __all__ = ["allowed_users", "check_channel", "namespace_of", "user_limited"]
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1
 
 
 def check_channel(channel: object, max_length: int) -> str:
@@ -13,7 +17,7 @@ def check_channel(channel: object, max_length: int) -> str:
         raise error(107, "bad request: a channel is a non-empty string")
     if len(channel) > max_length:
         raise error(107, f"bad request: channel name longer than {max_length} characters")
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in channel):
+    if _CONTROL.search(channel):
         raise error(107, "bad request: control characters in a channel name")
     return channel
 

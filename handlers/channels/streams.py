@@ -25,10 +25,10 @@ class Streams:
         self._validators: dict[str, Any] = {}
 
     async def publish(self, channel: str, ns: Namespace, data: Any, *, info: Mapping[str, Any] | None = None,
-                      tags: Mapping[str, str] | None = None, skip_history: bool = False) -> int:
-        """Publish to every subscriber on every instance; the offset given (0: none).
+                      tags: Mapping[str, str] | None = None, skip_history: bool = False, wait: bool = True) -> int:
+        """Publish to every subscriber on every instance; the offset given (0: none, or not waited for).
 
-        BrokerError when the broker did not take it; then nobody got it.
+        Nobody gets what the broker did not take: BrokerError (with ``wait``), else a log line.
         """
         pub: dict[str, Any] = {"data": data}
         if info:
@@ -38,7 +38,7 @@ class Streams:
         event = {"push": {"channel": channel, "pub": pub}}
         if ns.history and not skip_history:
             offset = await self._context.publish_numbered(channel, event, ns.history, ns.history_ttl,
-                                                          at="push.pub.offset", strict=True)
+                                                          at="push.pub.offset", strict=True, wait=wait)
             return offset or 0
         await self._context.publish(channel, dumps(event))
         return 0

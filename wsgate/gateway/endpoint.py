@@ -23,6 +23,7 @@ from .hub import Hub
 
 __all__ = ["EndpointContext", "LiveEndpoint"]
 
+_NOWHERE = Recovery(False, "", ())
 _FROZEN_KEPT = 64  # event lists kept frozen per endpoint, for the topics joined most recently
 
 
@@ -125,9 +126,13 @@ class EndpointContext(Context):
         return sum(1 for conn in targets if conn._deliver(frame))
 
     async def subscribe(self, conn: Connection, topic: str, since: int | None = None, epoch: str | None = None,
-                        *, history: int = 0, keep_for: float = 600.0, max_bytes: int = 0) -> Recovery:
+                        *, history: int = 0, keep_for: float = 600.0, max_bytes: int = 0,
+                        position: bool = True) -> Recovery:
         live = self._live
         connecting = conn in live.connecting
+        if not position:
+            await live.hub.subscribe(conn, self.path, topic, hold=connecting)
+            return _NOWHERE
         await live.hub.subscribe(conn, self.path, topic, hold=True)
         try:
             replay, events = await live.hub.replay(conn, self.path, topic, since, epoch, history, keep_for,

@@ -284,8 +284,8 @@ class Hub:
 
         Without ``wait``, return None once the event is on its way (behind every earlier
         publish of this instance); a broker failure is then handled as it would have been.
-        With ``strict`` (and ``wait``), a broker failure raises BrokerError instead, and
-        nobody gets the event.
+        With ``strict``, nobody gets an event the broker did not take: BrokerError is
+        raised (with ``wait``) or logged and counted (without).
         """
         head, tail = numbered_parts(event, at)
         channel = channel_name(path, topic)
@@ -300,21 +300,28 @@ class Hub:
         # Not waiting, the caller may post again at once: past _BACKLOG publishes that
         # have not left yet, it waits for its own, so a fast sender cannot grow the queue.
         # (Awaiting a done future, the memory broker's, does not suspend.)
-        if wait or strict or number.done() or self.broker.backlog > _BACKLOG:
+        if wait or number.done() or self.broker.backlog > _BACKLOG:
             try:
-                return await number
+                number_given = await number
             except BrokerError as exc:
                 if strict:
                     self._stats.broker_publish_failures += 1
-                    raise
+                    if wait:
+                        raise
+                    log.warning("broker publish to %s failed; nobody got it: %s", channel, exc)
+                    return None
                 self._failed_numbered(channel, head, tail, exc)
                 return None
-        number.add_done_callback(functools.partial(self._posted, channel, head, tail))
+            return number_given if wait else None
+        number.add_done_callback(functools.partial(self._posted, channel, head, tail, strict))
         return None
 
-    def _posted(self, channel: str, head: bytes, tail: bytes, number: asyncio.Future[int]) -> None:
+    def _posted(self, channel: str, head: bytes, tail: bytes, strict: bool, number: asyncio.Future[int]) -> None:
         exc = None if number.cancelled() else number.exception()
-        if isinstance(exc, BrokerError):
+        if isinstance(exc, BrokerError) and strict:
+            self._stats.broker_publish_failures += 1
+            log.warning("broker publish to %s failed; nobody got it: %s", channel, exc)
+        elif isinstance(exc, BrokerError):
             self._failed_numbered(channel, head, tail, exc)
         elif exc is not None:
             log.error("numbered publish to %s failed", channel, exc_info=exc)
