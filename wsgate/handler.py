@@ -147,8 +147,12 @@ class Context:
         """Stop delivering ``topic`` to ``conn``."""
         raise NotImplementedError
 
-    async def publish(self, topic: str, message: Message) -> None:
-        """Send ``message`` to every subscriber of ``topic`` on every instance."""
+    async def publish(self, topic: str, message: Message, *, wait: bool = True) -> None:
+        """Send ``message`` to every subscriber of ``topic`` on every instance.
+
+        With ``wait=False`` it returns as soon as the message is on its way, behind every
+        earlier publish of this instance (over Redis several then share a round trip).
+        """
         raise NotImplementedError
 
     async def publish_numbered(self, topic: str, event: Mapping[str, Any], keep: int,

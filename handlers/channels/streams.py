@@ -40,7 +40,7 @@ class Streams:
             offset = await self._context.publish_numbered(channel, event, ns.history, ns.history_ttl,
                                                           at="push.pub.offset", strict=True, wait=wait)
             return offset or 0
-        await self._context.publish(channel, dumps(event))
+        await self._context.publish(channel, dumps(event), wait=wait)
         return 0
 
     def check_schema(self, channel: str, ns: Namespace, data: Any) -> None:

@@ -162,6 +162,12 @@ class Broker(ABC):
     @abstractmethod
     async def publish(self, channel: str, payload: bytes) -> None: ...
 
+    def post(self, channel: str, payload: bytes) -> asyncio.Future[None]:
+        """``publish`` without waiting: it is under way, in order with this process's other
+        posts and publishes, and the future tells how it went. BrokerError at once when
+        the broker is known to be unreachable."""
+        return asyncio.ensure_future(self.publish(channel, payload))
+
     @abstractmethod
     async def publish_numbered(self, channel: str, head: bytes, tail: bytes, keep: int,
                                keep_for: float = 0.0) -> int:

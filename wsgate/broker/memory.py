@@ -47,6 +47,14 @@ class MemoryBroker(Broker):
                                keep_for: float = 0.0) -> int:
         return self._publish_numbered(channel, head, tail, keep, keep_for)
 
+    def post(self, channel: str, payload: bytes) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        deliver = self._subscribers.get(channel)
+        if deliver is not None:
+            deliver(payload)
+        done.set_result(None)
+        return done
+
     def post_numbered(self, channel: str, head: bytes, tail: bytes, keep: int,
                       keep_for: float = 0.0) -> asyncio.Future[int]:
         number: asyncio.Future[int] = asyncio.get_running_loop().create_future()

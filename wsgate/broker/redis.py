@@ -302,7 +302,10 @@ class RedisBroker(Broker):
     # the order they were made (see redis_outbox.py).
 
     async def publish(self, channel: str, payload: bytes) -> None:
-        await self._post("PUBLISH", "PUBLISH", channel, payload)
+        await self.post(channel, payload)
+
+    def post(self, channel: str, payload: bytes) -> asyncio.Future[None]:
+        return self._post("PUBLISH", "PUBLISH", channel, payload)
 
     async def publish_numbered(self, channel: str, head: bytes, tail: bytes, keep: int,
                                keep_for: float = 0.0) -> int:

@@ -606,8 +606,11 @@ class RedisClusterBroker(RedisBroker):
             log.warning("publishing %s, numbered after ASK, on master %s failed: %s", name, source, exc)
 
     async def publish(self, channel: str, payload: bytes) -> None:
+        await self.post(channel, payload)
+
+    def post(self, channel: str, payload: bytes) -> asyncio.Future[None]:
         name = cluster_channel(channel)
-        await self._post_to(name, "SPUBLISH", "SPUBLISH", name, payload)
+        return self._post_to(name, "SPUBLISH", "SPUBLISH", name, payload)
 
     def post_numbered(self, channel: str, head: bytes, tail: bytes, keep: int,
                       keep_for: float = 0.0) -> asyncio.Future[int]:

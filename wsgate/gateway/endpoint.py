@@ -148,8 +148,8 @@ class EndpointContext(Context):
     async def unsubscribe(self, conn: Connection, topic: str) -> None:
         await self._live.hub.unsubscribe(conn, self.path, topic)
 
-    async def publish(self, topic: str, message: Message) -> None:
-        await self._live.hub.publish(self.path, topic, message)
+    async def publish(self, topic: str, message: Message, *, wait: bool = True) -> None:
+        await self._live.hub.publish(self.path, topic, message, wait=wait)
 
     async def publish_numbered(self, topic: str, event: Mapping[str, Any], keep: int,
                                keep_for: float = 0.0, *, wait: bool = True, at: str = "id",

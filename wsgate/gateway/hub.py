@@ -265,17 +265,36 @@ class Hub:
     # instance sees one order. When the broker fails, local subscribers still get the
     # message straight away; other instances miss it (pub/sub is fire-and-forget).
 
-    async def publish(self, path: str, topic: str, message: str | bytes, *, strict: bool = False) -> None:
-        """Publish to every instance; on broker failure deliver locally, or raise if ``strict``."""
+    async def publish(self, path: str, topic: str, message: str | bytes, *, strict: bool = False,
+                      wait: bool = True) -> None:
+        """Publish to every instance; on broker failure deliver locally, or raise if ``strict``.
+
+        Without ``wait``, return once it is on its way; a later failure delivers locally,
+        or, ``strict``, is only counted and logged.
+        """
         channel = channel_name(path, topic)
         payload = b"t" + message.encode() if isinstance(message, str) else b"b" + bytes(message)
         try:
-            await self.broker.publish(channel, payload)
+            posted = self.broker.post(channel, payload)
+            if wait or posted.done() or self.broker.backlog > _BACKLOG:
+                await posted
+            else:
+                posted.add_done_callback(functools.partial(self._posted_plain, channel, payload, strict))
         except BrokerError as exc:
             self._failed(channel, exc)
-            if strict:
+            if strict and wait:
                 raise
-            self._deliver(channel, payload)
+            if not strict:
+                self._deliver(channel, payload)
+
+    def _posted_plain(self, channel: str, payload: bytes, strict: bool, posted: asyncio.Future[None]) -> None:
+        exc = None if posted.cancelled() else posted.exception()
+        if isinstance(exc, BrokerError):
+            self._failed(channel, exc)
+            if not strict:
+                self._deliver(channel, payload)
+        elif exc is not None:
+            log.error("publish to %s failed", channel, exc_info=exc)
 
     async def publish_numbered(self, path: str, topic: str, event: Mapping[str, Any], keep: int,
                                keep_for: float, *, wait: bool = True, at: tuple[str, ...] = ("id",),
