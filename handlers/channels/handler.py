@@ -49,6 +49,7 @@ __all__ = ["Channels"]
 
 STALE_AFTER = 10.0  # seconds a connection may stay open without sending connect
 REFRESH_GRACE = 60.0  # seconds more when the refresh proxy fails, as Centrifugo gives
+_JOINING = frozenset({"connect", "subscribe"})  # commands whose reply must precede a channel's publications
 
 
 class Channels(Handler[ChannelsOptions]):
@@ -110,21 +111,28 @@ class Channels(Handler[ChannelsOptions]):
             self.context.logger.info("closing %s: %s", conn.id, exc)
             await conn.close(*BAD_REQUEST)
             return
+        if any(command.method in _JOINING for command in commands):
+            # Replies first: a subscribe's reply goes out before the channel's live publications.
+            async with self.context.preamble(conn):
+                await self._run(conn, commands)
+        else:
+            await self._run(conn, commands)
+
+    async def _run(self, conn: Connection, commands: list[Command]) -> None:
+        """Run a frame's commands in order and send their replies in one frame."""
         replies: list[str] = []
-        # Replies first: a subscribe's reply goes out before the channel's live publications.
-        async with self.context.preamble(conn):
-            try:
-                for command in commands:
-                    reply = await self._command(conn, command)
-                    if reply is not None:
-                        replies.append(dumps(reply))
-            except Disconnect as exc:
-                if replies:
-                    await conn.send("\n".join(replies))
-                await conn.close(exc.code, exc.reason)
-                return
+        try:
+            for command in commands:
+                reply = await self._command(conn, command)
+                if reply is not None:
+                    replies.append(dumps(reply))
+        except Disconnect as exc:
             if replies:
                 await conn.send("\n".join(replies))
+            await conn.close(exc.code, exc.reason)
+            return
+        if replies:
+            await conn.send("\n".join(replies))
 
     async def _command(self, conn: Connection, command: Command) -> dict[str, Any] | None:
         client = self.clients.get(conn)

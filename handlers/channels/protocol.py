@@ -84,6 +84,11 @@ def _no_constants(name: str) -> Any:
     raise ProtocolError(f"{name} is not JSON")
 
 
+# Made once: json.loads and json.dumps with options build a new decoder or encoder per call.
+_DECODER = json.JSONDecoder(parse_constant=_no_constants)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 @dataclass(frozen=True, slots=True)
 class Command:
     """One command: its ``id`` (0: none, as for ``send`` and pongs), method and params."""
@@ -105,7 +110,7 @@ def parse_frame(text: str) -> list[Command]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line, parse_constant=_no_constants)
+            obj = _DECODER.decode(line)
         except ValueError as exc:  # json.JSONDecodeError, ProtocolError
             raise ProtocolError(f"not JSON: {exc}") from None
         if not isinstance(obj, dict):
@@ -129,4 +134,4 @@ def parse_frame(text: str) -> list[Command]:
 
 def dumps(obj: Any) -> str:
     """Compact JSON as the protocol sends it."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(obj)
