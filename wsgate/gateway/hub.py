@@ -53,6 +53,10 @@ def _json(payload: bytes) -> bytes:
     return payload[2:] if payload[:1] == b"n" else payload[1:]
 
 
+# One encoder for every event: json.dumps with options makes a new one per call.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
 def numbered_parts(event: Mapping[str, Any], at: tuple[str, ...]) -> tuple[bytes, bytes]:
     """The payload of ``event`` split around its id, which goes at the key path ``at``.
 
@@ -60,8 +64,7 @@ def numbered_parts(event: Mapping[str, Any], at: tuple[str, ...]) -> tuple[bytes
     """
     def split(obj: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[str, str]:
         key = keys[0]
-        rest = json.dumps({k: v for k, v in obj.items() if k != key}, separators=(",", ":"),
-                          ensure_ascii=False, allow_nan=False)
+        rest = "{}" if len(obj) == 1 and key in obj else _encode({k: v for k, v in obj.items() if k != key})
         head, tail = "", ""
         if len(keys) > 1:
             inner = obj.get(key)
@@ -69,7 +72,8 @@ def numbered_parts(event: Mapping[str, Any], at: tuple[str, ...]) -> tuple[bytes
                 raise ValueError(f"a numbered event needs an object at {key!r} to put the id in")
             head, tail = split(inner, keys[1:])
         close = ("," + rest[1:]) if rest != "{}" else "}"
-        return "{" + json.dumps(key, ensure_ascii=False) + ":" + head, tail + close
+        quoted = f'"{key}"' if key.isascii() and key.isidentifier() else _encode(key)
+        return "{" + quoted + ":" + head, tail + close
 
     head, tail = split(event, at)
     if at == ("id",):
