@@ -138,6 +138,12 @@ class WsgateProcess:
         assert m, f"{name} for {endpoint} not in /metrics:\n{body}"
         return float(m.group(1))
 
+    def wait_listening(self, timeout: float = 20) -> WsgateProcess:
+        """Wait for the "wsgate listening on" line; take the host and port from it."""
+        m = self.wait_for_line(_LISTENING.pattern, timeout=timeout)
+        self.host, self.port = m.group(1).strip("[]"), int(m.group(2))
+        return self
+
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
 
@@ -157,6 +163,27 @@ def _pump(stream: Any, sink: queue.Queue[str]) -> None:
         sink.put(line.rstrip("\n"))
 
 
+def launch_wsgate(started: list[WsgateProcess], config: Path, *args: str, wait: bool = True,
+                  env: dict[str, str] | None = None, port: int | None = 0) -> WsgateProcess:
+    """Start ``python -m wsgate --config PATH --port PORT [args]`` in the config's folder; add it to ``started``.
+
+    With ``wait`` (the default), wait until it listens. Whoever owns ``started`` stops them.
+    """
+    cmd = [sys.executable, "-m", "wsgate", "--config", str(config), *args]
+    if port is not None and "--port" not in args:
+        cmd += ["--port", str(port)]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=config.parent,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+    handle = WsgateProcess(proc)
+    threading.Thread(target=_pump, args=(proc.stdout, handle._queue), daemon=True).start()
+    started.append(handle)
+    if wait:
+        handle.wait_listening()
+    return handle
+
+
 @pytest.fixture
 def wsgate_process() -> Iterator[Callable[..., WsgateProcess]]:
     """Factory: start ``python -m wsgate --config PATH --port 0 [args]`` and wait until it listens.
@@ -168,20 +195,27 @@ def wsgate_process() -> Iterator[Callable[..., WsgateProcess]]:
 
     def start(config: Path, *args: str, wait: bool = True, env: dict[str, str] | None = None,
               port: int | None = 0) -> WsgateProcess:
-        cmd = [sys.executable, "-m", "wsgate", "--config", str(config), *args]
-        if port is not None and "--port" not in args:
-            cmd += ["--port", str(port)]
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=config.parent,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        )
-        handle = WsgateProcess(proc)
-        threading.Thread(target=_pump, args=(proc.stdout, handle._queue), daemon=True).start()
-        started.append(handle)
-        if wait:
-            m = handle.wait_for_line(_LISTENING.pattern, timeout=20)
-            handle.host, handle.port = m.group(1).strip("[]"), int(m.group(2))
-        return handle
+        return launch_wsgate(started, config, *args, wait=wait, env=env, port=port)
+
+    yield start
+    for handle in started:
+        handle.stop()
+
+
+@pytest.fixture(scope="module")
+def module_wsgate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., WsgateProcess]]:
+    """Factory for one module: write ``config`` (a mapping) to a fresh folder named after ``name``,
+    start ``python -m wsgate`` on it (``--port 0``) and wait until it listens.
+
+    For a server the module's tests share (``wsgate_process`` is per test); all processes
+    started are stopped when the module is done.
+    """
+    started: list[WsgateProcess] = []
+
+    def start(config: dict[str, Any], name: str) -> WsgateProcess:
+        path = tmp_path_factory.mktemp(name) / "config.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return launch_wsgate(started, path)
 
     yield start
     for handle in started:

@@ -66,8 +66,9 @@ def require_chromium() -> None:
         pytest.fail(f"{CHROMIUM} is missing: run the README's test command (bash scripts/test)")
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser() -> AsyncIterator[Browser]:
+@asynccontextmanager
+async def launched_chromium() -> AsyncIterator[Browser]:
+    """The system Chromium under Playwright, with CHROMIUM_ARGS; closed on the way out."""
     require_chromium()
     async with async_playwright() as playwright:
         chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -75,6 +76,12 @@ async def browser() -> AsyncIterator[Browser]:
             yield chromium
         finally:
             await chromium.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with launched_chromium() as chromium:
+        yield chromium
 
 
 @asynccontextmanager

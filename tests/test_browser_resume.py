@@ -25,14 +25,12 @@ import jwt
 import pytest
 import pytest_asyncio
 from conftest import RedisServer, WsgateProcess, free_port
-from playwright.async_api import Browser, Locator, Page, async_playwright, expect
+from playwright.async_api import Browser, Locator, Page, expect
 from test_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     RECORD_CLOSES,
+    launched_chromium,
     logged,
     open_page,
-    require_chromium,
     send,
 )
 from websockets.asyncio.client import ClientConnection
@@ -73,13 +71,8 @@ def chat_config(broker: str | None = None) -> dict[str, Any]:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def chromium() -> AsyncIterator[Browser]:
-    require_chromium()
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async with launched_chromium() as browser:
+        yield browser
 
 
 def resume_page(browser: Browser, url: str) -> contextlib.AbstractAsyncContextManager[Page]:

@@ -7,29 +7,22 @@ Effects on live connections are watched with centrifuge-python, the client SDK; 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import cent
-import jwt
+import channels_kit
 import pytest
 import websockets
 from cent.exceptions import CentApiResponseError, CentNetworkError, CentUnauthorizedError
 from centrifuge import (
     Client,
-    ClientEventHandler,
     ClientState,
-    ConnectingContext,
-    DisconnectedContext,
-    PublicationContext,
-    ServerPublicationContext,
-    ServerSubscribedContext,
-    ServerUnsubscribedContext,
-    SubscriptionEventHandler,
 )
+from channels_kit import ClientEvents, SdkClients, subscribed, until
 from conftest import WsgateProcess
 
 SECRET = "channels-api-secret-0123456789abcdef"
@@ -56,48 +49,7 @@ def config(level: str = "info") -> dict[str, Any]:
     }
 
 
-def token(sub: str, **claims: Any) -> str:
-    return jwt.encode({"sub": sub, "exp": int(time.time() + 3600), **claims}, SECRET, algorithm="HS256")
-
-
-async def until(predicate: Callable[[], bool], what: str, within: float = WITHIN) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-class Events(ClientEventHandler):
-    def __init__(self) -> None:
-        self.connecting: list[ConnectingContext] = []
-        self.disconnected: list[DisconnectedContext] = []
-        self.server_subscribed: list[ServerSubscribedContext] = []
-        self.server_unsubscribed: list[ServerUnsubscribedContext] = []
-        self.server_pubs: list[ServerPublicationContext] = []
-
-    async def on_connecting(self, ctx: ConnectingContext) -> None:
-        self.connecting.append(ctx)
-
-    async def on_disconnected(self, ctx: DisconnectedContext) -> None:
-        self.disconnected.append(ctx)
-
-    async def on_subscribed(self, ctx: ServerSubscribedContext) -> None:
-        self.server_subscribed.append(ctx)
-
-    async def on_unsubscribed(self, ctx: ServerUnsubscribedContext) -> None:
-        self.server_unsubscribed.append(ctx)
-
-    async def on_publication(self, ctx: ServerPublicationContext) -> None:
-        self.server_pubs.append(ctx)
-
-
-class Pubs(SubscriptionEventHandler):
-    def __init__(self) -> None:
-        self.pubs: list[PublicationContext] = []
-
-    async def on_publication(self, ctx: PublicationContext) -> None:
-        self.pubs.append(ctx)
+token = functools.partial(channels_kit.token, SECRET)
 
 
 class Gate:
@@ -108,24 +60,17 @@ class Gate:
         self.api_url = f"{proc.url}{PATH}/api"
         self.sync = cent.Client(self.api_url, API_KEY, timeout=WITHIN)
         self.aio = cent.AsyncClient(self.api_url, API_KEY, timeout=WITHIN)
-        self.clients: list[Client] = []
+        self.sdk = SdkClients(f"{proc.ws_url}{PATH}")
 
     async def call(self, method: str, request: Any) -> Any:
         """The sync client's answer (off the loop) and the async client's must agree: the sync one's is returned."""
         return await asyncio.to_thread(getattr(self.sync, method), request)
 
-    async def connected(self, user: str, **claims: Any) -> tuple[Client, Events]:
-        events = Events()
-        client = Client(f"{self.proc.ws_url}{PATH}", events=events, token=token(user, **claims), proxy=None,
-                        timeout=WITHIN, max_reconnect_delay=0.5)
-        self.clients.append(client)
-        await client.connect()
-        await client.ready(WITHIN)
-        return client, events
+    async def connected(self, user: str, **claims: Any) -> tuple[Client, ClientEvents]:
+        return await self.sdk.connected(token(user, **claims))
 
     async def close(self) -> None:
-        for client in self.clients:
-            await client.disconnect()
+        await self.sdk.disconnect_all()
         await self.aio.close()
         self.sync.close()
 
@@ -154,10 +99,7 @@ async def test_publish_and_broadcast_reach_subscribers(gate: Gate) -> None:
     client, _ = await gate.connected("alice")
     subs = {}
     for ch in ("a", "b", "nohist:c"):
-        subs[ch] = Pubs()
-        sub = client.new_subscription(ch, subs[ch])
-        await sub.subscribe()
-        await sub.ready(WITHIN)
+        _, subs[ch] = await subscribed(client, ch)
 
     sync = await gate.call("publish", cent.PublishRequest(channel="a", data={"n": 1}, tags={"k": "v"}))
     assert sync.offset == 1
@@ -238,9 +180,7 @@ async def test_disconnect_with_a_code_and_a_whitelist(gate: Gate) -> None:
     second, sev = await gate.connected("erin")
     # Both client ids, from presence: a disconnect that whitelists them both ends nobody.
     for c in (first, second):
-        sub = c.new_subscription("room", Pubs())
-        await sub.subscribe()
-        await sub.ready(WITHIN)
+        await subscribed(c, "room")
     presence = await gate.aio.presence(cent.PresenceRequest(channel="room"))
     ids = list(presence.presence)
     assert len(ids) == 2
@@ -271,12 +211,8 @@ async def test_presence_channels_info_batch(gate: Gate) -> None:
     alice, _ = await gate.connected("alice", info={"name": "A"})
     bob, _ = await gate.connected("bob")
     for c in (alice, bob):
-        sub = c.new_subscription("lobby", Pubs())
-        await sub.subscribe()
-        await sub.ready(WITHIN)
-    bonly = bob.new_subscription("nohist:side", Pubs())
-    await bonly.subscribe()
-    await bonly.ready(WITHIN)
+        await subscribed(c, "lobby")
+    await subscribed(bob, "nohist:side")
 
     presence = await gate.call("presence", cent.PresenceRequest(channel="lobby"))
     assert sorted(i.user for i in presence.presence.values()) == ["alice", "bob"]

@@ -27,16 +27,11 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from conftest import ROOT, WsgateProcess, free_port
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
+from test_browser import WAIT_MS, launched_chromium
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-WAIT_MS = 5000
 CENTRIFUGE_JS = ROOT / "tests" / "node" / "node_modules" / "centrifuge" / "dist" / "centrifuge.js"
 EXAMPLES = ROOT / "examples"
 SECRET = secrets.token_hex(32)
@@ -105,14 +100,8 @@ def app_server(tmp_path: Path) -> Iterator[Callable[[str, int, str], None]]:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def browser() -> AsyncIterator[Browser]:
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} is missing: run the README's test command (bash scripts/test)")
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
+    async with launched_chromium() as chromium:
+        yield chromium
 
 
 @asynccontextmanager

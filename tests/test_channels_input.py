@@ -10,25 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
-import os
 import socket
-import subprocess
-import sys
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
+import channels_kit
 import jwt
 import pytest
 import websockets
-import yaml
-from conftest import WsgateProcess, _pump
-from websockets.asyncio.client import ClientConnection, connect
+from channels_kit import RawClient
+from conftest import WsgateProcess
+from websockets.asyncio.client import connect
 
 SECRET = "channels-input-secret-" + uuid.uuid4().hex
 API_KEY = "key-" + uuid.uuid4().hex
@@ -59,122 +56,20 @@ CONFIG = {
 WAIT = 3.0  # seconds for any one expected frame
 
 
-def token(user: str, **claims: Any) -> str:
-    return jwt.encode({"sub": user, **claims}, SECRET, algorithm="HS256")
+token = functools.partial(channels_kit.token, SECRET, ttl=None)  # no exp unless a test gives one
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WsgateProcess]:
+def server(module_wsgate: Callable[..., WsgateProcess]) -> WsgateProcess:
     """One wsgate process for the module (the conftest factory is per test)."""
-    folder: Path = tmp_path_factory.mktemp("channels-input")
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(CONFIG, sort_keys=False))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wsgate", "--config", str(path), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=folder,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    handle = WsgateProcess(proc)
-    threading.Thread(target=_pump, args=(proc.stdout, handle._queue), daemon=True).start()
-    try:
-        m = handle.wait_for_line(r"wsgate listening on http://(\S+?):(\d+)/", timeout=20)
-        handle.host, handle.port = m.group(1).strip("[]"), int(m.group(2))
-        yield handle
-    finally:
-        handle.stop()
-
-
-class Raw:
-    """A websockets client speaking the protocol by hand; a reader task answers pings if asked to."""
-
-    def __init__(self, ws: ClientConnection, pong: bool = False) -> None:
-        self.ws = ws
-        self.pong = pong
-        self.frames: list[str | bytes] = []  # every frame received, pings included
-        self.next_id = 1
-        self.close: tuple[int, str] | None = None
-        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()  # None: closed
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        try:
-            while True:
-                frame = await self.ws.recv()
-                self.frames.append(frame)
-                assert isinstance(frame, str), f"a binary frame: {frame!r}"
-                for line in frame.split("\n"):
-                    if not line.strip():
-                        continue
-                    msg = json.loads(line)
-                    if msg == {}:
-                        if self.pong:
-                            await self.ws.send("{}")
-                        continue
-                    self._queue.put_nowait(msg)
-        except websockets.ConnectionClosed as exc:
-            if exc.rcvd is not None:
-                self.close = (exc.rcvd.code, exc.rcvd.reason)
-        finally:
-            self._queue.put_nowait(None)
-
-    async def stop(self) -> None:
-        self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed, AssertionError):
-            await self._reader
-
-    async def send(self, *commands: dict[str, Any] | str) -> None:
-        await self.ws.send("\n".join(c if isinstance(c, str) else json.dumps(c) for c in commands))
-
-    async def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        cid = self.next_id
-        self.next_id += 1
-        await self.send({method: params, "id": cid})
-        return await self.reply(cid)
-
-    async def message(self, within: float = WAIT) -> dict[str, Any]:
-        """The next reply or push."""
-        async with asyncio.timeout(within):
-            msg = await self._queue.get()
-        if msg is None:
-            self._queue.put_nowait(None)
-            raise AssertionError(f"closed by the server: {self.close}")
-        return msg
-
-    async def messages(self, count: int, within: float = WAIT) -> list[dict[str, Any]]:
-        async with asyncio.timeout(within):
-            return [await self.message(within) for _ in range(count)]
-
-    async def reply(self, cid: int, within: float = WAIT) -> dict[str, Any]:
-        async with asyncio.timeout(within):
-            while True:
-                msg = await self.message(within)
-                if msg.get("id") == cid:
-                    return msg
-
-    async def closed(self, within: float = WAIT) -> tuple[int, str]:
-        """The close code and reason the server sent (messages meanwhile are dropped)."""
-        async with asyncio.timeout(within):
-            while await self._queue.get() is not None:
-                pass
-        self._queue.put_nowait(None)
-        assert self.close is not None, "the connection ended without a close frame from the server"
-        return self.close
-
-    async def pub(self, channel: str, within: float = WAIT) -> Any:
-        """The data of the next publication on ``channel``."""
-        async with asyncio.timeout(within):
-            while True:
-                msg = await self.message(within)
-                push = msg.get("push", {})
-                if push.get("channel") == channel and "pub" in push:
-                    return push["pub"]["data"]
+    return module_wsgate(CONFIG, "channels-input")
 
 
 @contextlib.asynccontextmanager
 async def raw(server: WsgateProcess, path: str = MAIN, pong: bool = False,
-              **kwargs: Any) -> AsyncIterator[Raw]:
+              **kwargs: Any) -> AsyncIterator[RawClient]:
     async with connect(server.ws_url + path, open_timeout=WAIT, close_timeout=1, **kwargs) as ws:
-        client = Raw(ws, pong)
+        client = RawClient(ws, pong=pong, wait=WAIT)
         try:
             yield client
         finally:
@@ -183,7 +78,7 @@ async def raw(server: WsgateProcess, path: str = MAIN, pong: bool = False,
 
 @contextlib.asynccontextmanager
 async def connected(server: WsgateProcess, path: str = MAIN, user: str = "u1", pong: bool = False,
-                    **claims: Any) -> AsyncIterator[Raw]:
+                    **claims: Any) -> AsyncIterator[RawClient]:
     async with raw(server, path, pong) as client:
         reply = await client.call("connect", {"token": token(user, **claims), "name": "test"})
         assert "connect" in reply, reply
@@ -208,7 +103,7 @@ async def witness(server: WsgateProcess, path: str = MAIN) -> AsyncIterator[None
         yield
         marker = uuid.uuid4().hex
         await api(server, path, "publish", {"channel": channel, "data": {"m": marker}})
-        assert await w.pub(channel) == {"m": marker}
+        assert (await w.pub(channel))["data"] == {"m": marker}
 
 
 def centrifugo_error(reply: dict[str, Any], code: int, message: str, temporary: bool = False) -> None:
@@ -386,7 +281,7 @@ async def test_publish_to_a_namespace_with_publish_none_is_error_103(server: Wsg
         centrifugo_error(await client.call("publish", {"channel": "nopub:x", "data": {"a": 1}}), 103,
                          "permission denied")
         await api(server, MAIN, "publish", {"channel": "nopub:x", "data": {"from": "api"}})
-        assert await reader.pub("nopub:x") == {"from": "api"}  # the refused one never came first
+        assert (await reader.pub("nopub:x"))["data"] == {"from": "api"}  # the refused one never came first
 
 
 async def test_presence_without_presence_is_error_108(server: WsgateProcess) -> None:
@@ -405,7 +300,7 @@ async def test_a_schema_refuses_invalid_data_and_takes_valid_data(server: Wsgate
             centrifugo_error(await client.call("publish", {"channel": channel, "data": bad}), 107, "bad request")
         assert await client.call("publish", {"channel": channel, "data": {"n": 7}}) == {"id": client.next_id - 1,
                                                                                       "publish": {}}
-        assert await reader.pub(channel) == {"n": 7}  # the first it gets: nothing invalid went out
+        assert (await reader.pub(channel))["data"] == {"n": 7}  # the first it gets: nothing invalid went out
 
 
 # --- many commands in one frame ---------------------------------------------------------------
@@ -477,7 +372,7 @@ async def test_a_client_that_answers_pings_stays_and_a_silent_one_is_closed_3012
         assert "subscribe" in await good.call("subscribe", {"channel": channel})
         await asyncio.sleep(4)
         await api(server, PING, "publish", {"channel": channel, "data": "still"})
-        assert await good.pub(channel) == "still"
+        assert (await good.pub(channel))["data"] == "still"
         assert good.frames.count("{}") >= 2, good.frames
 
 

@@ -12,24 +12,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import websockets
-import yaml
 from aiohttp import web
-from conftest import WsgateProcess, _pump, serve_app
-from websockets.asyncio.client import ClientConnection, connect
+from channels_kit import RawClient
+from conftest import WsgateProcess, serve_app
+from websockets.asyncio.client import connect
 
 API_KEY = "key-" + uuid.uuid4().hex
 PATH = "/connection/websocket"
@@ -151,8 +146,7 @@ def backend() -> Iterator[Backend]:
 
 
 @pytest.fixture(scope="module")
-def server(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WsgateProcess]:
-    folder: Path = tmp_path_factory.mktemp("channels-proxy-live")
+def server(backend: Backend, module_wsgate: Callable[..., WsgateProcess]) -> WsgateProcess:
     proxy = {event: f"{backend.url}/centrifugo/{event}"
              for event in ("connect", "refresh", "subscribe", "publish", "sub_refresh", "rpc")}
     config = {"endpoints": [{
@@ -162,91 +156,22 @@ def server(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             "px": {"subscribe": "proxy", "publish": "proxy"},
         }},
     }]}
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    proc = subprocess.Popen([sys.executable, "-m", "wsgate", "--config", str(path), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=folder,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    handle = WsgateProcess(proc)
-    threading.Thread(target=_pump, args=(proc.stdout, handle._queue), daemon=True).start()
-    try:
-        m = handle.wait_for_line(r"wsgate listening on http://(\S+?):(\d+)/", timeout=20)
-        handle.host, handle.port = m.group(1).strip("[]"), int(m.group(2))
-        yield handle
-    finally:
-        handle.stop()
-
-
-class Client:
-    """A raw websockets client: sends commands, reads replies and pushes, records the close."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.next_id = 1
-        self.close: tuple[int, str] | None = None
-        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        self.reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        try:
-            while True:
-                frame = await self.ws.recv()
-                assert isinstance(frame, str)
-                for line in filter(str.strip, frame.split("\n")):
-                    msg = json.loads(line)
-                    if msg == {}:
-                        await self.ws.send("{}")
-                    else:
-                        self.queue.put_nowait(msg)
-        except websockets.ConnectionClosed as exc:
-            if exc.rcvd is not None:
-                self.close = (exc.rcvd.code, exc.rcvd.reason)
-        finally:
-            self.queue.put_nowait(None)
-
-    async def call(self, method: str, params: dict[str, Any], within: float = WAIT) -> dict[str, Any]:
-        cid = self.next_id
-        self.next_id += 1
-        await self.ws.send(json.dumps({method: params, "id": cid}))
-        async with asyncio.timeout(within):
-            while True:
-                msg = await self.queue.get()
-                assert msg is not None, f"closed by the server: {self.close}"
-                if msg.get("id") == cid:
-                    return msg
-
-    async def closed(self, within: float = WAIT) -> tuple[int, str]:
-        async with asyncio.timeout(within):
-            while await self.queue.get() is not None:
-                pass
-        assert self.close is not None, "no close frame from the server"
-        return self.close
-
-    async def pub(self, channel: str, within: float = WAIT) -> Any:
-        async with asyncio.timeout(within):
-            while True:
-                msg = await self.queue.get()
-                assert msg is not None, f"closed by the server: {self.close}"
-                push = msg.get("push", {})
-                if push.get("channel") == channel and "pub" in push:
-                    return push["pub"]
+    return module_wsgate(config, "channels-proxy-live")
 
 
 @contextlib.asynccontextmanager
-async def client(server: WsgateProcess) -> AsyncIterator[Client]:
+async def client(server: WsgateProcess) -> AsyncIterator[RawClient]:
     async with connect(server.ws_url + PATH, open_timeout=WAIT, close_timeout=1,
                        additional_headers={"Cookie": COOKIE}) as ws:
-        c = Client(ws)
+        c = RawClient(ws, wait=WAIT)
         try:
             yield c
         finally:
-            c.reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed, AssertionError):
-                await c.reader
+            await c.stop()
 
 
 @contextlib.asynccontextmanager
-async def connected(server: WsgateProcess, **data: Any) -> AsyncIterator[tuple[Client, dict[str, Any]]]:
+async def connected(server: WsgateProcess, **data: Any) -> AsyncIterator[tuple[RawClient, dict[str, Any]]]:
     async with client(server) as c:
         reply = await c.call("connect", {"data": data, "name": "py", "version": "1.2"})
         assert "connect" in reply, reply

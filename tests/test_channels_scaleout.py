@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import re
+import functools
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import jwt
+import channels_kit
 import pytest
-import websockets
+from channels_kit import RawClient
 from cluster import Cluster
 from conftest import RedisServer, WsgateProcess
 
@@ -34,15 +33,13 @@ WriteConfig = Callable[..., Path]
 SECRET = "scale-out-secret-of-more-than-32-chars"
 API_KEY = "scale-out-api-key"
 PATH = "/connection/websocket"
-LISTENING = re.compile(r"wsgate listening on http://(\S+?):(\d+)/")
 WAIT = 5.0  # seconds any one expected event may take
 QUIET = 0.3  # seconds an event that must not come is waited for, after a later one came
 ROOM = "chat:room"  # history 10, force_recovery, presence
 LIVE = "live:room"  # presence, join and leave pushes, no history
 
 
-def token(user: str) -> str:
-    return jwt.encode({"sub": user, "exp": int(time.time()) + 3600}, SECRET, algorithm="HS256")
+token = functools.partial(channels_kit.token, SECRET)
 
 
 def channels_config(broker: str) -> dict[str, Any]:
@@ -72,14 +69,8 @@ def start_instances(start: Start, write_config: WriteConfig, broker: str, count:
     handles = [start(write_config(channels_config(broker), f"{name}.yaml"), wait=False)
                for name in "ab"[:count]]
     for handle in handles:
-        listen(handle)
+        handle.wait_listening()
     return handles
-
-
-def listen(handle: WsgateProcess) -> WsgateProcess:
-    m = handle.wait_for_line(LISTENING.pattern, timeout=20)
-    handle.host, handle.port = m.group(1).strip("[]"), int(m.group(2))
-    return handle
 
 
 class Api:
@@ -98,86 +89,6 @@ class Api:
         return result
 
 
-class Client:
-    """One Centrifugo protocol v2 connection: replies by id, pushes in arrival order."""
-
-    def __init__(self, ws: websockets.ClientConnection, name: str) -> None:
-        self.ws, self.name = ws, name
-        self.id = ""
-        self._next = 0
-        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self.pushes: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._reader = asyncio.get_running_loop().create_task(self._read())
-
-    @classmethod
-    async def connect(cls, instance: WsgateProcess, user: str) -> Client:
-        async with asyncio.timeout(WAIT):
-            ws = await websockets.connect(f"{instance.ws_url}{PATH}", open_timeout=WAIT)
-        client = cls(ws, f"{user}@{instance.port}")
-        client.id = (await client.call("connect", token=token(user)))["client"]
-        return client
-
-    async def _read(self) -> None:
-        with contextlib.suppress(websockets.ConnectionClosed):
-            async for frame in self.ws:
-                assert isinstance(frame, str)
-                for line in frame.split("\n"):
-                    if not line:
-                        continue
-                    message = json.loads(line)
-                    if message == {}:
-                        await self.ws.send("{}")  # the server's ping
-                    elif message.get("id"):
-                        self._waiting.pop(message["id"]).set_result(message)
-                    else:
-                        self.pushes.put_nowait(message["push"])
-
-    async def reply(self, method: str, **params: Any) -> dict[str, Any]:
-        self._next += 1
-        future = self._waiting[self._next] = asyncio.get_running_loop().create_future()
-        await self.ws.send(json.dumps({"id": self._next, method: params}))
-        async with asyncio.timeout(WAIT):
-            return await future
-
-    async def call(self, method: str, **params: Any) -> dict[str, Any]:
-        reply = await self.reply(method, **params)
-        assert "error" not in reply, (self.name, method, params, reply)
-        result: dict[str, Any] = reply[method]
-        return result
-
-    async def push(self) -> dict[str, Any]:
-        """The next push (publication, subscribe, unsubscribe ...)."""
-        async with asyncio.timeout(WAIT):
-            return await self.pushes.get()
-
-    async def pubs(self, count: int) -> list[dict[str, Any]]:
-        """The next ``count`` pushes, each a publication; ``(channel, pub)`` flattened."""
-        found = []
-        for _ in range(count):
-            push = await self.push()
-            assert "pub" in push, (self.name, push)
-            found.append({"channel": push["channel"], **push["pub"]})
-        return found
-
-    def nothing_more(self) -> None:
-        assert self.pushes.empty(), (self.name, self.pushes.get_nowait())
-
-    async def closed(self) -> tuple[int, str]:
-        """The close code and reason the server sent."""
-        # Waited for, not awaited: a timeout must not cancel the reader.
-        done, _ = await asyncio.wait({self._reader}, timeout=WAIT)
-        assert done, f"{self.name}: still open after {WAIT}s"
-        received = self.ws.protocol.close_rcvd
-        assert received is not None, f"{self.name}: closed without a close frame"
-        return received.code, received.reason
-
-    async def close(self) -> None:
-        async with asyncio.timeout(WAIT):
-            await self.ws.close()
-        await asyncio.wait({self._reader}, timeout=WAIT)
-        self._reader.cancel()
-
-
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as s:
@@ -187,17 +98,17 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 async def clients() -> AsyncIterator[Callable[[WsgateProcess, str], Any]]:
     """Factory: a connected client of ``user`` on an instance, closed at teardown."""
-    made: list[Client] = []
+    made: list[RawClient] = []
 
-    async def make(instance: WsgateProcess, user: str) -> Client:
-        client = await Client.connect(instance, user)
+    async def make(instance: WsgateProcess, user: str) -> RawClient:
+        client = await RawClient.open(f"{instance.ws_url}{PATH}", token(user), f"{user}@{instance.port}", WAIT)
         made.append(client)
         return client
 
     yield make
     for client in made:
         with contextlib.suppress(Exception):
-            await client.close()
+            await client.aclose()
 
 
 @pytest.fixture
@@ -217,14 +128,14 @@ async def publications_in_one_order(pair: list[WsgateProcess], session: aiohttp.
     a, b = pair
     api_a, api_b = Api(session, a), Api(session, b)
     on_a, on_b = await clients(a, "alice"), await clients(b, "bob")
-    sub_a, sub_b = await on_a.call("subscribe", channel=ROOM), await on_b.call("subscribe", channel=ROOM)
+    sub_a, sub_b = await on_a.result("subscribe", channel=ROOM), await on_b.result("subscribe", channel=ROOM)
     assert sub_a["epoch"] == sub_b["epoch"] != "", (sub_a, sub_b)
     assert (sub_a["recoverable"], sub_b["recoverable"]) == (True, True)
 
     assert (await api_a("publish", channel=ROOM, data={"n": 1}))["offset"] == 1
     assert (await api_b("publish", channel=ROOM, data={"n": 2}))["offset"] == 2
-    assert await on_a.call("publish", channel=ROOM, data={"n": 3}) == {}
-    assert await on_b.call("publish", channel=ROOM, data={"n": 4}) == {}
+    assert await on_a.result("publish", channel=ROOM, data={"n": 3}) == {}
+    assert await on_b.result("publish", channel=ROOM, data={"n": 4}) == {}
     seen_a, seen_b = await on_a.pubs(4), await on_b.pubs(4)
     assert seen_a == seen_b, (seen_a, seen_b)
     assert [(p["offset"], p["data"]) for p in seen_a] == [(n, {"n": n}) for n in range(1, 5)]
@@ -234,8 +145,8 @@ async def publications_in_one_order(pair: list[WsgateProcess], session: aiohttp.
     # Both instances at once, the API and the clients of each: one order, gap-free offsets.
     burst = [api_a("publish", channel=ROOM, data={"b": i}) if i % 4 == 0 else
              api_b("publish", channel=ROOM, data={"b": i}) if i % 4 == 1 else
-             on_a.call("publish", channel=ROOM, data={"b": i}) if i % 4 == 2 else
-             on_b.call("publish", channel=ROOM, data={"b": i}) for i in range(24)]
+             on_a.result("publish", channel=ROOM, data={"b": i}) if i % 4 == 2 else
+             on_b.result("publish", channel=ROOM, data={"b": i}) for i in range(24)]
     await asyncio.gather(*burst)
     seen_a, seen_b = await on_a.pubs(24), await on_b.pubs(24)
     assert seen_a == seen_b, "the two instances delivered in different orders"
@@ -255,7 +166,7 @@ async def user_disconnect_everywhere(pair: list[WsgateProcess], session: aiohttp
     carol_a, carol_b, carol_b2 = await clients(a, "carol"), await clients(b, "carol"), await clients(b, "carol")
     dave_b = await clients(b, "dave")
     for client in (carol_a, carol_b, carol_b2, dave_b):
-        await client.call("subscribe", channel=ROOM)
+        await client.result("subscribe", channel=ROOM)
 
     await Api(session, a)("disconnect", user="carol")
     assert await carol_a.closed() == (3503, "force disconnect")
@@ -265,7 +176,7 @@ async def user_disconnect_everywhere(pair: list[WsgateProcess], session: aiohttp
     await Api(session, a)("publish", channel=ROOM, data="after")
     (pub,) = await dave_b.pubs(1)
     assert pub["data"] == "after"
-    assert (await dave_b.call("presence_stats", channel=ROOM)) == {"num_clients": 1, "num_users": 1}
+    assert (await dave_b.result("presence_stats", channel=ROOM)) == {"num_clients": 1, "num_users": 1}
 
 
 # --- Redis -----------------------------------------------------------------------------------
@@ -295,7 +206,7 @@ async def test_redis_disconnect_with_code_and_whitelist_on_the_other_instance(
     # The whole user but a whitelisted client, asked on B.
     await Api(session, b)("disconnect", user="erin", whitelist=[kept.id])
     assert await only.closed() == (3503, "force disconnect")
-    assert (await kept.call("subscribe", channel=ROOM))["recoverable"] is True
+    assert (await kept.result("subscribe", channel=ROOM))["recoverable"] is True
     # A refresh that expires the user, asked on A, closes its connection on B.
     expired = await clients(b, "jack")
     await Api(session, a)("refresh", user="jack", expired=True)
@@ -310,7 +221,7 @@ async def test_redis_unsubscribe_by_user_reaches_every_instance(
     carol_a, carol_b = await clients(a, "carol"), await clients(b, "carol")
     dave_a, dave_b = await clients(a, "dave"), await clients(b, "dave")
     for client in (carol_a, carol_b, dave_a, dave_b):
-        await client.call("subscribe", channel=ROOM)
+        await client.result("subscribe", channel=ROOM)
     assert (await api("presence_stats", channel=ROOM)) == {"num_clients": 4, "num_users": 2}
 
     await api("unsubscribe", user="carol", channel=ROOM)
@@ -325,7 +236,7 @@ async def test_redis_unsubscribe_by_user_reaches_every_instance(
     for client in (carol_a, carol_b):
         client.nothing_more()
         # Still connected, and free to subscribe again, as after a client's own unsubscribe.
-        assert (await client.call("subscribe", channel=ROOM))["offset"] == 1
+        assert (await client.result("subscribe", channel=ROOM))["offset"] == 1
 
 
 async def test_redis_subscribe_by_user_gives_a_server_side_subscription_on_the_other_instance(
@@ -354,7 +265,7 @@ async def test_redis_subscribe_by_user_gives_a_server_side_subscription_on_the_o
     # A server-side subscription is a subscription: presence shows it, a second is refused.
     presence = (await api_a("presence", channel=ROOM))["presence"]
     assert sorted(presence) == sorted([carol_a.id, carol_b.id])
-    assert (await carol_b.reply("subscribe", channel=ROOM))["error"]["code"] == 105
+    assert (await carol_b.ask("subscribe", channel=ROOM))["error"]["code"] == 105
     await asyncio.sleep(QUIET)
     for client in (carol_b, carol_a, dave_b):
         client.nothing_more()  # one subscribe push each; dave got none
@@ -374,26 +285,26 @@ async def test_redis_presence_on_one_instance_lists_clients_of_the_other(
         clients: Callable[[WsgateProcess, str], Any]) -> None:
     a, b = redis_pair
     frank_b = await clients(b, "frank")
-    await frank_b.call("subscribe", channel=ROOM)
+    await frank_b.result("subscribe", channel=ROOM)
     presence = (await Api(session, a)("presence", channel=ROOM))["presence"]
     assert presence == {frank_b.id: {"client": frank_b.id, "user": "frank"}}
 
     grace_a = await clients(a, "grace")
-    await grace_a.call("subscribe", channel=ROOM)
-    got = (await grace_a.call("presence", channel=ROOM))["presence"]
+    await grace_a.result("subscribe", channel=ROOM)
+    got = (await grace_a.result("presence", channel=ROOM))["presence"]
     assert {cid: info["user"] for cid, info in got.items()} == {frank_b.id: "frank", grace_a.id: "grace"}
-    assert await grace_a.call("presence_stats", channel=ROOM) == {"num_clients": 2, "num_users": 2}
+    assert await grace_a.result("presence_stats", channel=ROOM) == {"num_clients": 2, "num_users": 2}
 
     # Joins and leaves on B are pushed to subscribers on A.
-    await grace_a.call("subscribe", channel=LIVE)
+    await grace_a.result("subscribe", channel=LIVE)
     assert await grace_a.push() == {"channel": LIVE, "join": {"info": {"client": grace_a.id, "user": "grace"}}}
-    await frank_b.call("subscribe", channel=LIVE)
+    await frank_b.result("subscribe", channel=LIVE)
     assert await grace_a.push() == {"channel": LIVE, "join": {"info": {"client": frank_b.id, "user": "frank"}}}
 
-    await frank_b.close()  # leaving on B is seen on A
+    await frank_b.aclose()  # leaving on B is seen on A
     assert await grace_a.push() == {"channel": LIVE, "leave": {"info": {"client": frank_b.id, "user": "frank"}}}
     async with asyncio.timeout(WAIT):
-        while frank_b.id in (await grace_a.call("presence", channel=ROOM))["presence"]:
+        while frank_b.id in (await grace_a.result("presence", channel=ROOM))["presence"]:
             await asyncio.sleep(0.05)
     assert await Api(session, a)("presence_stats", channel=ROOM) == {"num_clients": 1, "num_users": 1}
     assert list((await Api(session, b)("presence", channel=LIVE))["presence"]) == [grace_a.id]
@@ -405,10 +316,10 @@ async def test_redis_channels_and_info_count_every_instance(
     """As Centrifugo's: ``channels`` and ``info`` answer for the whole cluster, not one node."""
     a, b = redis_pair
     only_b = await clients(b, "kate")
-    await only_b.call("subscribe", channel="chat:b-only")
+    await only_b.result("subscribe", channel="chat:b-only")
     on_a, on_b = await clients(a, "liam"), await clients(b, "liam")
     for client in (on_a, on_b):
-        await client.call("subscribe", channel=ROOM)
+        await client.result("subscribe", channel=ROOM)
     wanted = {"chat:b-only": {"num_clients": 1}, ROOM: {"num_clients": 2}}
     answers: dict[str, Any] = {}
     deadline = time.monotonic() + WAIT  # a node's counts may be a moment old, as in Centrifugo
@@ -436,7 +347,7 @@ async def test_redis_api_publish_and_history_give_the_epoch_subscribers_hold(
     backend can hand a client a position (``recover_since``) valid on every instance."""
     a, b = redis_pair
     on_a = await clients(a, "nina")
-    epoch = (await on_a.call("subscribe", channel=ROOM))["epoch"]
+    epoch = (await on_a.result("subscribe", channel=ROOM))["epoch"]
     assert await Api(session, b)("publish", channel=ROOM, data=1) == {"offset": 1, "epoch": epoch}
     assert await Api(session, a)("publish", channel=ROOM, data=2) == {"offset": 2, "epoch": epoch}
     history = await Api(session, b)("history", channel=ROOM, limit=1, reverse=True)
@@ -449,7 +360,7 @@ async def test_redis_recovery_across_a_gateway_restart(
     a, b = start_instances(wsgate_process, write_config, redis_server.url)
     api_b = Api(session, b)
     client = await clients(a, "henry")
-    subscribed = await client.call("subscribe", channel=ROOM)  # force_recovery: positioned without asking
+    subscribed = await client.result("subscribe", channel=ROOM)  # force_recovery: positioned without asking
     assert subscribed["recoverable"] is True
     epoch = subscribed["epoch"]
     for n in (1, 2):
@@ -463,10 +374,10 @@ async def test_redis_recovery_across_a_gateway_restart(
     for n in (3, 4, 5):
         assert (await api_b("publish", channel=ROOM, data={"n": n}))["offset"] == n
 
-    a = listen(wsgate_process(write_config(channels_config(redis_server.url), "a2.yaml"), wait=False, port=port))
+    a = wsgate_process(write_config(channels_config(redis_server.url), "a2.yaml"), port=port)
     assert a.port == port
     again = await clients(a, "henry")
-    result = await again.call("subscribe", channel=ROOM, recover=True, offset=2, epoch=epoch)
+    result = await again.result("subscribe", channel=ROOM, recover=True, offset=2, epoch=epoch)
     assert (result["was_recovering"], result["recovered"], result["epoch"]) == (True, True, epoch), result
     assert [(p["offset"], p["data"]) for p in result["publications"]] == [(n, {"n": n}) for n in (3, 4, 5)]
     assert result["offset"] == 5
@@ -522,7 +433,7 @@ async def test_redis_centrifuge_python_recovers_by_itself_across_a_gateway_resta
         assert a.stop() == 0
         for n in (3, 4, 5):
             await api_b("publish", channel=ROOM, data={"n": n})
-        listen(wsgate_process(write_config(channels_config(redis_server.url), "a2.yaml"), wait=False, port=port))
+        wsgate_process(write_config(channels_config(redis_server.url), "a2.yaml"), port=port)
         async with asyncio.timeout(3 * WAIT):
             again = await subscribed.get()
         assert (again.was_recovering, again.recovered) == (True, True), again

@@ -7,34 +7,23 @@ The SDK is Centrifugal's own Python client; publications come from the server AP
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import cent
+import channels_kit
 import jwt
 import pytest
 from aiohttp import web
 from centrifuge import (
-    Client,
-    ClientEventHandler,
     ClientState,
-    ConnectedContext,
-    ConnectingContext,
-    DisconnectedContext,
-    JoinContext,
-    LeaveContext,
-    PublicationContext,
     ReplyError,
-    ServerPublicationContext,
-    ServerSubscribedContext,
     StreamPosition,
-    SubscribedContext,
-    Subscription,
-    SubscriptionEventHandler,
-    UnsubscribedContext,
 )
+from channels_kit import SdkClients, SubEvents, subscribed, until
 from conftest import WsgateProcess, free_port, serve_app
 
 SECRET = "channels-sdk-secret-0123456789abcdef"
@@ -71,98 +60,23 @@ def config(*, rpc: str | None = None, **options: Any) -> dict[str, Any]:
 ENV = {"JWT_SECRET": SECRET, "CHANNELS_API_KEY": API_KEY}
 
 
-def token(sub: str, ttl: float = 3600, **claims: Any) -> str:
-    return jwt.encode({"sub": sub, "exp": int(time.time() + ttl), **claims}, SECRET, algorithm="HS256")
+token = functools.partial(channels_kit.token, SECRET)
 
 
-async def until(predicate: Callable[[], bool], what: str, within: float = WITHIN) -> None:
-    """Poll ``predicate`` until it holds; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-class SubEvents(SubscriptionEventHandler):
-    """Everything one subscription reports, in order."""
-
-    def __init__(self) -> None:
-        self.pubs: list[PublicationContext] = []
-        self.subscribed: list[SubscribedContext] = []
-        self.unsubscribed: list[UnsubscribedContext] = []
-        self.joins: list[JoinContext] = []
-        self.leaves: list[LeaveContext] = []
-
-    async def on_publication(self, ctx: PublicationContext) -> None:
-        self.pubs.append(ctx)
-
-    async def on_subscribed(self, ctx: SubscribedContext) -> None:
-        self.subscribed.append(ctx)
-
-    async def on_unsubscribed(self, ctx: UnsubscribedContext) -> None:
-        self.unsubscribed.append(ctx)
-
-    async def on_join(self, ctx: JoinContext) -> None:
-        self.joins.append(ctx)
-
-    async def on_leave(self, ctx: LeaveContext) -> None:
-        self.leaves.append(ctx)
-
-    def data(self) -> list[Any]:
-        return [p.pub.data for p in self.pubs]
-
-    def offsets(self) -> list[int]:
-        return [p.pub.offset for p in self.pubs]
-
-
-class ClientEvents(ClientEventHandler):
-    """Everything the client reports, server-side subscriptions included."""
-
-    def __init__(self) -> None:
-        self.connected: list[ConnectedContext] = []
-        self.connecting: list[ConnectingContext] = []
-        self.disconnected: list[DisconnectedContext] = []
-        self.server_subscribed: list[ServerSubscribedContext] = []
-        self.server_pubs: list[ServerPublicationContext] = []
-        self.on_reconnecting: Callable[[], Any] | None = None
-
-    async def on_connected(self, ctx: ConnectedContext) -> None:
-        self.connected.append(ctx)
-
-    async def on_connecting(self, ctx: ConnectingContext) -> None:
-        self.connecting.append(ctx)
-        if self.on_reconnecting is not None and ctx.code >= 3000:
-            await self.on_reconnecting()
-
-    async def on_disconnected(self, ctx: DisconnectedContext) -> None:
-        self.disconnected.append(ctx)
-
-    async def on_subscribed(self, ctx: ServerSubscribedContext) -> None:
-        self.server_subscribed.append(ctx)
-
-    async def on_publication(self, ctx: ServerPublicationContext) -> None:
-        self.server_pubs.append(ctx)
-
-
-class Kit:
+class Kit(SdkClients):
     """A running wsgate, and the SDK clients and ``cent`` client of one test."""
 
     def __init__(self, start: Callable[..., WsgateProcess], write_config: Callable[..., Path]) -> None:
+        super().__init__()
         self._start = start
         self._write = write_config
         self.proc: WsgateProcess | None = None
-        self.clients: list[Client] = []
         self.cent: cent.AsyncClient | None = None
 
     def start(self, port: int = 0, **options: Any) -> WsgateProcess:
         self.proc = self._start(self._write(config(**options)), env=ENV, port=port)
+        self.ws_url = f"{self.proc.ws_url}{PATH}"
         return self.proc
-
-    @property
-    def ws_url(self) -> str:
-        assert self.proc is not None
-        return f"{self.proc.ws_url}{PATH}"
 
     @property
     def api(self) -> cent.AsyncClient:
@@ -174,30 +88,10 @@ class Kit:
     async def publish(self, channel: str, data: Any) -> int:
         return (await self.api.publish(cent.PublishRequest(channel=channel, data=data))).offset
 
-    def client(self, tok: str = "", **kwargs: Any) -> tuple[Client, ClientEvents]:
-        events = ClientEvents()
-        kwargs.setdefault("max_reconnect_delay", 0.5)
-        client = Client(self.ws_url, events=events, token=tok, proxy=None, timeout=WITHIN, **kwargs)
-        self.clients.append(client)
-        return client, events
-
-    async def connected(self, tok: str = "", **kwargs: Any) -> tuple[Client, ClientEvents]:
-        client, events = self.client(tok, **kwargs)
-        await client.connect()
-        await client.ready(WITHIN)
-        return client, events
-
-    @staticmethod
-    async def subscribed(client: Client, channel: str, **kwargs: Any) -> tuple[Subscription, SubEvents]:
-        events = SubEvents()
-        sub = client.new_subscription(channel, events, **kwargs)
-        await sub.subscribe()
-        await sub.ready(WITHIN)
-        return sub, events
+    subscribed = staticmethod(subscribed)
 
     async def close(self) -> None:
-        for client in self.clients:
-            await client.disconnect()
+        await self.disconnect_all()
         if self.cent is not None:
             await self.cent.close()
 

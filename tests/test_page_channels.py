@@ -23,8 +23,8 @@ import pytest
 import pytest_asyncio
 import websockets
 from conftest import WsgateProcess
-from playwright.async_api import Browser, Locator, Page, WebSocketRoute, async_playwright, expect
-from test_browser import CHROMIUM, CHROMIUM_ARGS, RECORD_CLOSES, open_page, require_chromium
+from playwright.async_api import Browser, Locator, Page, WebSocketRoute, expect
+from test_browser import RECORD_CLOSES, launched_chromium, open_page
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -57,13 +57,8 @@ def token(user: str) -> str:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def browser() -> AsyncIterator[Browser]:
-    require_chromium()
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
+    async with launched_chromium() as chromium:
+        yield chromium
 
 
 async def api(gw: WsgateProcess, method: str, params: dict[str, Any]) -> dict[str, Any]:
