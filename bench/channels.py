@@ -164,6 +164,10 @@ async def _publisher(kind: str, port: int, channel: str, inflight: int, stop: as
 async def _loadgen_with_publisher(bench: Bench, args: list[str], publisher: tuple[str, int, str, int] | None,
                                   limit: float) -> dict[str, Any]:
     """The load generator (``sub`` mode prints ready, then measures) with a publisher running meanwhile."""
+    if publisher is not None and publisher[0] == "cent":
+        # Imported before the window opens: cent's first import (pydantic models) can take
+        # longer than a smoke window on a busy machine.
+        import cent  # noqa: F401
     command, preexec = pinned([str(bench.loadgen), *args], bench.loadgen_cpu)
     proc = await asyncio.create_subprocess_exec(*command, stdin=asyncio.subprocess.DEVNULL,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from tiers import SLOW_MODULES, SLOW_TESTS
+from tiers import SLOW_MODULES, SLOW_TESTS, SOLO
 
 TESTS = Path(__file__).resolve().parent
 
@@ -28,3 +28,11 @@ def test_every_slow_test_exists() -> None:
         if not path.is_file() or name not in _test_functions(path):
             missing.append(entry)
     assert missing == [], "tests/tiers.py names tests that do not exist"
+
+
+def test_every_solo_test_is_slow_and_exists() -> None:
+    """A solo test runs only in the slow tier's last, serial step: it must be slow too."""
+    for entry in SOLO:
+        module = entry.partition("::")[0]
+        assert module in SLOW_MODULES or entry in SLOW_TESTS, entry
+        assert (TESTS / module).is_file(), entry

@@ -4,7 +4,9 @@ A test is slow, and left out by ``--fast`` (``-m "not slow"``), when its whole m
 a system that takes seconds to start or run (Autobahn, Chromium, nginx, a Redis Cluster,
 a package build, the benchmark, chaos runs), or when it alone takes more than about two
 and a half seconds on a 2-core machine (one parametrized case may be named alone).
-Everything else, the live socket tests included, is the fast tier. CI runs both.
+Everything else, the live socket tests included, is the fast tier. CI runs both: the
+fast tier on four workers, the slow tier on two, and its ``SOLO`` tests (which measure
+the machine) alone at the end.
 ``tests/test_tiers.py`` checks that every name here still names a test.
 """
 
@@ -85,14 +87,28 @@ SLOW_TESTS = frozenset({
 })
 
 
-def is_slow(item: pytest.Item) -> bool:
-    """Whether ``item`` is in the slow tier: by its module, its name, or its name with parameters."""
+# Slow tests that measure the machine (a benchmark's figures, a memory bound): they run
+# alone after the rest of the slow tier, which runs on two workers.
+SOLO = frozenset({
+    "test_bench_smoke.py",
+    "test_abuse.py::test_a_client_that_never_reads_cannot_grow_server_memory",
+})
+
+
+def _listed(item: pytest.Item, modules: frozenset[str], tests: frozenset[str]) -> bool:
     module = item.path.name
     names = {item.name, getattr(item, "originalname", item.name)}
-    return module in SLOW_MODULES or any(f"{module}::{name}" in SLOW_TESTS for name in names)
+    return module in modules or any(f"{module}::{name}" in tests for name in names)
+
+
+def is_slow(item: pytest.Item) -> bool:
+    """Whether ``item`` is in the slow tier: by its module, its name, or its name with parameters."""
+    return _listed(item, SLOW_MODULES, SLOW_TESTS)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if is_slow(item):
             item.add_marker(pytest.mark.slow)
+        if _listed(item, SOLO, SOLO):
+            item.add_marker(pytest.mark.solo)
