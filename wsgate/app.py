@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .broker import Broker, create_broker
 from .config import Registry, Settings, load_config
 from .errors import BrokerError, ConfigError
+from .gateway.endpoint import LiveEndpoint
 from .gateway.hub import Hub
 from .gateway.router import Gateway, host_refusal
 from .handler import Handler as PluginHandler
@@ -172,15 +173,38 @@ async def endpoint_api(request: web.Request) -> web.Response:
     live = gateway.routes.get(path)
     if live is None or type(live.handler).on_http is PluginHandler.on_http:
         return web.json_response({"error": f"no endpoint {path!r} with an HTTP API"}, status=404)
+    return await _call_handler(request, live, method)
+
+
+async def prefixed_api(request: web.Request) -> web.Response | None:
+    """A GET or POST under a handler's ``http_prefixes``, answered by its ``on_http``;
+    None when no handler claims the path (the caller answers as it would have)."""
+    if request.method not in ("GET", "POST"):
+        return None
+    gateway = request.app[GATEWAY]
+    path = request.path
+    for live in gateway.routes.values():
+        for prefix in live.handler.http_prefixes:
+            if path.startswith(prefix) and len(path) > len(prefix):
+                refused = host_refusal(request, gateway.settings.config.server)
+                if refused is not None:
+                    return refused
+                return await _call_handler(request, live, path[len(prefix):])
+    return None
+
+
+async def _call_handler(request: web.Request, live: LiveEndpoint, method: str) -> web.Response:
+    gateway = request.app[GATEWAY]
     raw = await _read_body(request)
     if isinstance(raw, web.Response):
         return raw
-    call = HttpCall(method, request.headers, raw, gateway.client(request)[0])
+    call = HttpCall(method, request.headers, raw, gateway.client(request)[0], request.method, request.path,
+                    dict(request.query))
     try:
         answer = await live.handler.on_http(call)
     except Exception:
         live.stats.handler_errors += 1
-        live.logger.exception("on_http(%r) of %s failed", method, path)
+        live.logger.exception("on_http(%r) of %s failed", method, live.path)
         return web.json_response({"error": "internal error"}, status=500)
     return web.Response(status=answer.status, body=answer.body, content_type=answer.content_type)
 
@@ -280,10 +304,22 @@ def build_app(settings: Settings, registry: Registry | None = None) -> web.Appli
         app.router.add_post(path, _host_checked(handler), expect_handler=expect_continue)
     app.router.add_post("/{path:.+}/api/{method:[A-Za-z_]+}", _host_checked(endpoint_api),
                         expect_handler=expect_continue)
+    app[GATEWAY].prefixed_api = prefixed_api  # a GET under a handler's http_prefixes
     app.router.add_get("/{tail:.*}", app[GATEWAY].handle, expect_handler=expect_continue)
-    # Any other method on any path: the Host check, then the 405 aiohttp would give.
-    app.router.add_route("*", "/{tail:.*}", _host_checked(_method_not_allowed))
+    # Any other method on any path: a handler's http_prefixes, or the Host check, then
+    # the 405 aiohttp would give.
+    app.router.add_route("*", "/{tail:.*}", _prefixed_or(_host_checked(_method_not_allowed)))
     return app
+
+
+def _prefixed_or(handler: Handler) -> Handler:
+    """A request under a handler's ``http_prefixes`` goes to it; any other to ``handler``."""
+
+    async def route(request: web.Request) -> web.StreamResponse:
+        answer = await prefixed_api(request)
+        return answer if answer is not None else await handler(request)
+
+    return route
 
 
 def _host_checked(handler: Handler) -> Handler:

@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -58,16 +58,23 @@ class Recovery:
 
 @dataclass(frozen=True, slots=True, repr=False)
 class HttpCall:
-    """A ``POST <endpoint path>/api/<method>`` request, for ``Handler.on_http``.
+    """A ``POST <endpoint path>/api/<method>`` request, for ``Handler.on_http``; or a
+    GET or POST under one of the handler's ``http_prefixes``.
 
     ``body`` is read whole (at most 1 MiB); ``headers`` are
     case-insensitive; ``remote`` is the client address (forwarded behind a trusted proxy).
+    ``verb`` is the HTTP method, ``path`` the request's whole path, ``query`` its
+    decoded query parameters (the last value of a repeated one). Under a prefix,
+    ``method`` is the rest of the path after the prefix.
     """
 
     method: str
     headers: Mapping[str, str]
     body: bytes
     remote: str
+    verb: str = "POST"
+    path: str = ""
+    query: Mapping[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         # Headers carry API keys.
@@ -318,6 +325,10 @@ class Handler(Generic[OptionsT]):
     accepts: ClassVar[Literal["text", "binary", "any"]] = "any"
     policy_defaults: ClassVar[Mapping[str, Any]] = {}
     shutdown_close: ClassVar[tuple[int, str] | None] = None
+    http_prefixes: tuple[str, ...] = ()
+    """Root URL path prefixes (``"/apps/42/"``) whose GET and POST requests go to
+    ``on_http`` too, for a protocol whose HTTP API lives at fixed paths; set it in
+    ``__init__``. A path that is an endpoint's, or one of wsgate's own, is never one."""
 
     def __init__(self, options: OptionsT, context: Context) -> None:
         self.options = options

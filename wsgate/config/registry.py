@@ -26,7 +26,7 @@ __all__ = ["BUILTINS", "ENTRY_POINT_GROUP", "Registry", "check_handler_class"]
 
 ENTRY_POINT_GROUP = "wsgate.handlers"
 BUILTINS = {"echo": "wsgate.builtins.echo:Echo", "chat": "wsgate.builtins.chat:Chat",
-            "channels": "wsgate.builtins.channels:Channels"}
+            "channels": "wsgate.builtins.channels:Channels", "pusher": "wsgate.builtins.pusher:Pusher"}
 
 
 def check_handler_class(cls: object, ref: str) -> type[Handler]:

@@ -8,7 +8,7 @@ import contextlib
 import itertools
 import json
 import logging
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -104,6 +104,8 @@ class Gateway:
         self._closers: set[asyncio.Task[None]] = set()
         self._all_closed = asyncio.Event()
         self.probes = ProbeLimit()  # POST /api/handshake-check, per client address
+        # A GET on a path no endpoint has may be under a handler's http_prefixes (wsgate.app).
+        self.prefixed_api: Callable[[web.Request], Awaitable[web.StreamResponse | None]] | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -170,6 +172,10 @@ class Gateway:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The route of every WebSocket path: refuse, or accept and serve until closed."""
+        if request.path not in self.routes and self.prefixed_api is not None:
+            answer = await self.prefixed_api(request)
+            if answer is not None:
+                return answer
         checked = self._admit(request)
         if isinstance(checked, web.Response):
             return checked

@@ -1,0 +1,121 @@
+"use strict";
+// pusher-js (npm pusher-js 8.6.0, its Node build) against a wsgate `pusher` endpoint, run by
+// tests/test_pusher_js.py as
+//
+//   node pusher_channels.js WS_HOST WS_PORT BACKEND_URL KEY
+//
+// BACKEND_URL is the test's aiohttp app: POST /pusher/auth signs subscriptions with the
+// `pusher` Python SDK's own authenticate(), as an application's auth view does (it refuses
+// channels named private-forbidden-*), and POST /step/NAME has the test trigger events with
+// the `pusher` SDK. Two clients, alice and bob: public, private and presence channels,
+// events from the SDK, a client event, member added and removed, a refused subscription.
+// Prints one JSON report as its last line; exits 0, or 1 at a failure or at its bound.
+
+const Pusher = require("pusher-js");
+
+const [host, port, backend, key] = process.argv.slice(2);
+const report = { stage: "start", error: null, alice: { events: [] }, bob: { events: [] } };
+let finished = false;
+
+function finish(code) {
+  if (finished) return;
+  finished = true;
+  process.stdout.write(JSON.stringify(report) + "\n");
+  process.exit(code);
+}
+function fail(err) {
+  report.error = err && err.stack ? String(err.stack) : JSON.stringify(err);
+  finish(1);
+}
+process.on("unhandledRejection", fail);
+process.on("uncaughtException", fail);
+setTimeout(() => fail(new Error(`bound reached at stage ${report.stage}`)), 20000).unref();
+
+async function until(stage, check) {
+  report.stage = stage;
+  while (!check()) await new Promise((r) => setTimeout(r, 10));
+}
+
+async function step(name, body) {
+  const r = await fetch(`${backend}/step/${name}`, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body || {}),
+  });
+  if (!r.ok) throw new Error(`step ${name}: ${r.status} ${await r.text()}`);
+  return r.json();
+}
+
+function client(name, user) {
+  const pusher = new Pusher(key, {
+    wsHost: host, wsPort: Number(port), forceTLS: false, enabledTransports: ["ws"], disableStats: true,
+    cluster: "wsgate",
+    channelAuthorization: { endpoint: `${backend}/pusher/auth`, transport: "ajax",
+                            params: { user } },
+  });
+  const record = report[name];
+  record.states = [];
+  pusher.connection.bind("state_change", (s) => record.states.push(s.current));
+  pusher.connection.bind("error", (e) => (record.errors = record.errors || []).push(e));
+  const listen = (channel) => {
+    channel.bind_global((event, data) => {
+      if (event.startsWith("pusher:member")) {
+        record.events.push({ channel: channel.name, event, member: data && data.id, info: data && data.info });
+      } else if (event === "pusher:subscription_succeeded") {
+        const entry = { channel: channel.name, event };
+        if (channel.members) {
+          entry.count = channel.members.count;
+          entry.me = channel.members.me;
+          entry.ids = Object.keys(channel.members.members).sort();
+        }
+        record.events.push(entry);
+      } else if (event === "pusher:subscription_error") {
+        record.events.push({ channel: channel.name, event, status: data.status, type: data.type });
+      } else {
+        record.events.push({ channel: channel.name, event, data });
+      }
+    });
+    return channel;
+  };
+  return { pusher, record, listen, sub: (c) => listen(pusher.subscribe(c)) };
+}
+
+function has(record, match) {
+  return record.events.some((e) => Object.keys(match).every((k) => JSON.stringify(e[k]) === JSON.stringify(match[k])));
+}
+
+(async () => {
+  const alice = client("alice", "alice");
+  await until("alice connected", () => alice.pusher.connection.state === "connected");
+  report.alice.socketId = alice.pusher.connection.socket_id;
+  alice.sub("news");
+  const alicePrivate = alice.sub("private-room");
+  alice.sub("presence-lobby");
+  alice.sub("private-forbidden-x");
+  await until("alice subscribed", () => ["news", "private-room", "presence-lobby"].every(
+    (c) => has(alice.record, { channel: c, event: "pusher:subscription_succeeded" })));
+  await until("alice refused", () => has(alice.record, { channel: "private-forbidden-x", event: "pusher:subscription_error" }));
+
+  const bob = client("bob", "bob");
+  const bobPrivate = bob.sub("private-room");
+  bob.sub("presence-lobby");
+  await until("bob subscribed", () => ["private-room", "presence-lobby"].every(
+    (c) => has(bob.record, { channel: c, event: "pusher:subscription_succeeded" })));
+  await until("alice sees bob join", () => has(alice.record, { event: "pusher:member_added", member: "bob" }));
+
+  report.triggered = await step("trigger", { socket_id: report.alice.socketId });
+  await until("bob gets the SDK's events", () => has(bob.record, { channel: "private-room", event: "greet" })
+    && has(bob.record, { channel: "presence-lobby", event: "greet" }));
+  await until("alice gets the public one", () => has(alice.record, { channel: "news", event: "greet" }));
+
+  report.alice.clientTriggered = alicePrivate.trigger("client-typing", { who: "alice" });
+  await until("bob gets alice's client event", () => has(bob.record, { event: "client-typing" }));
+  bobPrivate.trigger("client-typing", { who: "bob" });
+  await until("alice gets bob's client event", () => has(alice.record, { event: "client-typing" }));
+
+  report.info = await step("info");
+  bob.pusher.disconnect();
+  await until("alice sees bob leave", () => has(alice.record, { event: "pusher:member_removed", member: "bob" }));
+  report.after = await step("info");
+  alice.pusher.disconnect();
+  report.stage = "done";
+  finish(0);
+})().catch(fail);
