@@ -38,6 +38,7 @@ SECTIONS = {
     "Built-in handlers": "chat",  # the chat options; echo has none
     "Configuration": "channels",  # docs/channels.md: the channels handler's options
     "Per namespace": "namespace",  # docs/channels.md: the rules of one of its namespaces
+    "Options": "pusher",  # docs/pusher.md: the pusher handler's options
 }
 PROSE = {
     ("server", "max_connections"): "unlimited: the key's absence (null)",
@@ -52,6 +53,9 @@ PROSE = {
     ("channels", "api_key"): "unset: the key's absence (null)",
     ("channels", "proxy"): "all off: every event's URL absent",
     ("namespace", "schema"): "unset: the key's absence (null)",
+    ("pusher", "app_id"): "required: there is no default",
+    ("pusher", "key"): "required: there is no default",
+    ("pusher", "secret"): "required: there is no default",
 }
 _HEADING = re.compile(r"^#{1,6}\s+(?P<title>.+?)\s*$")
 _ROW = re.compile(r"^\|(?P<cells>.*)\|\s*$")
@@ -132,6 +136,9 @@ def configs(row: Row, value: str | None) -> dict[str, str]:
             setting = '      namespaces:\n        "":\n' + ("  " * 2 + setting if setting else '          {}\n')
         options = "    options:\n" + setting if setting else ""
         return {"channels' options:": "endpoints:\n  - path: /connection/websocket\n    handler: channels\n" + options}
+    if row.section == "pusher":
+        app = "    options:\n      app_id: '1'\n      key: k\n      secret: s\n"
+        return {"pusher's options:": "endpoints:\n  - path: /app/k\n    handler: pusher\n" + app + setting}
     return {"the top level": setting.replace("      ", "", 1) + "endpoints:\n" + BASE_ENDPOINT}
 
 
@@ -141,7 +148,7 @@ def effective(row: Row, settings: Settings, placement: str) -> Any:
         return getattr(settings.config.server, row.key)
     if row.section == "policy":
         return getattr(settings.endpoints[0].policy, row.key)
-    if row.section in ("chat", "channels"):
+    if row.section in ("chat", "channels", "pusher"):
         return getattr(settings.endpoints[0].options, row.key)
     if row.section == "namespace":
         return getattr(settings.endpoints[0].options.namespaces[""], row.key)
