@@ -25,6 +25,7 @@ from wsgate.builtins.pusher.signatures import (
     string_to_sign,
 )
 
+from wsgate.config import Registry, parse_config
 from wsgate.testing import run_gateway
 
 APP_ID, KEY, SECRET = "4242", "app-key", "app-secret-" + "x" * 20
@@ -121,6 +122,26 @@ def test_signatures_agree_with_the_sdk() -> None:
                     {"body_md5": hashlib.md5(b"{}").hexdigest()}):
         with pytest.raises(RequestRefused):
             check_request(KEY, SECRET, "POST", request.path, {**query, **changed}, request.body, time.time(), 600)
+
+
+# --- the config ------------------------------------------------------------------------------
+
+
+def test_the_secret_comes_from_the_environment_and_is_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PUSHER_TEST_SECRET", "from-the-env")
+    text = ("endpoints:\n  - path: /app/k\n    handler: pusher\n"
+            "    options: {app_id: '1', key: k, secret: '${PUSHER_TEST_SECRET}'}\n")
+    options = parse_config(text, "config.yaml", Registry(plugins=False)).endpoints[0].options
+    assert options.secret.get_secret_value() == "from-the-env"
+    assert "from-the-env" not in repr(options)
+    assert (options.activity_timeout, options.client_events, options.client_event_rate) == (120, False, 10.0)
+    assert options.max_event_size == 10 * 1024
+
+
+async def test_a_path_that_does_not_end_with_the_key_stops_the_gateway() -> None:
+    with pytest.raises(ValueError, match="/app/app-key"):
+        async with run_gateway({"/pusher": {"handler": "pusher", "options": OPTIONS}}):
+            raise AssertionError("started")
 
 
 # --- the HTTP API, with the SDK -------------------------------------------------------------
@@ -362,3 +383,37 @@ async def test_bad_input_gets_pusher_error_and_leaves_others_alone(gw: Any) -> N
     await ann.ws.send_bytes(b"\x00")  # the protocol is text: 1003, as every text handler
     closed = await ann.ws.receive()
     assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1003)
+
+
+# --- two instances on one Redis -------------------------------------------------------------
+
+
+async def test_two_instances_share_events_presence_and_counts(redis_server: Any) -> None:
+    endpoints = {PATH: {"handler": "pusher", "options": OPTIONS}}
+    async with run_gateway(endpoints, broker=redis_server.url) as one, \
+            run_gateway(endpoints, broker=redis_server.url) as two:
+        ann, bob, ann_again = await connect(one), await connect(two), await connect(two)
+        await ann.subscribe("presence-x", {"user_id": "ann"})
+        joined = await bob.subscribe("presence-x", {"user_id": "bob"})
+        assert joined["presence"]["ids"] == ["ann", "bob"]
+        assert json.loads((await ann.expect("pusher_internal:member_added"))["data"])["user_id"] == "bob"
+        await ann_again.subscribe("presence-x", {"user_id": "ann"})  # ann's second tab, on the other instance
+        await bob.nothing()
+        # An event triggered on one instance reaches both, but the excluded socket.
+        await call(sdk(one.url).trigger, "presence-x", "ev", "1", socket_id=bob.socket_id)
+        assert (await ann.expect("ev"))["data"] == "1"
+        assert (await ann_again.expect("ev"))["data"] == "1"
+        await bob.nothing()
+        await ann.send("client-hi", {"n": 1}, "presence-x")
+        for client in (bob, ann_again):
+            got = await client.expect("client-hi")
+            assert got["user_id"] == "ann"
+        info = await call(sdk(two.url).channel_info, "presence-x", ["user_count", "subscription_count"])
+        assert info == {"occupied": True, "user_count": 2, "subscription_count": 3}
+        await ann.ws.close()  # ann is still here on the other instance
+        await bob.nothing()
+        await ann_again.ws.close()
+        removed = await bob.expect("pusher_internal:member_removed")
+        assert json.loads(removed["data"]) == {"user_id": "ann"}
+        assert await call(sdk(one.url).users_info, "presence-x") == {"users": [{"id": "bob"}]}
+        await bob.ws.close()

@@ -105,6 +105,7 @@ class Local:
     """A channel's subscribers on this instance, and its listen on the channel's events."""
 
     occupancy: str
+    pending: int = 0  # subscribes under way, not yet subscribers
     subscribers: dict[Connection, Socket] = field(default_factory=dict)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     failed: bool = False
@@ -223,7 +224,7 @@ class Pusher(Handler[PusherOptions]):
             await sock.conn.send(await self._succeeded(channel))  # Pusher answers a repeat the same way
             return
         member = None if channel_data is None else self._member(channel, channel_data)
-        local = await self._open(channel)
+        local = await self._open(channel)  # counts this subscribe as pending
         sock.channels[channel] = None
         try:
             await self.context.claim(subs_topic(channel), sock.socket_id, ttl=self.options.presence_ttl)
@@ -233,10 +234,12 @@ class Pusher(Handler[PusherOptions]):
                 first = await self._join_presence(sock, channel, member)
             succeeded = await self._succeeded(channel)
         except BaseException:
+            local.pending -= 1
             await self._leave(sock, channel)
             raise
-        if sock.conn.closed or sock.channels.get(channel, False) is False:
-            return
+        local.pending -= 1
+        if sock.conn.closed:
+            return  # on_disconnect leaves the channel
         await sock.conn.send(succeeded)
         local.subscribers[sock.conn] = sock  # no await since the send: no event comes before it
         if member is not None and first:
@@ -321,11 +324,12 @@ class Pusher(Handler[PusherOptions]):
     # --- a channel on this instance ---------------------------------------------------------
 
     async def _open(self, channel: str) -> Local:
-        """The channel's ``Local``, listening to its events once this instance's first subscriber comes."""
+        """The channel's ``Local``, listening to its events once this instance's first subscriber
+        comes; the caller is counted in ``pending`` until it is a subscriber or gave up."""
         local = self.local.get(channel)
         if local is None:
             self._generation += 1
-            local = Local(f"{channel}\n{self.instance}\n{self._generation}")
+            local = Local(f"{channel}\n{self.instance}\n{self._generation}", pending=1)
             local.callback = functools.partial(self._deliver, local)
             self.local[channel] = local
             try:
@@ -339,24 +343,22 @@ class Pusher(Handler[PusherOptions]):
                 raise
             finally:
                 local.ready.set()
-        else:
-            await local.ready.wait()
-            if local.failed:
-                raise BrokerError("the channel could not be opened")
+            return local
+        local.pending += 1
+        await local.ready.wait()
+        if local.failed:
+            local.pending -= 1
+            raise BrokerError("the channel could not be opened")
         return local
 
     async def _close_local(self, channel: str) -> None:
+        """Stop listening to a channel that has no subscriber on this instance, nor one joining."""
         local = self.local.get(channel)
-        if local is None or local.subscribers or not local.ready.is_set() or local.failed:
+        if local is None or local.subscribers or local.pending:
             return
-        if any(channel in sock.channels for sock in self._joining(channel)):
-            return  # a subscribe between _open and its first send is under way
         del self.local[channel]
         await self.context.unlisten(events_topic(channel), local.callback)
         await self.context.release(OCCUPIED, local.occupancy)
-
-    def _joining(self, channel: str) -> Collection[Socket]:
-        return [sock for sock in self.sockets.values() if channel in sock.channels]
 
     def _deliver(self, local: Local, message: str) -> None:
         """A channel event from any instance: to this instance's subscribers but the excluded socket."""
