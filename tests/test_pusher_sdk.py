@@ -244,6 +244,22 @@ async def test_an_oversized_event_is_413_and_nothing_is_sent(gw: Any) -> None:
     assert (await ann.expect("fits"))["data"] == "x" * 10240
 
 
+async def test_a_trigger_with_a_bad_socket_id_is_400(gw: Any) -> None:
+    api = sdk(gw.url)
+    request = api._pusher_client.trigger.make_request("news", "ev", "d")
+    body = json.loads(request.body)
+    for socket_id in ("1.2\nx", "abc", 7):
+        signed = api._pusher_client.trigger.make_request("news", "ev", "d")
+        # The SDK validates socket ids itself: sign a body carrying a bad one by hand.
+        raw = json.dumps({**body, "socket_id": socket_id}).encode()
+        query = {k: v for k, v in signed.query_params.items() if k != "auth_signature"}
+        query["body_md5"] = hashlib.md5(raw).hexdigest()
+        query["auth_signature"] = sign(SECRET, string_to_sign("POST", signed.path, query))
+        async with gw.session.post(gw.url + signed.path, params=query, data=raw) as r:
+            assert r.status == 400, await r.text()
+            assert "socket_id" in await r.text()
+
+
 async def test_unknown_api_paths_and_other_apps(gw: Any) -> None:
     async with gw.session.get(gw.url + f"/apps/{APP_ID}/nothing") as r:
         assert r.status == 401  # unsigned first

@@ -10,6 +10,7 @@ channels across instances. Errors are plain text, as Pusher's: 400 bad request, 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ __all__ = ["Api"]
 
 MAX_CHANNELS = 100  # channels of one trigger
 MAX_BATCH = 10  # events of one batch trigger
+_SOCKET_ID = re.compile(r"[0-9]{1,20}\.[0-9]{1,20}", re.ASCII)
 _INFOS = frozenset({"user_count", "subscription_count"})
 
 
@@ -108,8 +110,8 @@ class Api:
             raise Bad("data is a string (JSON-encode it)")
         if len(data.encode()) > self._p.options.max_event_size:
             raise Bad(f"event data over {self._p.options.max_event_size} bytes", 413)
-        if socket_id is not None and not isinstance(socket_id, str):
-            raise Bad("socket_id is a string")
+        if socket_id is not None and not (isinstance(socket_id, str) and _SOCKET_ID.fullmatch(socket_id)):
+            raise Bad("socket_id is a string such as 123.456")
         for channel in channels:
             if not valid_channel(channel):
                 raise Bad(f"invalid channel name {channel!r}: 1 to 164 of A-Z a-z 0-9 _ - = @ , . ;")

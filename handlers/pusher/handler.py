@@ -149,8 +149,9 @@ class Pusher(Handler[PusherOptions]):
             return
         sock = Socket(conn, new_socket_id(), tokens=self.options.client_event_rate, refilled=time.monotonic())
         self.sockets[conn] = sock
+        timeout = round(self.options.activity_timeout)
         await conn.send(internal("pusher:connection_established",
-                                 {"socket_id": sock.socket_id, "activity_timeout": self.options.activity_timeout}))
+                                 {"socket_id": sock.socket_id, "activity_timeout": timeout}))
 
     def _refusal(self, conn: Connection) -> tuple[int, str] | None:
         if not conn.path.endswith(f"/app/{self.options.key}"):

@@ -18,8 +18,8 @@ class PusherOptions(BaseModel):
                      description="the app's public key; the endpoint's path ends with /app/<key>")
     secret: SecretStr = Field(min_length=1, description="the app's secret, which signs subscriptions and API "
                                                         "requests; write \"${VAR}\" to read it from the environment")
-    activity_timeout: int = Field(default=120, ge=1, le=3600, description="seconds told to clients in "
-                                  "connection_established: a client pings after this long without a message")
+    activity_timeout: Duration = Field(default=120.0, ge=1, le=3600, description="told to clients (in whole seconds) "
+                                       "in connection_established: a client pings after this long without a message")
     client_events: bool = Field(default=False, description="let clients trigger client- events on private and "
                                                             "presence channels (off in Pusher until an app enables it)")
     client_event_rate: float = Field(default=10.0, gt=0, description="client events per second per connection; "
