@@ -9,6 +9,7 @@ The scenario is tests/node/pusher_channels.js.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from urllib.parse import parse_qs, urlsplit
 
@@ -19,6 +20,7 @@ from conftest import run_node, serve_app
 from wsgate.testing import run_gateway
 
 APP_ID, KEY, SECRET = "77", "js-key", "js-secret-0123456789abcdef"
+MASTER_KEY = base64.b64encode(bytes(range(32))).decode()  # the SDK encrypts private-encrypted- events with it
 
 
 def backend(sdk: pusher.Pusher) -> web.Application:
@@ -28,14 +30,17 @@ def backend(sdk: pusher.Pusher) -> web.Application:
         if channel.startswith("private-forbidden-"):
             return web.json_response({"error": "forbidden"}, status=403)
         custom = {"user_id": user, "user_info": {"name": user.title()}} if channel.startswith("presence-") else None
-        return web.json_response(sdk.authenticate(channel=channel, socket_id=socket_id, custom_data=custom))
+        signed = sdk.authenticate(channel=channel, socket_id=socket_id, custom_data=custom)
+        # The SDK gives an encrypted channel's shared_secret as base64 bytes: JSON wants text.
+        return web.json_response({k: v.decode() if isinstance(v, bytes) else v for k, v in signed.items()})
 
     async def trigger(request: web.Request) -> web.Response:
         body = await request.json()
         sent = await asyncio.to_thread(sdk.trigger, ["news", "private-room"], "greet", {"from": "sdk"})
         excluded = await asyncio.to_thread(sdk.trigger, "presence-lobby", "greet", {"from": "sdk"},
                                            socket_id=body["socket_id"])
-        return web.json_response([sent, excluded])
+        sealed = await asyncio.to_thread(sdk.trigger, "private-encrypted-vault", "secret", {"code": 42})
+        return web.json_response([sent, excluded, sealed])
 
     async def info(request: web.Request) -> web.Response:
         found = await asyncio.to_thread(sdk.channels_info, None, [])
@@ -55,14 +60,18 @@ async def test_pusher_js_public_private_presence_and_client_events() -> None:
                 "options": {"app_id": APP_ID, "key": KEY, "secret": SECRET, "client_events": True}}
     async with run_gateway({f"/app/{KEY}": endpoint}) as gw:
         parts = urlsplit(gw.url)
-        sdk = pusher.Pusher(app_id=APP_ID, key=KEY, secret=SECRET, host=parts.hostname, port=parts.port, ssl=False)
+        sdk = pusher.Pusher(app_id=APP_ID, key=KEY, secret=SECRET, host=parts.hostname, port=parts.port, ssl=False,
+                            encryption_master_key_base64=MASTER_KEY)
         async with serve_app(backend(sdk)) as backend_url:
             report = await run_node("pusher_channels.js", str(parts.hostname), str(parts.port), backend_url, KEY,
                                     within=30)
     assert report["error"] is None, report
     assert report["stage"] == "done", report
     alice, bob = report["alice"], report["bob"]
-    assert report["triggered"] == [{}, {}]
+    assert report["triggered"] == [{}, {}, {}]
+    # The SDK encrypted it, wsgate relayed it unread, pusher-js decrypted it.
+    sealed = [e for e in alice["events"] if e["channel"] == "private-encrypted-vault" and e["event"] == "secret"]
+    assert [e["data"] for e in sealed] == [{"code": 42}]
     lobby = [e for e in alice["events"] if e["channel"] == "presence-lobby" and e["event"].endswith("succeeded")]
     assert lobby == [{"channel": "presence-lobby", "event": "pusher:subscription_succeeded", "count": 1,
                       "me": {"id": "alice", "info": {"name": "Alice"}}, "ids": ["alice"]}]
@@ -87,7 +96,8 @@ async def test_pusher_js_public_private_presence_and_client_events() -> None:
     assert alice["clientTriggered"] is True
     assert report["info"]["users"] == {"users": [{"id": "alice"}, {"id": "bob"}]}
     assert report["info"]["room"] == {"occupied": True, "subscription_count": 2}
-    assert set(report["info"]["channels"]["channels"]) == {"news", "private-room", "presence-lobby"}
+    assert set(report["info"]["channels"]["channels"]) == {"news", "private-room", "presence-lobby",
+                                                          "private-encrypted-vault"}
     assert report["after"]["users"] == {"users": [{"id": "alice"}]}
     assert report["after"]["room"] == {"occupied": True, "subscription_count": 1}
     assert "errors" not in alice, alice["errors"]

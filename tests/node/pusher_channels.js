@@ -8,10 +8,12 @@
 // `pusher` Python SDK's own authenticate(), as an application's auth view does (it refuses
 // channels named private-forbidden-*), and POST /step/NAME has the test trigger events with
 // the `pusher` SDK. Two clients, alice and bob: public, private and presence channels,
-// events from the SDK, a client event, member added and removed, a refused subscription.
+// events from the SDK, a client event, member added and removed, a refused subscription,
+// and an end-to-end encrypted channel whose events wsgate relays without reading them.
 // Prints one JSON report as its last line; exits 0, or 1 at a failure or at its bound.
 
 const Pusher = require("pusher-js");
+const nacl = require("tweetnacl"); // pusher-js's own dependency: decrypts private-encrypted- channels
 
 const [host, port, backend, key] = process.argv.slice(2);
 const report = { stage: "start", error: null, alice: { events: [] }, bob: { events: [] } };
@@ -47,7 +49,7 @@ async function step(name, body) {
 function client(name, user) {
   const pusher = new Pusher(key, {
     wsHost: host, wsPort: Number(port), forceTLS: false, enabledTransports: ["ws"], disableStats: true,
-    cluster: "wsgate",
+    cluster: "wsgate", nacl,
     channelAuthorization: { endpoint: `${backend}/pusher/auth`, transport: "ajax",
                             params: { user } },
   });
@@ -90,7 +92,8 @@ function has(record, match) {
   const alicePrivate = alice.sub("private-room");
   alice.sub("presence-lobby");
   alice.sub("private-forbidden-x");
-  await until("alice subscribed", () => ["news", "private-room", "presence-lobby"].every(
+  alice.sub("private-encrypted-vault");
+  await until("alice subscribed", () => ["news", "private-room", "presence-lobby", "private-encrypted-vault"].every(
     (c) => has(alice.record, { channel: c, event: "pusher:subscription_succeeded" })));
   await until("alice refused", () => has(alice.record, { channel: "private-forbidden-x", event: "pusher:subscription_error" }));
 
@@ -105,6 +108,8 @@ function has(record, match) {
   await until("bob gets the SDK's events", () => has(bob.record, { channel: "private-room", event: "greet" })
     && has(bob.record, { channel: "presence-lobby", event: "greet" }));
   await until("alice gets the public one", () => has(alice.record, { channel: "news", event: "greet" }));
+  await until("alice decrypts the encrypted one", () => has(alice.record, { channel: "private-encrypted-vault",
+                                                                           event: "secret" }));
 
   report.alice.clientTriggered = alicePrivate.trigger("client-typing", { who: "alice" });
   await until("bob gets alice's client event", () => has(bob.record, { event: "client-typing" }));
