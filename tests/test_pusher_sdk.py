@@ -433,3 +433,32 @@ async def test_two_instances_share_events_presence_and_counts(redis_server: Any)
         assert json.loads(removed["data"]) == {"user_id": "ann"}
         assert await call(sdk(one.url).users_info, "presence-x") == {"users": [{"id": "bob"}]}
         await bob.ws.close()
+
+
+async def test_the_members_of_an_instance_that_died_are_removed_once(
+        redis_server: Any, wsgate_process: Any, tmp_path: Any) -> None:
+    options = {**OPTIONS, "presence_ttl": "2s"}
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({"server": {"host": "127.0.0.1"}, "broker": redis_server.url,
+                                  "endpoints": [{"path": PATH, "handler": "pusher", "options": options}]}))
+    doomed = wsgate_process(config)
+    async with run_gateway({PATH: {"handler": "pusher", "options": options}}, broker=redis_server.url) as alive, \
+            aiohttp.ClientSession() as session:
+        ann = Client(await session.ws_connect(doomed.ws_url + PATH + "?protocol=7"))
+        ann.socket_id = json.loads((await ann.expect("pusher:connection_established"))["data"])["socket_id"]
+        await ann.subscribe("presence-x", {"user_id": "ann"})
+        bob, cat = await connect(alive), await connect(alive)
+        await bob.subscribe("presence-x", {"user_id": "bob"})
+        await cat.subscribe("presence-x", {"user_id": "cat"})
+        await bob.expect("pusher_internal:member_added")  # cat
+        doomed.signal(9)  # SIGKILL: no goodbye, nothing released
+        for client in (bob, cat):
+            removed = await client.expect("pusher_internal:member_removed", within=6)
+            assert json.loads(removed["data"]) == {"user_id": "ann"}
+            await client.nothing(0.6)  # once
+        assert await call(sdk(alive.url).users_info, "presence-x") == {"users": [{"id": "bob"}, {"id": "cat"}]}
+        listed = await call(sdk(alive.url).channels_info, "presence-", ["user_count", "subscription_count"])
+        assert listed == {"channels": {"presence-x": {"user_count": 2, "subscription_count": 2}}}
+        await ann.ws.close()
+        await bob.ws.close()
+        await cat.ws.close()

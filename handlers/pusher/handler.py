@@ -134,6 +134,22 @@ class Pusher(Handler[PusherOptions]):
         if not self.context.path.endswith(f"/app/{self.options.key}"):
             raise ValueError(f"a pusher endpoint's path ends with /app/<key>: {self.context.path!r} "
                              f"does not end with /app/{self.options.key}")
+        self.context.spawn(self._reap_forever, "presence reaper")
+
+    async def _reap_forever(self) -> None:
+        """Every presence_ttl/4: the members whose last connection was on an instance that died
+        (nobody holds them any more) are removed, each announced once across instances."""
+        while True:
+            await asyncio.sleep(self.options.presence_ttl / 4)
+            for channel in [c for c in self.local if channel_kind(c) == "presence"]:
+                try:
+                    await self.context.reap(info_topic(channel))  # their info went with them
+                    gone = await self.context.reap(users_topic(channel))
+                    for user_id in gone:
+                        await self._publish(channel, internal("pusher_internal:member_removed",
+                                                              {"user_id": user_id}, channel))
+                except BrokerError as exc:
+                    self.context.logger.debug("reaping %s failed: %s", channel, exc)
 
     async def on_http(self, call: HttpCall) -> HttpAnswer:
         return await self._api.answer(call)
