@@ -28,6 +28,7 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
+from hypothesis import HealthCheck, settings
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -41,6 +42,12 @@ ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = ROOT / "tests" / "node"
 ARTIFACTS = ROOT / "test-artifacts"
 _LISTENING = re.compile(r"wsgate listening on http://(\S+?):(\d+)/")
+
+
+# Property tests check behaviour, not speed: on a 2-core machine running four workers one
+# example can take longer than Hypothesis' default 200 ms deadline.
+settings.register_profile("wsgate", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("wsgate")
 
 
 def free_port() -> int:
