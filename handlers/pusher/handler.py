@@ -12,6 +12,13 @@ instance; presence sets hold which instances have a channel's subscribers (``cha
 each subscription (``s:<channel>``) and a presence channel's users (``u:<channel>``), their
 info (``i:<channel>``) and each user's connections (``t:<channel>:<user_id>``), so a user
 with several tabs is one member. See docs/pusher.md.
+
+Webhooks (``webhooks.py``): each event is decided on one instance. A channel is occupied while
+some instance holds the name ``<channel>`` in the presence set ``OCCUPANCY``: an instance's
+first subscriber claims it (True: ``channel_occupied``) or holds it, its last one drops it,
+or releases it when no other instance is left in ``o:<channel>`` (True: ``channel_vacated``);
+the name of a dead instance is reaped by one live one (``channel_vacated``). Members are
+announced where ``member_added``/``member_removed`` are.
 """
 
 from __future__ import annotations
@@ -47,10 +54,12 @@ from .protocol import (
     valid_channel,
 )
 from .signatures import check_channel_auth
+from .webhooks import Webhooks
 
 __all__ = ["Pusher"]
 
 OCCUPIED = "channels"  # presence topic: "<channel>\n<instance>\n<generation>" while an instance has subscribers
+OCCUPANCY = "occupied"  # presence topic (with webhooks): "<channel>" while any instance has subscribers
 
 
 def events_topic(channel: str) -> str:
@@ -67,6 +76,11 @@ def users_topic(channel: str) -> str:
 
 def info_topic(channel: str) -> str:
     return f"i:{channel}"
+
+
+def instances_topic(channel: str) -> str:
+    """With webhooks: the occupancies ("<channel>\n<instance>\n<generation>") of the channel's instances."""
+    return f"o:{channel}"
 
 
 def tabs_topic(channel: str, user_id: str) -> str:
@@ -129,23 +143,38 @@ class Pusher(Handler[PusherOptions]):
         self.instance = uuid.uuid4().hex
         self._generation = 0
         self._api = Api(self)
+        self.webhooks = None if options.webhooks is None else \
+            Webhooks(options.webhooks, options.key, self.secret, context.logger)
 
     async def startup(self) -> None:
         if not self.context.path.endswith(f"/app/{self.options.key}"):
             raise ValueError(f"a pusher endpoint's path ends with /app/<key>: {self.context.path!r} "
                              f"does not end with /app/{self.options.key}")
         self.context.spawn(self._reap_forever, "presence reaper")
+        if self.webhooks is not None:
+            self.context.spawn(self.webhooks.run, "pusher webhooks")
+
+    def _webhook(self, name: str, channel: str, **fields: Any) -> None:
+        if self.webhooks is not None:
+            self.webhooks.emit(name, channel, **fields)
 
     async def _reap_forever(self) -> None:
         """Every presence_ttl/4: the members whose last connection was on an instance that died
         (nobody holds them any more) are removed, each announced once across instances."""
         while True:
             await asyncio.sleep(self.options.presence_ttl / 4)
+            if self.webhooks is not None:
+                try:
+                    for channel in await self.context.reap(OCCUPANCY):  # its last instance died
+                        self._webhook("channel_vacated", channel)
+                except BrokerError as exc:
+                    self.context.logger.debug("reaping the occupied channels failed: %s", exc)
             for channel in [c for c in self.local if channel_kind(c) == "presence"]:
                 try:
                     await self.context.reap(info_topic(channel))  # their info went with them
                     gone = await self.context.reap(users_topic(channel))
                     for user_id in gone:
+                        self._webhook("member_removed", channel, user_id=user_id)
                         await self._publish(channel, internal("pusher_internal:member_removed",
                                                               {"user_id": user_id}, channel))
                 except BrokerError as exc:
@@ -260,6 +289,7 @@ class Pusher(Handler[PusherOptions]):
         await sock.conn.send(succeeded)
         local.subscribers[sock.conn] = sock  # no await since the send: no event comes before it
         if member is not None and first:
+            self._webhook("member_added", channel, user_id=member.user_id)
             info = json.loads(member.entry)[1]
             await self._publish(channel, internal("pusher_internal:member_added",
                                                   {"user_id": member.user_id, "user_info": info}, channel),
@@ -335,6 +365,7 @@ class Pusher(Handler[PusherOptions]):
             return
         await ctx.release(info_topic(channel), member.entry)
         if await ctx.release(users_topic(channel), member.user_id):
+            self._webhook("member_removed", channel, user_id=member.user_id)
             await self._publish(channel, internal("pusher_internal:member_removed", {"user_id": member.user_id},
                                                   channel))
 
@@ -352,6 +383,8 @@ class Pusher(Handler[PusherOptions]):
             try:
                 await self.context.listen(events_topic(channel), local.callback)
                 await self.context.claim(OCCUPIED, local.occupancy, ttl=self.options.presence_ttl)
+                if self.webhooks is not None:
+                    await self._occupy(channel, local.occupancy)
             except BaseException:
                 local.failed = True
                 if self.local.get(channel) is local:
@@ -376,6 +409,36 @@ class Pusher(Handler[PusherOptions]):
         del self.local[channel]
         await self.context.unlisten(events_topic(channel), local.callback)
         await self.context.release(OCCUPIED, local.occupancy)
+        if self.webhooks is not None:
+            await self._vacate(channel, local.occupancy)
+
+    async def _occupy(self, channel: str, occupancy: str) -> None:
+        """This instance's first subscriber: ``channel_occupied`` if no other instance has one."""
+        ctx, ttl = self.context, self.options.presence_ttl
+        await ctx.claim(instances_topic(channel), occupancy, ttl=ttl)
+        for _ in range(2):  # twice: the last other instance may leave meanwhile
+            if await ctx.claim(OCCUPANCY, channel, ttl=ttl):
+                self._webhook("channel_occupied", channel)
+                return
+            if await ctx.hold(OCCUPANCY, channel, ttl=ttl):
+                return
+
+    async def _vacate(self, channel: str, occupancy: str) -> None:
+        """This instance's last subscriber left: ``channel_vacated`` if no other instance has one;
+        when two leave at once, the broker's release is True for one of them only."""
+        ctx = self.context
+        await ctx.release(instances_topic(channel), occupancy)
+        if await ctx.members(instances_topic(channel)):
+            await ctx.drop(OCCUPANCY, channel)
+        elif await ctx.release(OCCUPANCY, channel):
+            self._webhook("channel_vacated", channel)
+            # Another instance's first subscriber may have come meanwhile. If it found the name
+            # still there it held it and announced nothing; if it claimed it after the release it
+            # announced channel_occupied. A claim tells which: True, the occupied is ours to say.
+            if await ctx.members(instances_topic(channel)) and \
+                    await ctx.claim(OCCUPANCY, channel, ttl=self.options.presence_ttl):
+                self._webhook("channel_occupied", channel)
+                await ctx.drop(OCCUPANCY, channel)
 
     def _deliver(self, local: Local, message: str) -> None:
         """A channel event from any instance: to this instance's subscribers but the excluded socket."""
@@ -432,3 +495,9 @@ class Pusher(Handler[PusherOptions]):
         if size > self.options.max_event_size:
             raise Refused(f"Client event rejected: data over {self.options.max_event_size} bytes")
         await self._publish(channel, frame, exclude=sock.socket_id)
+        if self.webhooks is not None:
+            fields: dict[str, Any] = {"event": name, "data": data if isinstance(data, str) else dumps(data),
+                                      "socket_id": sock.socket_id}
+            if member is not None:
+                fields["user_id"] = member.user_id
+            self._webhook("client_event", channel, **fields)

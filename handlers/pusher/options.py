@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from wsgate import Duration, Size
 
-__all__ = ["PusherOptions"]
+__all__ = ["PusherOptions", "WebhookEvent", "WebhookOptions"]
+
+WebhookEvent = Literal["channel_occupied", "channel_vacated", "member_added", "member_removed", "client_event"]
+WEBHOOK_EVENTS: list[WebhookEvent] = ["channel_occupied", "channel_vacated", "member_added", "member_removed",
+                                      "client_event"]
+
+
+class WebhookOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(pattern=r"^https?://\S+$", description="where the events are POSTed (http:// or https://)")
+    events: list[WebhookEvent] = Field(default_factory=lambda: list(WEBHOOK_EVENTS),
+                                       description="the kinds of event sent (default: all five)")
+    batch: Duration = Field(default=0.05, le=10, description="events that come within this long go in one POST")
+    max_batch: int = Field(default=100, ge=1, le=10000, description="at most this many events in one POST")
+    timeout: Duration = Field(default=10.0, gt=0, le=300, description="how long one POST may take")
+    backoff: Duration = Field(default=1.0, gt=0, le=60, description="the first wait before a retry; it doubles "
+                                                                       "after each failure")
+    max_backoff: Duration = Field(default=30.0, gt=0, le=60, description="the longest wait between retries: a "
+                                  "receiver that recovers gets the events within this long (plus a timeout)")
+    retry_for: Duration = Field(default=600.0, ge=300, description="how long a batch is retried before it is "
+                                "dropped (and logged); at least 5 minutes")
+    max_pending: int = Field(default=10000, ge=1, le=1_000_000, description="at most this many events wait "
+                             "while the receiver is down; beyond it the oldest are dropped (and logged)")
 
 
 class PusherOptions(BaseModel):
@@ -30,3 +55,6 @@ class PusherOptions(BaseModel):
                                        "may be from the server's clock")
     presence_ttl: Duration = Field(default=60.0, gt=0, description="how long the subscriptions and members of an "
                                    "instance that died outlive it")
+    webhooks: WebhookOptions | None = Field(default=None, description="POST the app's events (channel_occupied, "
+                                            "channel_vacated, member_added, member_removed, client_event) to a URL, "
+                                            "signed as Pusher signs them")
