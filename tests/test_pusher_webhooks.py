@@ -240,6 +240,8 @@ async def test_one_channel_vacated_across_two_instances(
             assert sorted(e["user_id"] for e in receiver.named("member_added", channel)) == ["ann", "bob"]
             assert sorted(e["user_id"] for e in receiver.named("member_removed", channel)) == ["ann", "bob"]
         assert receiver.invalid == 0
+    for instance in (one, two):
+        await asyncio.to_thread(instance.stop)  # while this loop serves the receiver
 
 
 def test_the_documented_webhook_defaults_are_the_defaults() -> None:
@@ -270,3 +272,60 @@ def test_the_signature_is_the_sdks() -> None:
     body = json.dumps({"time_ms": int(time.time() * 1000), "events": [{"name": "channel_occupied", "channel": "a"}]})
     assert SDK.validate_webhook(key=KEY, signature=signature(SECRET, body.encode()), body=body) is not None
     assert SDK.validate_webhook(key=KEY, signature=signature(SECRET + "!", body.encode()), body=body) is None
+
+
+async def test_a_gateway_that_stops_sends_its_last_events(receiver: Receiver) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with run_gateway({PATH: {"handler": "pusher", "options": options(receiver)}}) as gw:
+            ann = await Client.connect(session, gw.url)
+            await ann.subscribe("presence-room", "ann")
+            await receiver.until(lambda: len(receiver.events) == 2)
+            closing = asyncio.create_task(ann.ws.receive())  # answers the gateway's close frame
+        await closing
+        # the gateway closed ann's connection on its way out, then sent what it left
+        assert receiver.events[2:] == [{"name": "member_removed", "channel": "presence-room", "user_id": "ann"},
+                                       {"name": "channel_vacated", "channel": "presence-room"}]
+
+
+async def test_the_waiting_events_are_bounded(receiver: Receiver) -> None:
+    import logging
+
+    from wsgate.builtins.pusher.options import WebhookOptions
+    from wsgate.builtins.pusher.webhooks import Webhooks
+
+    hooks = Webhooks(WebhookOptions(url=receiver.url, max_pending=3), KEY, SECRET, logging.getLogger("test"))
+    for n in range(5):
+        hooks.emit("channel_occupied", f"c{n}")
+    hooks.emit("cache_miss", "c9")  # not a kind it sends
+    assert [e["channel"] for e in hooks.pending] == ["c2", "c3", "c4"]
+    assert hooks.dropped == 2
+    await hooks.flush()
+    assert receiver.events == [{"name": "channel_occupied", "channel": f"c{n}"} for n in (2, 3, 4)]
+
+
+async def test_the_last_instance_with_subscribers_dies_one_channel_vacated(
+        receiver: Receiver, redis_server: Any, wsgate_process: Any, tmp_path: Path) -> None:
+    opts = {**options(receiver), "presence_ttl": "2s"}
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({"server": {"host": "127.0.0.1"}, "broker": redis_server.url,
+                                  "endpoints": [{"path": PATH, "handler": "pusher", "options": opts}]}))
+    doomed, alive = wsgate_process(config), wsgate_process(config)
+    async with aiohttp.ClientSession() as session:
+        ann = await Client.connect(session, doomed.url)
+        await ann.subscribe("presence-room", "ann")
+        bob = await Client.connect(session, alive.url)
+        await bob.subscribe("public-x")  # the live instance has a channel open, but not this one
+        await receiver.until(lambda: len(receiver.named("channel_occupied")) == 2)
+        doomed.signal(9)  # SIGKILL: nothing released, nothing flushed
+        await receiver.until(lambda: bool(receiver.named("channel_vacated")), within=6)
+        await asyncio.sleep(1.0)
+        assert [e for e in receiver.events if e["channel"] == "presence-room"] == [
+            {"name": "channel_occupied", "channel": "presence-room"},
+            {"name": "member_added", "channel": "presence-room", "user_id": "ann"},
+            {"name": "member_removed", "channel": "presence-room", "user_id": "ann"},
+            {"name": "channel_vacated", "channel": "presence-room"},
+        ]
+        await bob.ws.close()
+        await ann.ws.close()
+    await asyncio.to_thread(alive.stop)  # its last events go to the receiver, which this loop serves
+    assert receiver.named("channel_vacated", "public-x") == [{"name": "channel_vacated", "channel": "public-x"}]

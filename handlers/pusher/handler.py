@@ -154,6 +154,10 @@ class Pusher(Handler[PusherOptions]):
         if self.webhooks is not None:
             self.context.spawn(self.webhooks.run, "pusher webhooks")
 
+    async def shutdown(self) -> None:
+        if self.webhooks is not None:
+            await self.webhooks.flush()  # the last connections' events: one try
+
     def _webhook(self, name: str, channel: str, **fields: Any) -> None:
         if self.webhooks is not None:
             self.webhooks.emit(name, channel, **fields)
@@ -166,6 +170,10 @@ class Pusher(Handler[PusherOptions]):
             if self.webhooks is not None:
                 try:
                     for channel in await self.context.reap(OCCUPANCY):  # its last instance died
+                        if channel_kind(channel) == "presence":  # and its members with it
+                            await self.context.reap(info_topic(channel))
+                            for user_id in await self.context.reap(users_topic(channel)):
+                                self._webhook("member_removed", channel, user_id=user_id)
                         self._webhook("channel_vacated", channel)
                 except BrokerError as exc:
                     self.context.logger.debug("reaping the occupied channels failed: %s", exc)

@@ -41,6 +41,7 @@ class Webhooks:
         self.secret = secret
         self.logger = logger
         self.pending: deque[dict[str, Any]] = deque()
+        self.inflight: list[dict[str, Any]] = []  # the batch being sent (and retried)
         self.dropped = 0
         self._wake = asyncio.Event()
 
@@ -70,8 +71,31 @@ class Webhooks:
                 self._wake.clear()
                 while self.pending:
                     count = min(len(self.pending), self.options.max_batch)
-                    events = [self.pending.popleft() for _ in range(count)]
-                    await self._deliver(session, events)
+                    self.inflight = [self.pending.popleft() for _ in range(count)]
+                    await self._deliver(session, self.inflight)
+                    self.inflight = []
+
+    async def flush(self) -> None:
+        """On shutdown (``run`` is cancelled by then): one try for what is left, within ``timeout``."""
+        events, self.inflight = [*self.inflight, *self.pending], []
+        self.pending.clear()
+        if not events:
+            return
+        timeout = aiohttp.ClientTimeout(total=self.options.timeout)
+        try:
+            async with asyncio.timeout(self.options.timeout), aiohttp.ClientSession(timeout=timeout) as session:
+                for start in range(0, len(events), self.options.max_batch):
+                    batch = events[start:start + self.options.max_batch]
+                    async with session.post(self.options.url, data=(body := self.body(batch)),
+                                            headers=self._headers(body)) as response:
+                        if not 200 <= response.status < 300:
+                            raise aiohttp.ClientResponseError(response.request_info, (), status=response.status)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self.logger.error("webhook events lost at shutdown: %s failed (%s)", self.options.url, exc)
+
+    def _headers(self, body: bytes) -> dict[str, str]:
+        return {"Content-Type": "application/json", "X-Pusher-Key": self.key,
+                "X-Pusher-Signature": signature(self.secret, body)}
 
     async def _deliver(self, session: aiohttp.ClientSession, events: list[dict[str, Any]]) -> bool:
         """POST one batch until it is taken (2xx) or ``retry_for`` has passed; True if it was taken."""
@@ -79,10 +103,8 @@ class Webhooks:
         delay = self.options.backoff
         while True:
             body = self.body(events)  # time_ms is when it is sent
-            headers = {"Content-Type": "application/json", "X-Pusher-Key": self.key,
-                       "X-Pusher-Signature": signature(self.secret, body)}
             try:
-                async with session.post(self.options.url, data=body, headers=headers) as response:
+                async with session.post(self.options.url, data=body, headers=self._headers(body)) as response:
                     if 200 <= response.status < 300:
                         return True
                     problem = f"HTTP {response.status}"
