@@ -1,5 +1,6 @@
 """The pusher handler's webhooks, received by a real aiohttp server that checks each POST
-with the `pusher` SDK's own ``validate_webhook``: the events, batched; exactly one
+with the `pusher` SDK's own ``validate_webhook``: the events of raw and pusher-js clients
+(tests/node/pusher_webhooks.js), batched; exactly one
 channel_vacated across two instances on Redis; a receiver that is down gets every event
 once it is back, within the documented bound."""
 
@@ -11,11 +12,13 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pusher
 import pytest
 from aiohttp import web
+from conftest import run_node
 from wsgate.builtins.pusher.signatures import channel_signature
 
 from wsgate.testing import run_gateway
@@ -67,11 +70,20 @@ class Receiver:
             await asyncio.sleep(0.02)
 
 
+async def auth(request: web.Request) -> web.Response:
+    """The app's auth view, signing with the SDK (for pusher-js)."""
+    form = parse_qs((await request.read()).decode())
+    channel, socket_id, user = form["channel_name"][0], form["socket_id"][0], form["user"][0]
+    custom = {"user_id": user, "user_info": {"name": user.title()}} if channel.startswith("presence-") else None
+    return web.json_response(SDK.authenticate(channel=channel, socket_id=socket_id, custom_data=custom))
+
+
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     rcv = Receiver()
     app = web.Application()
     app.router.add_post("/hooks", rcv.handle)
+    app.router.add_post("/pusher/auth", auth)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -329,3 +341,28 @@ async def test_the_last_instance_with_subscribers_dies_one_channel_vacated(
         await ann.ws.close()
     await asyncio.to_thread(alive.stop)  # its last events go to the receiver, which this loop serves
     assert receiver.named("channel_vacated", "public-x") == [{"name": "channel_vacated", "channel": "public-x"}]
+
+
+async def test_pusher_js_clients_make_the_events(receiver: Receiver) -> None:
+    endpoint = {"handler": "pusher", "origins": "*", "options": options(receiver)}
+    async with run_gateway({PATH: endpoint}) as gw:
+        parts = urlsplit(gw.url)
+        backend = receiver.url.rsplit("/", 1)[0]
+        report = await run_node("pusher_webhooks.js", str(parts.hostname), str(parts.port), backend, KEY, within=20)
+        assert report["error"] is None, report
+        await receiver.until(lambda: len(receiver.named("channel_vacated")) == 1)
+    events = receiver.events
+    assert events[:4] == [
+        {"name": "channel_occupied", "channel": "presence-hooks"},
+        {"name": "member_added", "channel": "presence-hooks", "user_id": "alice"},
+        {"name": "member_added", "channel": "presence-hooks", "user_id": "bob"},
+        {"name": "client_event", "channel": "presence-hooks", "event": "client-wave", "data": '{"to":"bob"}',
+         "socket_id": report["alice"], "user_id": "alice"},
+    ]
+    # the two leave together: in either order, then the channel is vacated
+    assert sorted(events[4:6], key=lambda e: str(e["user_id"])) == [
+        {"name": "member_removed", "channel": "presence-hooks", "user_id": "alice"},
+        {"name": "member_removed", "channel": "presence-hooks", "user_id": "bob"},
+    ]
+    assert events[6:] == [{"name": "channel_vacated", "channel": "presence-hooks"}]
+    assert receiver.invalid == 0
