@@ -90,11 +90,13 @@ SLOW_TESTS = frozenset({
 })
 
 
-# Slow tests that measure the machine (a benchmark's figures, a memory bound): they run
-# alone after the rest of the slow tier, which runs on two workers.
+# Slow tests that measure the machine (a benchmark's figures, a memory bound) or race
+# its clock (Redis Cluster failovers): they run alone after the rest of the slow tier,
+# which runs on two workers.
 SOLO = frozenset({
     "test_bench_smoke.py",
     "test_abuse.py::test_a_client_that_never_reads_cannot_grow_server_memory",
+    "test_redis_cluster.py",  # failovers and reshards on a 1 s node timeout
 })
 
 
