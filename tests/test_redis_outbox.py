@@ -117,15 +117,18 @@ async def test_a_sender_that_does_not_wait_is_held_back_while_redis_is_stalled(
     await asyncio.sleep(0.05)
     first = await hub.publish_numbered("/chat", "room", {"n": 0}, keep=10, keep_for=0, wait=False)
     assert first is None  # on its way, not waited for
-    returned_at = []
+    stalled_at_return = []
     loop = asyncio.get_running_loop()
     started = loop.time()
     for n in range(1, _BACKLOG + 3):
         await hub.publish_numbered("/chat", "room", {"n": n}, keep=10, keep_for=0, wait=False)
-        returned_at.append(loop.time() - started)
+        stalled_at_return.append(not stall.done())
+    held = loop.time() - started
     await stall
-    assert max(returned_at[:_BACKLOG - 1]) < 0.4  # queued without waiting (Redis is busy for 0.5 s)
-    assert returned_at[-1] >= 0.3  # past the bound: held until Redis answered
+    # Queued without waiting: Redis was still busy when each returned. (Told by the stall,
+    # not a clock: a loaded machine can starve the loop for longer than any bound.)
+    assert all(stalled_at_return[:_BACKLOG - 1])
+    assert held >= 0.3  # past the bound: held until Redis answered (busy for 0.5 s)
     assert broker.backlog <= _BACKLOG
 
 
