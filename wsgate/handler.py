@@ -56,6 +56,10 @@ class Recovery:
     """The topic's last id given (0: none yet, or unknown while the broker is unavailable)."""
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class HttpCall:
     """A ``POST <endpoint path>/api/<method>`` request, for ``Handler.on_http``; or a
@@ -75,6 +79,11 @@ class HttpCall:
     verb: str = "POST"
     path: str = ""
     query: Mapping[str, str] = field(default_factory=dict)
+
+    def json(self) -> Any:
+        """The body as JSON (an empty body is ``{}``); ValueError if it is not JSON, NaN and
+        Infinity included, which Python's json would otherwise take."""
+        return json.loads(self.body or b"{}", parse_constant=_no_constants)
 
     def __repr__(self) -> str:
         # Headers carry API keys.

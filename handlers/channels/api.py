@@ -10,7 +10,6 @@ that reach the user's connections on every instance.
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -26,10 +25,6 @@ if TYPE_CHECKING:
 __all__ = ["ServerApi", "carry_out"]
 
 Method = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _string(params: Mapping[str, Any], key: str, required: bool = True) -> str:
@@ -71,7 +66,7 @@ class ServerApi:
         if method is None:
             return HttpAnswer.json({"error": f"no API method {call.method!r}"}, 404)
         try:
-            params = json.loads(call.body or b"{}", parse_constant=_no_constants)
+            params = call.json()
         except ValueError:
             return HttpAnswer.json({"error": {"code": 107, "message": "bad request: the body is not JSON"}})
         outcome = await self.run(method, params)
