@@ -188,6 +188,34 @@ async def test_redis_publications_reach_both_instances_in_one_order(
     await publications_in_one_order(redis_pair, session, clients)
 
 
+async def test_redis_a_publish_is_answered_once_redis_holds_it_and_with_error_100_when_it_cannot(
+        redis_server: RedisServer, redis_pair: list[WsgateProcess], session: aiohttp.ClientSession,
+        clients: Callable[[WsgateProcess, str], Any]) -> None:
+    a, b = redis_pair
+    alice = await clients(a, "alice")
+    await alice.result("subscribe", channel=ROOM)
+    # Eight publishes in one frame: each reply means the publication is in the
+    # history that the other instance reads from Redis.
+    await alice.send(*({"id": 100 + i, "publish": {"channel": ROOM, "data": {"i": i}}} for i in range(8)))
+    answered, delivered = [], []
+    for _ in range(16):
+        message = await alice.message()
+        if "id" in message:
+            assert message == {"id": message["id"], "publish": {}}, message
+            answered.append(message["id"] - 100)
+            history = await Api(session, b)("history", channel=ROOM, limit=-1)
+            assert {"i": answered[-1]} in [p["data"] for p in history["publications"]], (answered, history)
+        else:
+            delivered.append(message["push"]["pub"]["data"]["i"])
+    assert sorted(answered) == delivered == list(range(8))
+
+    redis_server.stop()
+    reply = await alice.ask("publish", channel=ROOM, data="lost")
+    assert reply["error"]["code"] == 100, reply
+    await asyncio.sleep(QUIET)
+    alice.nothing_more()
+
+
 async def test_redis_disconnect_by_user_reaches_every_instance(
         redis_pair: list[WsgateProcess], session: aiohttp.ClientSession,
         clients: Callable[[WsgateProcess, str], Any]) -> None:

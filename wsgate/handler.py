@@ -163,17 +163,20 @@ class Context:
         """Stop delivering ``topic`` to ``conn``."""
         raise NotImplementedError
 
-    async def publish(self, topic: str, message: Message, *, wait: bool = True) -> None:
+    async def publish(self, topic: str, message: Message, *, wait: bool = True,
+                      then: Callable[[bool], None] | None = None) -> None:
         """Send ``message`` to every subscriber of ``topic`` on every instance.
 
         With ``wait=False`` it returns as soon as the message is on its way, behind every
         earlier publish of this instance (over Redis several then share a round trip).
+        ``then``, if given, is called once the broker answered: True if it took the message.
         """
         raise NotImplementedError
 
     async def publish_numbered(self, topic: str, event: Mapping[str, Any], keep: int,
                                keep_for: float = 0.0, *, wait: bool = True, at: str = "id",
-                               strict: bool = False) -> int | None:
+                               strict: bool = False, then: Callable[[int | None], None] | None = None
+                               ) -> int | None:
         """Publish ``event`` as JSON with an ``"id"`` field added.
 
         ``at`` puts the id elsewhere: a dotted key path, such as ``"push.pub.offset"``,
@@ -192,7 +195,10 @@ class Context:
         from one instance reach the broker in the order they were made, so the next
         message of the same connection can be handled meanwhile and still comes after
         this one; with Redis, several then share a round trip. A failure is handled as
-        above (local subscribers get ``"id": null``).
+        above (local subscribers get ``"id": null``). ``then``, if given, is called with
+        the id given (None on failure) once the broker answered: a reply that must say
+        "taken" can wait for it while the connection goes on (not called when
+        ``BrokerError`` is raised).
         """
         raise NotImplementedError
 

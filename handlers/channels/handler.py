@@ -15,7 +15,7 @@ import functools
 import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import wsgate
@@ -50,6 +50,12 @@ __all__ = ["Channels"]
 STALE_AFTER = 10.0  # seconds a connection may stay open without sending connect
 REFRESH_GRACE = 60.0  # seconds more when the refresh proxy fails, as Centrifugo gives
 _JOINING = frozenset({"connect", "subscribe"})  # commands whose reply must precede a channel's publications
+
+
+class _Replies(list[str]):
+    """A frame's replies; ``done`` once sent, so a later reply goes in a frame of its own."""
+
+    done = False
 
 
 class Channels(Handler[ChannelsOptions]):
@@ -120,21 +126,30 @@ class Channels(Handler[ChannelsOptions]):
 
     async def _run(self, conn: Connection, commands: list[Command]) -> None:
         """Run a frame's commands in order and send their replies in one frame."""
-        replies: list[str] = []
+        replies = _Replies()
         try:
             for command in commands:
-                reply = await self._command(conn, command)
+                reply = await self._command(conn, command, replies)
                 if reply is not None:
                     replies.append(dumps(reply))
         except Disconnect as exc:
+            replies.done = True
             if replies:
                 await conn.send("\n".join(replies))
             await conn.close(exc.code, exc.reason)
             return
+        replies.done = True
         if replies:
             await conn.send("\n".join(replies))
 
-    async def _command(self, conn: Connection, command: Command) -> dict[str, Any] | None:
+    def _reply_later(self, conn: Connection, replies: _Replies, reply: dict[str, Any]) -> None:
+        """A reply that came after the command returned: in its frame's replies if they are not sent yet."""
+        if replies.done:
+            self.context.broadcast(dumps(reply), [conn])
+        else:
+            replies.append(dumps(reply))
+
+    async def _command(self, conn: Connection, command: Command, replies: _Replies) -> dict[str, Any] | None:
         client = self.clients.get(conn)
         method = command.method
         if method is None:  # {} answers the server's ping
@@ -150,6 +165,9 @@ class Channels(Handler[ChannelsOptions]):
         try:
             if client is None:
                 result = await self._connect(conn, command.params)
+            elif method == "publish":
+                await self._publish(client, command.params, functools.partial(self._published, replies, command.id))
+                return None
             else:
                 result = await getattr(self, "_" + method)(client, command.params)
         except ReplyError as exc:
@@ -330,7 +348,14 @@ class Channels(Handler[ChannelsOptions]):
             return
         raise error(103)
 
-    async def _publish(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:
+    async def _publish(self, client: Client, params: dict[str, Any], then: Callable[[Client, bool], None]) -> None:
+        """Publish; ``then`` replies once the broker took it (or did not).
+
+        As in Centrifugo, a publish is answered only once it has its offset, so a
+        publication answered before another was made comes first on every instance;
+        meanwhile the connection's next commands go on, and several publications share
+        a broker round trip.
+        """
         channel = check_channel(params.get("channel"), self.options.max_channel_length)
         ns = self.namespace(channel)
         if "data" not in params:
@@ -346,10 +371,14 @@ class Channels(Handler[ChannelsOptions]):
             self._may(ns.publish, client, channel)
         self.streams.check_schema(channel, ns, data)
         sub = client.subs.get(channel)
-        # Replied to once on its way: the connection's next command need not wait for the
-        # broker, and its publications still reach the broker in order.
-        await self.streams.publish(channel, ns, data, info=client.info(sub), skip_history=skip_history, wait=False)
-        return {}
+        await self.streams.publish(channel, ns, data, info=client.info(sub), skip_history=skip_history,
+                                   then=functools.partial(then, client))
+
+    def _published(self, replies: _Replies, command_id: int, client: Client, taken: bool) -> None:
+        if not taken:
+            self.context.logger.warning("publish on %s: broker unavailable", client.conn.id)
+        self._reply_later(client.conn, replies, {"id": command_id, "publish": {}} if taken
+                          else {"id": command_id, "error": error(100).as_json()})
 
     async def _presence(self, client: Client, params: dict[str, Any]) -> dict[str, Any]:
         return {"presence": await self.streams.presence(self._readable(client, params, "presence"))}

@@ -25,10 +25,12 @@ class Streams:
         self._validators: dict[str, Any] = {}
 
     async def publish(self, channel: str, ns: Namespace, data: Any, *, info: Mapping[str, Any] | None = None,
-                      tags: Mapping[str, str] | None = None, skip_history: bool = False, wait: bool = True) -> int:
-        """Publish to every subscriber on every instance; the offset given (0: none, or not waited for).
+                      tags: Mapping[str, str] | None = None, skip_history: bool = False,
+                      then: Callable[[bool], None] | None = None) -> int:
+        """Publish to every subscriber on every instance; the offset given (0: none).
 
-        Nobody gets what the broker did not take: BrokerError (with ``wait``), else a log line.
+        Nobody gets what the broker did not take: BrokerError. With ``then``, return 0
+        once it is on its way and tell ``then`` whether the broker took it.
         """
         pub: dict[str, Any] = {"data": data}
         if info:
@@ -37,10 +39,12 @@ class Streams:
             pub["tags"] = tags
         event = {"push": {"channel": channel, "pub": pub}}
         if ns.history and not skip_history:
+            told = None if then is None else (lambda offset: then(offset is not None))
             offset = await self._context.publish_numbered(channel, event, ns.history, ns.history_ttl,
-                                                          at="push.pub.offset", strict=True, wait=wait)
+                                                          at="push.pub.offset", strict=True, wait=then is None,
+                                                          then=told)
             return offset or 0
-        await self._context.publish(channel, dumps(event), wait=wait)
+        await self._context.publish(channel, dumps(event), wait=then is None, then=then)
         return 0
 
     def check_schema(self, channel: str, ns: Namespace, data: Any) -> None:

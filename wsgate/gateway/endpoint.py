@@ -148,14 +148,16 @@ class EndpointContext(Context):
     async def unsubscribe(self, conn: Connection, topic: str) -> None:
         await self._live.hub.unsubscribe(conn, self.path, topic)
 
-    async def publish(self, topic: str, message: Message, *, wait: bool = True) -> None:
-        await self._live.hub.publish(self.path, topic, message, wait=wait)
+    async def publish(self, topic: str, message: Message, *, wait: bool = True,
+                      then: Callable[[bool], None] | None = None) -> None:
+        await self._live.hub.publish(self.path, topic, message, wait=wait, then=then)
 
     async def publish_numbered(self, topic: str, event: Mapping[str, Any], keep: int,
                                keep_for: float = 0.0, *, wait: bool = True, at: str = "id",
-                               strict: bool = False) -> int | None:
+                               strict: bool = False, then: Callable[[int | None], None] | None = None
+                               ) -> int | None:
         return await self._live.hub.publish_numbered(self.path, topic, event, keep, keep_for, wait=wait,
-                                                     at=tuple(at.split(".")), strict=strict)
+                                                     at=tuple(at.split(".")), strict=strict, then=then)
 
     async def history(self, topic: str, limit: int) -> tuple[Mapping[str, Any], ...]:
         return self._freeze(await self._live.hub.history(self.path, topic, limit), shared=True)

@@ -270,11 +270,11 @@ class Hub:
     # message straight away; other instances miss it (pub/sub is fire-and-forget).
 
     async def publish(self, path: str, topic: str, message: str | bytes, *, strict: bool = False,
-                      wait: bool = True) -> None:
+                      wait: bool = True, then: Callable[[bool], None] | None = None) -> None:
         """Publish to every instance; on broker failure deliver locally, or raise if ``strict``.
 
         Without ``wait``, return once it is on its way; a later failure delivers locally,
-        or, ``strict``, is only counted and logged.
+        or, ``strict``, is only counted and logged. ``then`` is told whether the broker took it.
         """
         channel = channel_name(path, topic)
         payload = b"t" + message.encode() if isinstance(message, str) else b"b" + bytes(message)
@@ -282,16 +282,21 @@ class Hub:
             posted = self.broker.post(channel, payload)
             if wait or posted.done() or self.broker.backlog > _BACKLOG:
                 await posted
+                if then is not None:
+                    then(True)
             else:
-                posted.add_done_callback(functools.partial(self._posted_plain, channel, payload, strict))
+                posted.add_done_callback(functools.partial(self._posted_plain, channel, payload, strict, then))
         except BrokerError as exc:
             self._failed(channel, exc)
             if strict and wait:
                 raise
             if not strict:
                 self._deliver(channel, payload)
+            if then is not None:
+                then(False)
 
-    def _posted_plain(self, channel: str, payload: bytes, strict: bool, posted: asyncio.Future[None]) -> None:
+    def _posted_plain(self, channel: str, payload: bytes, strict: bool, then: Callable[[bool], None] | None,
+                      posted: asyncio.Future[None]) -> None:
         exc = None if posted.cancelled() else posted.exception()
         if isinstance(exc, BrokerError):
             self._failed(channel, exc)
@@ -299,16 +304,20 @@ class Hub:
                 self._deliver(channel, payload)
         elif exc is not None:
             log.error("publish to %s failed", channel, exc_info=exc)
+        if then is not None:
+            then(exc is None)
 
     async def publish_numbered(self, path: str, topic: str, event: Mapping[str, Any], keep: int,
                                keep_for: float, *, wait: bool = True, at: tuple[str, ...] = ("id",),
-                               strict: bool = False) -> int | None:
+                               strict: bool = False, then: Callable[[int | None], None] | None = None
+                               ) -> int | None:
         """The id given, or None when the broker failed and only local subscribers got it.
 
         Without ``wait``, return None once the event is on its way (behind every earlier
         publish of this instance); a broker failure is then handled as it would have been.
         With ``strict``, nobody gets an event the broker did not take: BrokerError is
-        raised (with ``wait``) or logged and counted (without).
+        raised (with ``wait``) or logged and counted (without). ``then`` gets the id
+        given, or None, once the broker answered (not when BrokerError is raised).
         """
         head, tail = numbered_parts(event, at)
         channel = channel_name(path, topic)
@@ -319,35 +328,43 @@ class Hub:
                 self._stats.broker_publish_failures += 1
                 raise
             self._failed_numbered(channel, head, tail, exc)
+            if then is not None:
+                then(None)
             return None
         # Not waiting, the caller may post again at once: past _BACKLOG publishes that
         # have not left yet, it waits for its own, so a fast sender cannot grow the queue.
         # (Awaiting a done future, the memory broker's, does not suspend.)
         if wait or number.done() or self.broker.backlog > _BACKLOG:
             try:
-                number_given = await number
+                number_given: int | None = await number
             except BrokerError as exc:
-                if strict:
+                if strict and wait:
                     self._stats.broker_publish_failures += 1
-                    if wait:
-                        raise
-                    log.warning("broker publish to %s failed; nobody got it: %s", channel, exc)
-                    return None
-                self._failed_numbered(channel, head, tail, exc)
-                return None
+                    raise
+                self._unposted(channel, head, tail, strict, exc)
+                number_given = None
+            if then is not None:
+                then(number_given)
             return number_given if wait else None
-        number.add_done_callback(functools.partial(self._posted, channel, head, tail, strict))
+        number.add_done_callback(functools.partial(self._posted, channel, head, tail, strict, then))
         return None
 
-    def _posted(self, channel: str, head: bytes, tail: bytes, strict: bool, number: asyncio.Future[int]) -> None:
+    def _posted(self, channel: str, head: bytes, tail: bytes, strict: bool,
+                then: Callable[[int | None], None] | None, number: asyncio.Future[int]) -> None:
         exc = None if number.cancelled() else number.exception()
-        if isinstance(exc, BrokerError) and strict:
-            self._stats.broker_publish_failures += 1
-            log.warning("broker publish to %s failed; nobody got it: %s", channel, exc)
-        elif isinstance(exc, BrokerError):
-            self._failed_numbered(channel, head, tail, exc)
+        if isinstance(exc, BrokerError):
+            self._unposted(channel, head, tail, strict, exc)
         elif exc is not None:
             log.error("numbered publish to %s failed", channel, exc_info=exc)
+        if then is not None:
+            then(None if exc is not None else number.result())
+
+    def _unposted(self, channel: str, head: bytes, tail: bytes, strict: bool, exc: BrokerError) -> None:
+        if strict:
+            self._stats.broker_publish_failures += 1
+            log.warning("broker publish to %s failed; nobody got it: %s", channel, exc)
+        else:
+            self._failed_numbered(channel, head, tail, exc)
 
     def _failed_numbered(self, channel: str, head: bytes, tail: bytes, exc: BrokerError) -> None:
         self._failed(channel, exc)
