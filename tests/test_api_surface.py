@@ -38,6 +38,7 @@ PUBLIC = {
     "ConfigProblem",
     "HandlerLoadError",
     "BrokerError",
+    "DependencyError",
     "ConnectionClosed",
     "Handshake",
     "Identity",
@@ -49,7 +50,7 @@ PUBLIC = {
     "TokenRejected",
 }
 ERRORS = {"WsgateError", "ConfigError", "HandlerLoadError", "BrokerError", "ConnectionClosed", "Refuse",
-          "TokenRejected"}
+          "TokenRejected", "DependencyError"}
 SCRIPTS = {"wsgate.__main__"}  # runs the CLI when imported; not a library module
 
 

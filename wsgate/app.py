@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .broker import Broker, create_broker
 from .config import Registry, Settings, load_config
 from .errors import BrokerError, ConfigError
+from .gateway import aiohttp_seam
 from .gateway.endpoint import LiveEndpoint
 from .gateway.hub import Hub
 from .gateway.router import Gateway, host_refusal
@@ -269,8 +270,10 @@ def build_app(settings: Settings, registry: Registry | None = None) -> web.Appli
     """The application for validated ``settings``; connects the broker on startup.
 
     Builds the authenticators (ConfigError if a file or hook the config names is
-    unusable); the gateway holds them, and closes them when it stops.
+    unusable); the gateway holds them, and closes them when it stops. DependencyError
+    if the installed aiohttp is not one the gateway can run on.
     """
+    aiohttp_seam.check()
     authenticators = prepare(settings)
     app = web.Application()
     stats = GatewayStats()

@@ -30,7 +30,8 @@ from .config import Registry, Settings, load_config
 from .config.models import ServerConfig
 from .config.schema import config_schema
 from .describe import describe_routes
-from .errors import BrokerError, ConfigError
+from .errors import BrokerError, ConfigError, DependencyError
+from .gateway import aiohttp_seam
 from .observe.logs import setup_logging
 from .prepare import prepare
 from .reloader import run_with_reload
@@ -85,6 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "init":
         return _init(Path(args.directory or "."), registry)
+    try:
+        aiohttp_seam.check()
+    except DependencyError as exc:
+        print(f"wsgate: {exc}", file=sys.stderr)
+        return 1
     try:
         settings = _override(load_config(args.config, registry), args)
         settings.check_deployment()

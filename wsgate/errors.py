@@ -6,6 +6,7 @@
     ├── ConfigError          config.yaml is invalid (carries every problem found)
     ├── HandlerLoadError     a handler name or ``module:Class`` cannot be resolved
     ├── BrokerError          the broker could not be reached or refused an operation
+    ├── DependencyError      an installed library is not one wsgate can run on
     ├── ConnectionClosed     a send on a connection that is already closed
     ├── Refuse               raised by a handler's ``authorize`` or an auth hook: turn a handshake away
     └── TokenRejected        ``Context.authenticate`` refused a token
@@ -20,6 +21,7 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "ConnectionClosed",
+    "DependencyError",
     "HandlerLoadError",
     "Refuse",
     "TokenRejected",
@@ -52,6 +54,10 @@ class ConfigError(WsgateError):
     def __init__(self, problems: list[ConfigProblem]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+
+class DependencyError(WsgateError):
+    """An installed library is not one wsgate can run on; the message says what to install."""
 
 
 class HandlerLoadError(WsgateError):

@@ -22,6 +22,7 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +61,11 @@ class GatewayServer:
     def ws_url(self) -> str:
         return "ws" + self.url.removeprefix("http")
 
-    def connect(self, path: str, **kwargs: Any) -> aiohttp.client._WSRequestContextManager:
+    def connect(self, path: str, **kwargs: Any) -> AbstractAsyncContextManager[aiohttp.ClientWebSocketResponse]:
         """Open a WebSocket with aiohttp's client (kwargs go to ``ws_connect``)."""
         return self.session.ws_connect(self.url + path, **kwargs)
 
-    def get(self, path: str, **kwargs: Any) -> aiohttp.client._RequestContextManager:
+    def get(self, path: str, **kwargs: Any) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
         return self.session.get(self.url + path, **kwargs)
 
 

@@ -30,6 +30,7 @@ from ..policy.hosts import host_policy
 from ..policy.limits import Admission
 from ..policy.probes import ProbeLimit
 from ..policy.proxies import client_address, client_scheme
+from .aiohttp_seam import websocket_response
 from .endpoint import LiveEndpoint
 from .hub import Hub
 from .identify import identify, refusal_response, strip_bearer
@@ -190,12 +191,8 @@ class Gateway:
             del verdict
             if self.draining:  # authentication may have taken a while
                 return web.Response(status=503, text="the server is shutting down\n")
-            ws = web.WebSocketResponse(
-                autoping=False, autoclose=False, protocols=(*policy.subprotocols, AUTH_PROTOCOL),
-                compress=policy.compression,
-                # aiohttp refuses a message of exactly max_msg_size; ours is the largest allowed.
-                max_msg_size=policy.max_message_size + 1,
-            )
+            ws = websocket_response((*policy.subprotocols, AUTH_PROTOCOL), policy.compression,
+                                    policy.max_message_size)
             try:
                 await ws.prepare(request)
             except (UnicodeError, ValueError):

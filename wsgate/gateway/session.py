@@ -16,6 +16,7 @@ from ..connection import Connection
 from ..errors import ConnectionClosed
 from ..policy.keepalive import Action, KeepAlive
 from ..policy.limits import TokenBucket
+from .aiohttp_seam import frame_queue, inflated_limit
 from .closing import CloseHandshake
 from .endpoint import LiveEndpoint
 from .sendqueue import SendQueue
@@ -72,11 +73,7 @@ class Session:
         self._request = request  # aiohttp keeps it for the connection's life anyway
         transport = request.transport
         assert transport is not None
-        assert ws._reader is not None
-        # aiohttp's queue of parsed frames, read directly: its receive() answers a bad
-        # frame with a close frame of its own and drops TCP at once, which resets a
-        # client still sending before it reads why (see closing.py).
-        self.incoming = ws._reader
+        self.incoming = frame_queue(ws)
         queue = SendQueue(policy.send_queue, drop=policy.slow_client == "drop")
         self.writer = Writer(transport, services.flusher, queue, live.stats, self._overflow, self.handshake.sent,
                              _deflate(ws))
@@ -170,7 +167,7 @@ class Session:
         accepts = live.handler.accepts
         keepalive, bucket, loop = self.keepalive, self.bucket, self.loop
         track_time = keepalive.enabled or bucket is not None
-        inflated_limit = live.endpoint.policy.max_message_size if self.ws.compress else 0
+        size_limit = inflated_limit(self.ws, live.endpoint.policy.max_message_size)
         read = self.incoming.read
         while True:
             try:
@@ -199,8 +196,7 @@ class Session:
                         stats.limit_rejections["rate"] += 1
                         self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
                         continue
-                if inflated_limit and _byte_length(data) > inflated_limit:
-                    # aiohttp lets a decompressed message one byte over its limit through.
+                if size_limit and _byte_length(data) > size_limit:
                     self.close(CloseCode.MESSAGE_TOO_BIG, self._too_big())
                 elif accepts != "any" and (kind is WSMsgType.TEXT) != (accepts == "text"):
                     self.close(CloseCode.UNSUPPORTED_DATA, f"this endpoint accepts only {accepts} messages")
