@@ -361,7 +361,7 @@ async def test_an_announced_oversize_answer_is_not_awaited(backend: Backend, mak
     proxy = make_proxy(rpc=f"{backend.url}/rpc", timeout=3)
     started = time.monotonic()
     assert await proxy.call("rpc", {"method": "big"}, {}) == INTERNAL
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 2.5  # refused at the size, not at the 3 s timeout
     assert "more than" in warnings(caplog)[0]
 
 
@@ -399,7 +399,7 @@ async def test_a_slow_body_times_out_too(backend: Backend, make_proxy: Callable[
     proxy = make_proxy(connect=f"{backend.url}/connect", timeout=0.2)
     started = time.monotonic()
     assert await proxy.call("connect", {}, {}) == INTERNAL
-    assert time.monotonic() - started < 0.7
+    assert time.monotonic() - started < 2  # 0.2 s, not the 5 s the body would take
     assert proxy.failures == 1
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -127,16 +128,18 @@ async def test_the_rooms_claim_limits_joins_before_the_upgrade(rooms: list[str],
 async def test_a_hostile_rooms_pattern_does_not_stall_the_gateway() -> None:
     """A claim pattern with many stars against the longest room name a client may pick:
     refused (or admitted) at once, and the event loop stays free for others meanwhile.
-    As a regex (``.*`` per star) this took seconds per handshake."""
+    As a regex (``.*`` per star) this took seconds of CPU per handshake; the bound is on
+    this process's CPU time (gateway and client both), which other processes' load does
+    not stretch."""
     hostile = token("u1", rooms=["*a" * 6 + "*b"])
     room = "a" * 64
     async with chat_gateway() as gw:
-        started = asyncio.get_running_loop().time()
+        started = time.process_time()
         with pytest.raises(InvalidStatus) as refused:
             await connect(f"{gw.ws_url}/chat?room={room}", additional_headers={"Authorization": "Bearer " + hostile},
                           open_timeout=TIMEOUT)
         assert refused.value.response.status_code == 403
-        assert asyncio.get_running_loop().time() - started < 1.0
+        assert time.process_time() - started < 1.0
         ws, welcome = await join(gw, token("u2", rooms=["*a" * 6 + "*"]), f"room={room}")
         assert welcome["room"] == room
         await ws.close()
