@@ -26,6 +26,7 @@ SLOW_MODULES = frozenset({
     "test_packaging.py",
     "test_page_channels.py",
     "test_pusher_browser.py",
+    "test_pusher_reconnect.py",
     "test_pytest_plugin.py",
     "test_redis_cluster.py",
     "test_redis_restart.py",
