@@ -26,6 +26,7 @@ SLOW_MODULES = frozenset({
     "test_packaging.py",
     "test_page_channels.py",
     "test_pusher_browser.py",
+    "test_pusher_cluster.py",
     "test_pusher_reconnect.py",
     "test_pytest_plugin.py",
     "test_redis_cluster.py",
@@ -99,6 +100,7 @@ SOLO = frozenset({
     "test_bench_smoke.py",
     "test_abuse.py::test_a_client_that_never_reads_cannot_grow_server_memory",
     "test_redis_cluster.py",  # failovers and reshards on a 1 s node timeout
+    "test_pusher_cluster.py",  # a Redis Cluster and two gateways on a 1 s node timeout
 })
 
 
