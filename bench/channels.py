@@ -27,7 +27,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bench.harness import (
@@ -161,9 +161,12 @@ async def _publisher(kind: str, port: int, channel: str, inflight: int, stop: as
         await asyncio.gather(*(worker() for _ in range(inflight)))
 
 
+Publisher = Callable[[str, int, str, int, asyncio.Event, list[int]], Awaitable[None]]
+
+
 async def _loadgen_with_publisher(bench: Bench, args: list[str], publisher: tuple[str, int, str, int] | None,
-                                  limit: float) -> dict[str, Any]:
-    """The load generator (``sub`` mode prints ready, then measures) with a publisher running meanwhile."""
+                                  limit: float, publish: Publisher = _publisher) -> dict[str, Any]:
+    """The load generator (``sub`` mode prints ready, then measures) with ``publish`` running meanwhile."""
     if publisher is not None and publisher[0] == "cent":
         # Imported before the window opens: cent's first import (pydantic models) can take
         # longer than a smoke window on a busy machine.
@@ -183,7 +186,7 @@ async def _loadgen_with_publisher(bench: Bench, args: list[str], publisher: tupl
             while line := (await proc.stdout.readline()).decode():
                 last = line.strip() or last
                 if publisher is not None and task is None and '"ready"' in line:
-                    task = asyncio.create_task(_publisher(*publisher, stop, counter))
+                    task = asyncio.create_task(publish(*publisher, stop, counter))
             stop.set()
             if task is not None:
                 await task
@@ -211,6 +214,9 @@ async def _loadgen_with_publisher(bench: Bench, args: list[str], publisher: tupl
 class ChannelsRun:
     """One repeat of the channels scenario, on the servers it starts."""
 
+    # the server API publishers: (kind, port, channel, in flight, stop, counter)
+    publish: Publisher = staticmethod(_publisher)
+
     def __init__(self, bench: Bench, selected: Sequence[Case]) -> None:
         self.bench = bench
         self.s = bench.s
@@ -227,6 +233,10 @@ class ChannelsRun:
         s = self.s
         return [f"--port={server.port}", f"--conns={conns}", f"--server-pid={server.pid}",
                 f"--timeout={s.setup_timeout}", f"--max-pending={s.max_pending}"]
+
+    def subscribers(self, channel: str) -> list[str]:
+        """The load generator's path and frames that make each connection a subscriber of ``channel``."""
+        return [f"--path={PATH}", *_subscriber_args(channel)]
 
     def window(self) -> list[str]:
         return [f"--warmup={self.s.warmup}", f"--duration={self.s.window}"]
@@ -246,7 +256,7 @@ class ChannelsRun:
                publisher: tuple[str, int, str, int] | None = None, parts: Sequence[str] = ()) -> None:
         wait_quiet(pids)
         try:
-            result = asyncio.run(_loadgen_with_publisher(self.bench, args, publisher, self.timeout()))
+            result = asyncio.run(_loadgen_with_publisher(self.bench, args, publisher, self.timeout(), self.publish))
         except BenchError as exc:
             self.bench.fail(case, name, str(exc), rnd)
             return
@@ -428,14 +438,14 @@ class ChannelsRun:
         if case.conns and kind != "wsgate":
             args = ["--mode=sub", *self.common(server, case.conns), f"--warmup={s.warmup}",
                     f"--duration={s.window + 1.0}", f"--quiet={s.quiet}", f"--settle-max={s.settle_max}",
-                    f"--path={PATH}", *_subscriber_args(channel)]
+                    *self.subscribers(channel)]
             ready = asyncio.Event()
             sub = asyncio.create_task(self._held(args, ready))
             async with asyncio.timeout(s.setup_timeout + s.settle_max):
                 await ready.wait()
         stop = asyncio.Event()
         counter = [0]
-        task = asyncio.create_task(_publisher(kind, server.port, channel, case.inflight, stop, counter))
+        task = asyncio.create_task(self.publish(kind, server.port, channel, case.inflight, stop, counter))
         try:
             await asyncio.sleep(s.warmup)
             if task.done():

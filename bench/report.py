@@ -62,6 +62,10 @@ BASELINES.update({
     "ch-subscribe": "echo same frame",
     "ch-api": "/api/publish aiohttp",
 })
+# the pusher scenario (bench/pusher.py)
+METRICS["pu-fanout"] = (Metric("deliveries_per_s", "deliveries", "deliv/s", True),)
+METRICS["pu-api"] = (Metric("msg_per_s", "triggers", "req/s", True),)
+BASELINES.update({"pu-fanout": "fanout plugin", "pu-api": "/api/publish aiohttp"})
 
 
 def baseline_for(scenario: str) -> str:

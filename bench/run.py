@@ -51,7 +51,8 @@ from bench.report import (
 )
 
 SCENARIOS = (
-    "echo", "latency", "broadcast", "idle", "many", "startup", "scaleout", "channels", "handshake", "resume", "cluster",
+    "echo", "latency", "broadcast", "idle", "many", "startup", "scaleout", "channels", "pusher", "handshake", "resume",
+    "cluster",
 )
 WSGATE_ONLY = ("handshake", "resume", "cluster")  # wsgate features the other servers do not have
 DEFAULT_JSON = BENCH_DIR / "results" / "latest.json"
@@ -94,6 +95,11 @@ class Settings:
     ch_api_inflight: int = 16
     ch_api_few: int = 10
     ch_redis: bool = True  # the fan-out over Redis with two instances
+    # the pusher scenario (bench/pusher.py)
+    pu_receivers: int = 1000
+    pu_inflight: int = 16
+    pu_api_inflight: int = 16
+    pu_api_few: int = 10
 
 
 QUICK = Settings(repeat=1, warmup=0.3, window=1.0, many_idle=5.0, many_broadcasts=3)
@@ -127,6 +133,10 @@ SMOKE = Settings(
     ch_api_inflight=4,
     ch_api_few=3,
     ch_redis=False,
+    pu_receivers=10,
+    pu_inflight=4,
+    pu_api_inflight=4,
+    pu_api_few=3,
 )
 
 
@@ -172,6 +182,10 @@ def plan(scenarios: Sequence[str], s: Settings) -> list[Case]:
         from bench import channels
 
         cases += channels.cases(s)
+    if "pusher" in scenarios:
+        from bench import pusher
+
+        cases += pusher.cases(s)
     return cases
 
 
@@ -312,8 +326,13 @@ class Bench:
             why = "wsgate is not among the servers" if "wsgate" not in self.servers else "wsgate is unavailable"
             self.notes.append(f"channels skipped: {why}")
             channels = []
+        pusher = [c for c in self.cases if c.scenario.startswith("pu-")]
+        if pusher and "wsgate" not in active:
+            why = "wsgate is not among the servers" if "wsgate" not in self.servers else "wsgate is unavailable"
+            self.notes.append(f"pusher skipped: {why}")
+            pusher = []
         groups.append([c for c in self.cases if c.scenario not in ("idle", "many", "startup", "scaleout")
-                       and not c.scenario.startswith("ch-")])
+                       and not c.scenario.startswith(("ch-", "pu-"))])
         groups = [g for g in groups if g]
         many = [c for c in self.cases if c.scenario == "many"]
         many_servers = [n for n in active if SERVERS[n].many_path is not None]
@@ -321,7 +340,7 @@ class Bench:
             for name in active:
                 if name not in many_servers:
                     self.notes.append(f"many: not run on {name} (no broadcast-to-all endpoint for it in the bench)")
-        if not groups and not scaleout and not many and not channels:
+        if not groups and not scaleout and not many and not channels and not pusher:
             groups = [[]]  # startup only
         try:
             for rnd in range(self.s.repeat):
@@ -340,6 +359,10 @@ class Bench:
                     from bench import channels as channels_scenario
 
                     channels_scenario.run_round(self, channels, rnd)
+                if pusher:
+                    from bench import pusher as pusher_scenario
+
+                    pusher_scenario.run_round(self, pusher, rnd)
         finally:
             if self.redis is not None:
                 self.redis.stop()
@@ -712,14 +735,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench import channels as channels_scenario
 
         row_servers += channels_scenario.ROW_SERVERS
+    if "pusher" in scenarios:
+        from bench import pusher as pusher_scenario
+
+        row_servers += [n for n in pusher_scenario.ROW_SERVERS if n not in row_servers]
     rows = summarize(case_keys, row_servers, bench.samples, bench.failures)
     if "channels" in scenarios:
         channels_scenario.annotate(rows)
+    if "pusher" in scenarios:
+        pusher_scenario.annotate(rows)
     print(format_table(rows))
     if any(r.scenario == "scaleout" for r in rows):
         print(f"\nratio vs base: vs {BASELINE}; in scaleout, {SCALEOUT_REDIS} vs {SCALEOUT_MEMORY}")
     if any(r.scenario.startswith("ch-") for r in rows):
         print("\nchannels: ratio vs " + "; ".join(f"{sc}: {b}" for sc, b in BASELINES.items() if sc.startswith("ch-")))
+    if any(r.scenario.startswith("pu-") for r in rows):
+        print("\npusher: ratio vs " + "; ".join(f"{sc}: {b}" for sc, b in BASELINES.items() if sc.startswith("pu-")))
     for name, error in bench.unavailable.items():
         print(f"\n{name} not benchmarked: {error}")
     for note in bench.notes:

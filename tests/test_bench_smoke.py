@@ -72,5 +72,16 @@ def test_bench_smoke(tmp_path: Path) -> None:
         ("ch-api", "channels api cent", "msg_per_s"),
     ]:
         assert (channels.get(key) or 0) > 0, f"{key}: {channels}\n{log}"
+    # the pusher handler: events triggered by the pusher SDK (signed) reach pusher-protocol subscribers
+    pusher = {(row["scenario"], row["case"], row["server"], row["metric"]): row["median"] for row in data["rows"]
+              if row["scenario"].startswith("pu-")}
+    for key in [
+        ("pu-fanout", "N=10 k=4", "fanout plugin", "deliveries_per_s"),
+        ("pu-fanout", "N=10 k=4", "pusher sdk trigger", "deliveries_per_s"),
+        ("pu-api", "0 subscribers k=4", "/api/publish aiohttp", "msg_per_s"),
+        ("pu-api", "0 subscribers k=4", "pusher sdk trigger", "msg_per_s"),
+        ("pu-api", "3 subscribers k=4", "pusher sdk trigger", "msg_per_s"),
+    ]:
+        assert (pusher.get(key) or 0) > 0, f"{key}: {pusher}\n{log}"
     assert done.returncode == 0, log
 
