@@ -322,7 +322,7 @@ def _loaded_by(statement: str) -> set[str]:
 
 
 def test_importing_wsgate_loads_only_what_the_plugin_api_needs() -> None:
-    """A plugin module imports wsgate for the API: aiohttp's client, PyJWT, cryptography,
+    """A plugin module imports wsgate for the API: aiohttp's client, joserfc, cryptography,
     YAML and the config models load only when a gateway is configured or served."""
     loaded = _loaded_by("import wsgate")
     # "_sysconfigdata_..." and the like are the interpreter's own, whatever their names.
@@ -336,7 +336,7 @@ def test_importing_wsgate_loads_only_what_the_plugin_api_needs() -> None:
 def test_the_lazy_packages_still_export_everything() -> None:
     """wsgate.auth and wsgate.config load their parts when a name is first asked for."""
     loaded = _loaded_by("from wsgate.auth import JwtVerifier; from wsgate.config import parse_config")
-    assert {"jwt", "wsgate.auth.jwt", "wsgate.config.load"} <= loaded
+    assert {"joserfc", "wsgate.auth.jwt", "wsgate.config.load"} <= loaded
     for name in ("wsgate.auth", "wsgate.config"):
         module = importlib.import_module(name)
         assert all(getattr(module, item) is not None for item in module.__all__)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import joserfc.jws
 import jwt
 import pytest
 from aiohttp import web
@@ -530,6 +531,42 @@ async def test_hs_rs_confusion_fails(keys: Keys, key_files: Path) -> None:
     verifier = JwtVerifier(jwt_config(algorithms=["RS256"], public_key="rsa.pem"), key_files)
     failure = await refusal(verifier.verify(token, now=NOW))
     assert (failure.status, failure.reason) == (401, "invalid")
+
+
+async def test_header_rules(keys: Keys, key_files: Path) -> None:
+    """A signed token that asks for a critical extension is refused; a large header (a
+    certificate chain, a long kid) is not a reason to refuse; a kid must be a string."""
+    verifier = JwtVerifier(jwt_config(algorithms=["RS256"], public_key="rsa.pem"), key_files)
+    crit = jwt.encode(claims(), keys.rsa, algorithm="RS256", headers={"crit": ["b64"], "b64": True})
+    assert "'crit'" in (await refusal(verifier.verify(crit, now=NOW))).detail
+    chain = jwt.encode(claims(), keys.rsa, algorithm="RS256", headers={"x5c": ["A" * 1500], "kid": "k" * 300})
+    assert (await verifier.verify(chain, now=NOW)).user == "alice"
+    numeric_kid = handmade({"alg": "RS256", "kid": 7}, claims(), b"x" * 256)
+    assert "'kid'" in (await refusal(verifier.verify(numeric_kid, now=NOW))).detail
+
+
+async def test_claim_types_and_messages() -> None:
+    verifier = JwtVerifier(jwt_config(algorithms=["HS256"], secret=SECRET, audience="chat", issuer="https://idp"),
+                           Path("."))
+    good = {"aud": "chat", "iss": "https://idp"}
+    cases = [
+        ({**good, "aud": 5}, "claim 'aud' is not a string or a list of strings"),
+        ({**good, "aud": "billing"}, "token audience 'billing' is not 'chat'"),
+        ({"iss": "https://idp"}, "token has no 'aud' claim"),
+        ({**good, "iss": "https://evil"}, "token issuer 'https://evil' is not 'https://idp'"),
+        ({**good, "sub": 42}, "claim 'sub' is not a string"),
+        ({**good, "jti": 1}, "claim 'jti' is not a string"),
+    ]
+    for extra, message in cases:
+        failure = await refusal(verifier.verify(jwt.encode(claims(**extra), SECRET), now=NOW))
+        assert (failure.status, failure.reason) == (401, "invalid")
+        assert message in failure.detail
+    not_an_object = handmade({"alg": "HS256"}, {})  # replaced below by a signed JSON list
+    header = not_an_object.split(".")[0]
+    signing_input = f"{header}.{b64url(b'[1]')}"
+    signature = hmac.new(SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()
+    failure = await refusal(verifier.verify(f"{signing_input}.{b64url(signature)}", now=NOW))
+    assert failure.detail == "token payload is not a JSON object"
 
 
 def test_a_pem_cannot_be_an_hmac_secret(key_files: Path) -> None:
@@ -1307,14 +1344,14 @@ async def test_a_token_seen_before_skips_the_signature_check_but_not_its_expiry(
 ) -> None:
     verifier = JwtVerifier(jwt_config(algorithms=["RS256"], public_key="rsa.pem"), key_files)
     decodes = 0
-    real_decode = jwt.decode
+    real_validate = joserfc.jws.validate_compact
 
-    def counting_decode(*args: Any, **kwargs: Any) -> Any:
+    def counting_validate(*args: Any, **kwargs: Any) -> Any:
         nonlocal decodes
         decodes += 1
-        return real_decode(*args, **kwargs)
+        return real_validate(*args, **kwargs)
 
-    monkeypatch.setattr(jwt, "decode", counting_decode)
+    monkeypatch.setattr(joserfc.jws, "validate_compact", counting_validate)
     token = rs256(keys, None, exp=int(NOW) + 60)
     for _ in range(3):
         assert (await verifier.verify(token, now=NOW)).user == "alice"

@@ -134,7 +134,7 @@ def test_config_imports_neither_auth_nor_tls(module: str) -> None:
 
 
 # What reading a config must not load: the authenticators and what they bring, and TLS.
-BUILT_BY_THE_APP = ("jwt", "cryptography", "aiohttp.client", "wsgate.auth.authenticator", "wsgate.auth.jwt",
+BUILT_BY_THE_APP = ("joserfc", "jwt", "cryptography", "aiohttp.client", "wsgate.auth.authenticator", "wsgate.auth.jwt",
                     "wsgate.auth.backend", "wsgate.auth.hook", "wsgate.tls", "wsgate.prepare")
 
 

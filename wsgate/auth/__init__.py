@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .tokens import AUTH_PROTOCOL, BEARER_PROTOCOL_PREFIX, extract_token, split_offer
 
 # ``import wsgate`` runs this file for Handshake and Identity: the authenticators, and
-# aiohttp's client, PyJWT and cryptography behind them, load when first named.
+# aiohttp's client, joserfc and cryptography behind them, load when first named.
 _LAZY = {
     **dict.fromkeys(["Allow", "Authenticator", "AuthSection", "HttpBackendConfig", "JwtConfig", "PythonHookConfig"],
                     "..config.auth"),

@@ -1,12 +1,18 @@
-"""Verifying JSON Web Tokens locally, with PyJWT.
+"""Verifying JSON Web Tokens locally, with joserfc.
 
 The accepted algorithms come from config only, never from the token, and a verifier
 holds either a shared secret or public keys, never both, so neither ``alg: none`` nor
-an HS256 token signed with the public key can pass.
+an HS256 token signed with the public key can pass. A public key serves an algorithm
+only if its type (and curve) fits it, checked here on the cryptography key itself.
 
-Time claims (``exp``, ``nbf``, ``iat``) are checked here rather than by PyJWT, against
-``now`` when given: PyJWT always reads the wall clock, which makes expiry untestable
-and a handshake's verdict depend on when it happened to be decoded.
+joserfc checks the signature (compact JWS: base64url with strict padding, the header,
+the allow-listed algorithm, the key's type). The claims are checked here: ``aud``,
+``iss``, the types of ``sub`` and ``jti``, and the time claims (``exp``, ``nbf``,
+``iat``) against ``now`` when given, so that expiry is testable and a handshake's
+verdict does not depend on when it happened to be decoded. (joserfc rather than PyJWT:
+PyJWT's decode checks every base64 character in a Python loop and re-checks the key at
+every call, which made a fresh token's HS256 check 1.7 times as costly; see
+``bench/jwt_libs.py`` and bench/README.md.)
 
 Verified tokens are remembered (the last ``VERIFIED_CACHE`` of them, as Envoy's
 ``jwt_cache_config`` does): a client that reconnects, or opens several sockets, with
@@ -27,12 +33,15 @@ from types import MappingProxyType
 from typing import Any
 
 import aiohttp
-import jwt
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from jwt.algorithms import get_default_algorithms
-from jwt.types import Options
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jwa import EdDSAAlgorithm
+from joserfc.jwk import ECKey, JWKRegistry, Key, OctKey, OKPKey, RSAKey
 
-from ..config.auth import HMAC_ALGORITHMS, JwtConfig
+from ..config.auth import JwtConfig
 from .identity import AuthFailure, Identity, display_url, redact
 from .times import is_number, unix_time
 
@@ -45,6 +54,40 @@ MAX_JWKS_BYTES = 1 << 20
 VERIFIED_CACHE = 4096  # tokens; a few MiB at most
 
 _KeyId = str | None
+
+# Looks like a PEM or an SSH public key: as an HMAC secret, the algorithm-confusion attack.
+_KEY_LOOKALIKES = (b"-----BEGIN ", b"ssh-rsa", b"ssh-dss", b"ssh-ed25519", b"ecdsa-sha2-", b"-cert-v01@openssh.com")
+_EC_CURVES = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1}
+
+class _EdDSA(EdDSAAlgorithm):
+    # RFC 9864 deprecates the name "EdDSA" because it leaves the curve to the key; here
+    # the key's type is checked (Ed25519 or Ed448, see _fits), and the warning joserfc
+    # gives for such a token would tell an operator nothing to act on.
+    security_warning = None  # type: ignore[assignment]  # JWSAlgModel declares str | None
+
+
+class _Registry(jws.JWSRegistry):
+    """joserfc's JWS registry with larger size limits and a quiet EdDSA.
+
+    joserfc's default limits (a 512-byte header, a 1,024-byte signature) would refuse a
+    header with a certificate chain or an RS512 signature from an 8,192-bit key; the
+    handshake's own header limit (8 KiB) bounds a token anyway.
+    """
+
+    algorithms = {**jws.JWSRegistry.algorithms, "EdDSA": _EdDSA()}
+    max_header_length = 8192
+    max_signature_length = 2048
+
+
+def _fits(alg: str, key: object) -> bool:
+    """Whether the public key ``key`` (a cryptography object) can verify ``alg``."""
+    if alg.startswith("RS"):
+        return isinstance(key, rsa.RSAPublicKey)
+    if alg in _EC_CURVES:
+        return isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, _EC_CURVES[alg])
+    if alg == "EdDSA":
+        return isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey)
+    return False
 
 
 def _claim_time(claims: Mapping[str, Any], name: str) -> float:
@@ -90,14 +133,8 @@ class JwtVerifier:
     ) -> None:
         self._config = config
         self._algorithms: list[str] = list(dict.fromkeys(config.algorithms))
-        self._options: Options = {
-            # No audience configured means the token's aud is not ours to judge.
-            "verify_aud": config.audience is not None,
-            "verify_exp": False,
-            "verify_nbf": False,
-            "verify_iat": False,
-        }
-        self._key: Any = None
+        self._registry = _Registry(algorithms=self._algorithms, strict_check_header=False)
+        self._key: Key | None = None
         if config.secret is not None:
             self._key = self._hmac_key(config.secret.get_secret_value())
         elif config.public_key is not None:
@@ -108,7 +145,7 @@ class JwtVerifier:
         self._min_refetch_interval = min_refetch_interval
         self._fetch_timeout = fetch_timeout
         self._clock = clock
-        self._jwks: dict[tuple[_KeyId, str], jwt.PyJWK] = {}
+        self._jwks: dict[tuple[_KeyId, str], Key] = {}
         self._kids: set[_KeyId] = set()
         self._fetched_at: float | None = None
         self._last_unknown_kid_refetch: float | None = None
@@ -119,20 +156,21 @@ class JwtVerifier:
         self._failures = 0  # failed fetches in a row
         self._retry_at: float | None = None  # no fetch before this clock() time
 
-    def _hmac_key(self, secret: str) -> bytes:
+    def _hmac_key(self, secret: str) -> Key:
         key = secret.encode()
-        for alg in self._algorithms:
-            try:
-                get_default_algorithms()[alg].prepare_key(key)
-            except jwt.InvalidKeyError:
-                # PyJWT refuses PEM-looking secrets: the algorithm-confusion guard.
-                raise ValueError(
-                    f"secret for {alg} looks like a PEM key or certificate; HS algorithms need a "
-                    "shared secret string (for a public key use public_key and RS/ES/EdDSA)"
-                ) from None
-        return key
+        try:
+            if any(marker in key for marker in _KEY_LOOKALIKES):
+                raise ValueError(key)
+            # joserfc refuses anything that parses as a public key or certificate.
+            return OctKey.import_key(key)
+        except ValueError:
+            # The algorithm-confusion guard: a public key is no shared secret.
+            raise ValueError(
+                f"secret for {', '.join(self._algorithms)} looks like a PEM key or certificate; HS algorithms "
+                "need a shared secret string (for a public key use public_key and RS/ES/EdDSA)"
+            ) from None
 
-    def _pem_key(self, path: Path) -> Any:
+    def _pem_key(self, path: Path) -> Key:
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -143,14 +181,18 @@ class JwtVerifier:
             hint = " (it holds a private key; give the public key)" if b"PRIVATE KEY" in data else ""
             raise ValueError(f"public_key: {str(path)!r} is not a PEM public key{hint}") from None
         for alg in self._algorithms:
-            try:
-                get_default_algorithms()[alg].prepare_key(key)
-            except (jwt.PyJWTError, TypeError, ValueError):
+            if not _fits(alg, key):
                 raise ValueError(
                     f"public_key: {str(path)!r} holds a {type(key).__name__.removeprefix('_')} "
                     f"that cannot verify {alg}"
-                ) from None
-        return key
+                )
+        # Imported from the public half alone, whatever else the file held.
+        pem = key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        jose_class: type[RSAKey | ECKey | OKPKey] = (
+            RSAKey if isinstance(key, rsa.RSAPublicKey) else ECKey if isinstance(key, ec.EllipticCurvePublicKey)
+            else OKPKey
+        )
+        return jose_class.import_key(pem)
 
     async def verify(self, token: str, now: float | None = None) -> Identity:
         """The identity ``token`` vouches for; AuthFailure(401, "invalid" or "expired") otherwise.
@@ -162,28 +204,28 @@ class JwtVerifier:
         if remembered is not None and (self._jwks_url is None or not self._jwks_expired()):
             self._verified.move_to_end(token)
             return self._identity(remembered, time.time() if now is None else now)
+        signed = self._parse(token)
+        header = signed.protected
         if self._jwks_url is None:
-            key = self._key  # the header is read only to explain a failure: it costs a decode
+            assert self._key is not None
+            key = self._key
         else:
-            header = self._header(token)
-            key = await self._jwks_key(header.get("kid"), str(header["alg"]), token)
-        failure: AuthFailure | None = None
+            key = await self._jwks_key(header.get("kid"), header["alg"], token)
+        detail: str | None = None
         try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                key,
-                algorithms=self._algorithms,
-                options=self._options,
-                audience=self._config.audience,
-                issuer=self._config.issuer,
-            )
-        except jwt.PyJWTError as exc:
-            failure = AuthFailure(401, "invalid", redact(f"{type(exc).__name__}: {exc}", token))
-        if failure is not None:
-            # Outside the except block: PyJWT's exception, which may quote the token,
-            # must not ride along as the context.
-            self._header(token)  # a malformed token or a foreign algorithm, said plainly
-            raise failure
+            if not jws.validate_compact(signed, key, registry=self._registry):
+                detail = "Signature verification failed"
+        except JoseError as exc:
+            detail = redact(f"{type(exc).__name__}: {exc.description}", token)
+        if detail is not None:
+            raise AuthFailure(401, "invalid", detail)
+        try:
+            claims = json.loads(signed.payload)
+        except (ValueError, RecursionError):
+            raise AuthFailure(401, "invalid", "token payload is not JSON") from None
+        if not isinstance(claims, dict):
+            raise AuthFailure(401, "invalid", "token payload is not a JSON object")
+        self._check_claims(claims, token)
         identity = self._identity(claims, time.time() if now is None else now)
         self._verified[token] = claims
         if len(self._verified) > VERIFIED_CACHE:
@@ -194,24 +236,55 @@ class JwtVerifier:
         self._check_times(claims, now)
         return Identity(user=self._user(claims), claims=MappingProxyType(claims), expires_at=self._expires_at(claims))
 
-    def _header(self, token: str) -> dict[str, Any]:
-        """The token's header, if it is well formed and names one of our algorithms; else AuthFailure."""
+    def _parse(self, token: str) -> jws.CompactSignature:
+        """The token split and decoded, if it is well formed and names one of our algorithms; else AuthFailure."""
         try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as exc:
-            raise AuthFailure(401, "invalid", f"malformed token: {redact(str(exc), token)}") from None
+            signed = jws.extract_compact(token.encode(), registry=self._registry)
+        except (JoseError, ValueError) as exc:
+            description = exc.description if isinstance(exc, JoseError) else type(exc).__name__
+            raise AuthFailure(401, "invalid", f"malformed token: {redact(description, token)}") from None
+        header = signed.protected
         alg = header.get("alg")
         if alg not in self._algorithms:
             raise AuthFailure(
                 401, "invalid",
                 f"token algorithm {_show(alg, token)} is not one of {', '.join(self._algorithms)}",
             )
-        return header
+        if "kid" in header and not isinstance(header["kid"], str):
+            raise AuthFailure(401, "invalid", "malformed token: its 'kid' header is not a string")
+        if "crit" in header or "b64" in header:
+            # No critical extension is implemented here, so none may be required;
+            # b64 (RFC 7797, an unencoded payload) is not for JWTs.
+            raise AuthFailure(401, "invalid", "token header has 'crit' or 'b64', which no JWT needs")
+        return signed
+
+    def _check_claims(self, claims: Mapping[str, Any], token: str) -> None:
+        """aud and iss when configured, and sub and jti as RFC 7519 types them."""
+        audience = self._config.audience
+        if audience is not None:
+            if "aud" not in claims:
+                raise AuthFailure(401, "invalid", f"token has no 'aud' claim (audience {audience!r} required)")
+            aud = claims["aud"]
+            if isinstance(aud, str):
+                aud = [aud]
+            if not isinstance(aud, list) or not all(isinstance(item, str) for item in aud):
+                raise AuthFailure(401, "invalid", "claim 'aud' is not a string or a list of strings")
+            if audience not in aud:
+                raise AuthFailure(401, "invalid", f"token audience {_show(claims['aud'], token)} is not {audience!r}")
+        issuer = self._config.issuer
+        if issuer is not None:
+            if "iss" not in claims:
+                raise AuthFailure(401, "invalid", f"token has no 'iss' claim (issuer {issuer!r} required)")
+            if claims["iss"] != issuer:
+                raise AuthFailure(401, "invalid", f"token issuer {_show(claims['iss'], token)} is not {issuer!r}")
+        for name in ("sub", "jti"):
+            if name in claims and not isinstance(claims[name], str):
+                raise AuthFailure(401, "invalid", f"claim {name!r} is not a string")
 
     def _check_times(self, claims: Mapping[str, Any], now: float) -> None:
         leeway = self._config.leeway
         times = {name: _claim_time(claims, name) for name in ("exp", "nbf", "iat") if name in claims}
-        # Same comparisons as PyJWT: exp is exclusive, nbf and iat inclusive.
+        # As RFC 7519 (and PyJWT): exp is exclusive, nbf and iat inclusive.
         if (exp := times.get("exp")) is not None and exp <= now - leeway:
             raise AuthFailure(401, "expired", f"token expired {now - exp:.0f}s ago")
         if (nbf := times.get("nbf")) is not None and nbf > now + leeway:
@@ -234,8 +307,8 @@ class JwtVerifier:
 
     # --- JWKS -------------------------------------------------------------------------
 
-    async def _jwks_key(self, kid: object, alg: str, token: str) -> jwt.PyJWK:
-        # PyJWT has already checked that a kid header, when present, is a string.
+    async def _jwks_key(self, kid: object, alg: str, token: str) -> Key:
+        # _parse has already refused a kid header that is not a string.
         kid = kid if isinstance(kid, str) else None
         seen = self._completed
         if self._jwks_expired():
@@ -269,7 +342,7 @@ class JwtVerifier:
         self._last_unknown_kid_refetch = now
         return True
 
-    def _lookup(self, kid: _KeyId, alg: str) -> jwt.PyJWK | None:
+    def _lookup(self, kid: _KeyId, alg: str) -> Key | None:
         if kid is None and None not in self._kids and len(self._kids) == 1:
             # One key and a token that names none: the only sensible choice.
             kid = next(iter(self._kids))
@@ -338,7 +411,7 @@ class JwtVerifier:
             raise AuthFailure(503, "backend_error", f"JWKS {where} is larger than {MAX_JWKS_BYTES} bytes")
         return body
 
-    def _parse_jwks(self, body: bytes) -> dict[tuple[_KeyId, str], jwt.PyJWK]:
+    def _parse_jwks(self, body: bytes) -> dict[tuple[_KeyId, str], Key]:
         where = display_url(self._jwks_url or "")
         try:
             document = json.loads(body)
@@ -346,24 +419,25 @@ class JwtVerifier:
             raise AuthFailure(503, "backend_error", f"JWKS {where} is not JSON") from None
         if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
             raise AuthFailure(503, "backend_error", f"JWKS {where} is not a JWK set (no 'keys' list)")
-        keys: dict[tuple[_KeyId, str], jwt.PyJWK] = {}
+        keys: dict[tuple[_KeyId, str], Key] = {}
         for raw in document["keys"]:
             # Encryption keys and leaked private keys are not for verifying signatures.
-            if not isinstance(raw, dict) or raw.get("use", "sig") != "sig" or "d" in raw:
+            # No shared secrets either: HS algorithms never come with a jwks_url.
+            if not isinstance(raw, dict) or raw.get("use", "sig") != "sig" or "d" in raw or raw.get("kty") == "oct":
+                continue
+            try:
+                key = JWKRegistry.import_key(raw)
+                native = key.public_key  # built now: a key that cannot be is skipped here, not per token
+                key.check_key_op("verify")
+            except (JoseError, ValueError, TypeError, KeyError, UnsupportedAlgorithm):
                 continue
             kid = raw.get("kid") if isinstance(raw.get("kid"), str) else None
             declared = raw.get("alg")
             for alg in self._algorithms:
                 # Many issuers omit "alg"; the key then serves every configured
                 # algorithm its type fits, which is why keys are indexed per algorithm.
-                if (declared is not None and declared != alg) or alg in HMAC_ALGORITHMS:
-                    continue
-                try:
-                    key = jwt.PyJWK.from_dict(raw, algorithm=alg)
-                    key.Algorithm.prepare_key(key.key)
-                except (jwt.PyJWTError, TypeError, ValueError):
-                    continue
-                keys.setdefault((kid, alg), key)
+                if (declared is None or declared == alg) and _fits(alg, native):
+                    keys.setdefault((kid, alg), key)
         if not keys:
             raise AuthFailure(
                 503, "backend_error", f"JWKS {where} has no key usable for {', '.join(self._algorithms)}"
