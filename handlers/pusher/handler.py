@@ -36,6 +36,7 @@ import wsgate
 from wsgate import BrokerError, Connection, Handler, HttpAnswer, HttpCall, Message
 
 from .api import Api
+from .counts import SubscriptionCounts
 from .options import PusherOptions
 from .protocol import (
     APP_NOT_FOUND,
@@ -145,6 +146,8 @@ class Pusher(Handler[PusherOptions]):
         self._api = Api(self)
         self.webhooks = None if options.webhooks is None else \
             Webhooks(options.webhooks, options.key, self.secret, context.logger)
+        self.counts = None if not options.subscription_count else \
+            SubscriptionCounts(context, options.subscription_count_interval, self.subscription_count, self._publish)
 
     async def startup(self) -> None:
         if not self.context.path.endswith(f"/app/{self.options.key}"):
@@ -177,6 +180,13 @@ class Pusher(Handler[PusherOptions]):
                         self._webhook("channel_vacated", channel)
                 except BrokerError as exc:
                     self.context.logger.debug("reaping the occupied channels failed: %s", exc)
+            if self.counts is not None:
+                for channel in [c for c in self.local if channel_kind(c) != "presence"]:
+                    try:
+                        if await self.context.reap(subs_topic(channel)):  # a dead instance's subscribers
+                            self.counts.changed(channel)
+                    except BrokerError as exc:
+                        self.context.logger.debug("reaping %s failed: %s", channel, exc)
             for channel in [c for c in self.local if channel_kind(c) == "presence"]:
                 try:
                     await self.context.reap(info_topic(channel))  # their info went with them
@@ -296,6 +306,8 @@ class Pusher(Handler[PusherOptions]):
             return  # on_disconnect leaves the channel
         await sock.conn.send(succeeded)
         local.subscribers[sock.conn] = sock  # no await since the send: no event comes before it
+        if self.counts is not None:
+            self.counts.changed(channel)
         if member is not None and first:
             self._webhook("member_added", channel, user_id=member.user_id)
             info = json.loads(member.entry)[1]
@@ -358,6 +370,8 @@ class Pusher(Handler[PusherOptions]):
             local.subscribers.pop(sock.conn, None)
         try:
             await self.context.release(subs_topic(channel), sock.socket_id)
+            if self.counts is not None:
+                self.counts.changed(channel)
             if member is not None:
                 await self._leave_presence(sock, channel, member)
         finally:

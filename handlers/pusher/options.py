@@ -55,6 +55,11 @@ class PusherOptions(BaseModel):
                                        "may be from the server's clock")
     presence_ttl: Duration = Field(default=60.0, gt=0, description="how long the subscriptions and members of an "
                                    "instance that died outlive it")
+    subscription_count: bool = Field(default=False, description="send pusher_internal:subscription_count to the "
+                                     "subscribers of a channel (not presence) when its count changes (off in Pusher "
+                                     "until an app enables it)")
+    subscription_count_interval: Duration = Field(default=0.5, ge=0, le=60, description="at most one "
+                                                  "subscription_count event per channel and instance this often")
     webhooks: WebhookOptions | None = Field(default=None, description="POST the app's events (channel_occupied, "
                                             "channel_vacated, member_added, member_removed, client_event) to a URL, "
                                             "signed as Pusher signs them")
