@@ -41,6 +41,7 @@ from .options import PusherOptions
 from .protocol import (
     APP_NOT_FOUND,
     CLIENT_EVENT_RATE,
+    MEMBER_LIMIT,
     NO_PROTOCOL,
     PROTOCOL,
     UNSUPPORTED_PROTOCOL,
@@ -52,6 +53,7 @@ from .protocol import (
     internal,
     new_socket_id,
     parse_message,
+    subscription_error,
     valid_channel,
 )
 from .signatures import check_channel_auth
@@ -94,6 +96,15 @@ class Refused(Exception):
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class SubscriptionError(Refused):
+    """A subscription refused with ``pusher:subscription_error`` on its channel, which pusher-js
+    emits on the channel object, rather than a connection-wide ``pusher:error``."""
+
+    def __init__(self, channel: str, kind: str, message: str, status: int) -> None:
+        super().__init__(message)
+        self.frame = subscription_error(channel, kind, message, status)
 
 
 @dataclass(eq=False, slots=True)
@@ -251,6 +262,8 @@ class Pusher(Handler[PusherOptions]):
                 await self._client_event(sock, name, channel, data)
             else:
                 raise Refused(f"Unsupported event: {name}")
+        except SubscriptionError as exc:
+            await conn.send(exc.frame)
         except Refused as exc:
             await conn.send(error(str(exc), exc.code))
         except BrokerError as exc:
@@ -294,6 +307,7 @@ class Pusher(Handler[PusherOptions]):
             await self.context.claim(subs_topic(channel), sock.socket_id, ttl=self.options.presence_ttl)
             first = False
             if member is not None:
+                await self._room_for(channel, member.user_id)
                 sock.channels[channel] = member
                 first = await self._join_presence(sock, channel, member)
             succeeded = await self._succeeded(channel)
@@ -343,7 +357,23 @@ class Pusher(Handler[PusherOptions]):
                 break
         if not await ctx.claim(info_topic(channel), member.entry, ttl=ttl):
             await ctx.hold(info_topic(channel), member.entry, ttl=ttl)
+        if first and len(await ctx.members(users_topic(channel))) > self.options.max_presence_members:
+            # Another instance let a member in at the same moment: the newcomer goes back out
+            # unannounced (the caller's leave then finds the name gone and says nothing).
+            await ctx.release(users_topic(channel), member.user_id)
+            raise self._full(channel)
         return first
+
+    async def _room_for(self, channel: str, user_id: str) -> None:
+        """SubscriptionError unless ``user_id`` is a member of ``channel`` already or there is room."""
+        members = await self.context.members(users_topic(channel))
+        if user_id not in members and len(members) >= self.options.max_presence_members:
+            raise self._full(channel)
+
+    def _full(self, channel: str) -> SubscriptionError:
+        limit = self.options.max_presence_members
+        return SubscriptionError(channel, "LimitReached", f"Cannot join {channel}: it has its maximum of {limit} "
+                                 f"members", MEMBER_LIMIT)
 
     async def _succeeded(self, channel: str) -> str:
         if channel_kind(channel) != "presence":

@@ -55,6 +55,8 @@ class PusherOptions(BaseModel):
                                        "may be from the server's clock")
     presence_ttl: Duration = Field(default=60.0, gt=0, description="how long the subscriptions and members of an "
                                    "instance that died outlive it")
+    max_presence_members: int = Field(default=100, ge=1, le=100_000, description="the most members (users) a "
+                                      "presence channel has; one more gets pusher:subscription_error")
     subscription_count: bool = Field(default=False, description="send pusher_internal:subscription_count to the "
                                      "subscribers of a channel (not presence) when its count changes (off in Pusher "
                                      "until an app enables it)")

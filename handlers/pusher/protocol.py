@@ -13,9 +13,9 @@ import secrets
 from typing import Any
 
 __all__ = [
-    "APP_NOT_FOUND", "CLIENT_EVENT_RATE", "NO_PROTOCOL", "PROTOCOL", "UNSUPPORTED_PROTOCOL",
+    "APP_NOT_FOUND", "CLIENT_EVENT_RATE", "MEMBER_LIMIT", "NO_PROTOCOL", "PROTOCOL", "UNSUPPORTED_PROTOCOL",
     "ProtocolError", "channel_kind", "dumps", "error", "event", "internal", "new_socket_id",
-    "parse_message", "valid_channel", "valid_event_name",
+    "parse_message", "subscription_error", "valid_channel", "valid_event_name",
 ]
 
 PROTOCOL = 7  # the version spoken; pusher-js 8 sends ?protocol=7
@@ -26,6 +26,7 @@ UNSUPPORTED_PROTOCOL = (4007, "Unsupported protocol version")
 NO_PROTOCOL = (4008, "No protocol version supplied")
 PONG_TIMEOUT = (4201, "Pong reply not received")
 CLIENT_EVENT_RATE = 4301  # a pusher:error code; the connection stays open
+MEMBER_LIMIT = 4100  # the status of a presence subscription refused for its member limit ("over capacity")
 
 _CHANNEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-=@,.;")
 MAX_CHANNEL = 164  # Pusher's limit on a channel name
@@ -81,6 +82,12 @@ def internal(name: str, data: Any, channel: str | None = None) -> str:
 def error(message: str, code: int | None = None) -> str:
     """A ``pusher:error``: ``code`` is one Pusher documents, or null."""
     return event("pusher:error", {"code": code, "message": message})
+
+
+def subscription_error(channel: str, kind: str, message: str, status: int) -> str:
+    """A ``pusher:subscription_error`` on ``channel``: pusher-js emits its data (``type``,
+    ``error``, ``status``, the fields of its own auth failures) on the channel object."""
+    return internal("pusher:subscription_error", {"type": kind, "error": message, "status": status}, channel)
 
 
 def new_socket_id() -> str:
