@@ -268,9 +268,9 @@ def test_the_documented_webhook_defaults_are_the_defaults() -> None:
     defaults = WebhookOptions(url="http://x/")
     assert set(rows) == set(WebhookOptions.model_fields)
     assert rows.pop("url") == "required"
-    assert rows.pop("events") == "all five"
+    assert rows.pop("events") == "all six"
     assert defaults.events == WEBHOOK_EVENTS
-    assert len(WEBHOOK_EVENTS) == 5
+    assert len(WEBHOOK_EVENTS) == 6
     for key, printed in rows.items():
         value = printed.strip("`")
         expected = int(value) if key.startswith("max_") and key != "max_backoff" else parse_duration(value)
@@ -305,10 +305,11 @@ async def test_the_waiting_events_are_bounded(receiver: Receiver) -> None:
     from wsgate.builtins.pusher.options import WebhookOptions
     from wsgate.builtins.pusher.webhooks import Webhooks
 
-    hooks = Webhooks(WebhookOptions(url=receiver.url, max_pending=3), KEY, SECRET, logging.getLogger("test"))
+    asked = WebhookOptions(url=receiver.url, max_pending=3, events=["channel_occupied", "channel_vacated"])
+    hooks = Webhooks(asked, KEY, SECRET, logging.getLogger("test"))
     for n in range(5):
         hooks.emit("channel_occupied", f"c{n}")
-    hooks.emit("cache_miss", "c9")  # not a kind it sends
+    hooks.emit("cache_miss", "c9")  # not a kind it was asked for
     assert [e["channel"] for e in hooks.pending] == ["c2", "c3", "c4"]
     assert hooks.dropped == 2
     await hooks.flush()

@@ -36,6 +36,7 @@ import wsgate
 from wsgate import BrokerError, Connection, Handler, HttpAnswer, HttpCall, Message
 
 from .api import Api
+from .cache import Cache, is_cache
 from .counts import SubscriptionCounts
 from .options import PusherOptions
 from .protocol import (
@@ -157,6 +158,7 @@ class Pusher(Handler[PusherOptions]):
         self._api = Api(self)
         self.webhooks = None if options.webhooks is None else \
             Webhooks(options.webhooks, options.key, self.secret, context.logger)
+        self.cache = Cache(context, options.cache_ttl)
         self.counts = None if not options.subscription_count else \
             SubscriptionCounts(context, options.subscription_count_interval, self.subscription_count, self._publish)
 
@@ -311,6 +313,7 @@ class Pusher(Handler[PusherOptions]):
                 sock.channels[channel] = member
                 first = await self._join_presence(sock, channel, member)
             succeeded = await self._succeeded(channel)
+            cached = await self.cache.last(channel) if is_cache(channel) else None
         except BaseException:
             local.pending -= 1
             await self._leave(sock, channel)
@@ -319,7 +322,11 @@ class Pusher(Handler[PusherOptions]):
         if sock.conn.closed:
             return  # on_disconnect leaves the channel
         await sock.conn.send(succeeded)
-        local.subscribers[sock.conn] = sock  # no await since the send: no event comes before it
+        if is_cache(channel):  # the cached event comes before any live one
+            await sock.conn.send(cached or internal("pusher:cache_miss", {}, channel))
+        local.subscribers[sock.conn] = sock  # no await since the sends: no event comes before it
+        if is_cache(channel) and cached is None:
+            self._webhook("cache_miss", channel)
         if self.counts is not None:
             self.counts.changed(channel)
         if member is not None and first:
@@ -508,8 +515,11 @@ class Pusher(Handler[PusherOptions]):
         await self.context.signal(events_topic(channel), f"{exclude or ''}\n{frame}")
 
     async def trigger(self, channel: str, name: str, data: str, exclude: str | None = None) -> None:
-        """An event from the HTTP API."""
-        await self._publish(channel, event(name, data, channel), exclude)
+        """An event from the HTTP API; a cache channel keeps it for its next subscribers."""
+        frame = event(name, data, channel)
+        if is_cache(channel):
+            await self.cache.keep(channel, frame)
+        await self._publish(channel, frame, exclude)
 
     async def occupied(self) -> set[str]:
         """The channels with subscribers on any instance."""

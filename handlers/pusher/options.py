@@ -10,9 +10,10 @@ from wsgate import Duration, Size
 
 __all__ = ["PusherOptions", "WebhookEvent", "WebhookOptions"]
 
-WebhookEvent = Literal["channel_occupied", "channel_vacated", "member_added", "member_removed", "client_event"]
+WebhookEvent = Literal["channel_occupied", "channel_vacated", "member_added", "member_removed", "client_event",
+                       "cache_miss"]
 WEBHOOK_EVENTS: list[WebhookEvent] = ["channel_occupied", "channel_vacated", "member_added", "member_removed",
-                                      "client_event"]
+                                      "client_event", "cache_miss"]
 
 
 class WebhookOptions(BaseModel):
@@ -20,7 +21,7 @@ class WebhookOptions(BaseModel):
 
     url: str = Field(pattern=r"^https?://\S+$", description="where the events are POSTed (http:// or https://)")
     events: list[WebhookEvent] = Field(default_factory=lambda: list(WEBHOOK_EVENTS),
-                                       description="the kinds of event sent (default: all five)")
+                                       description="the kinds of event sent (default: all six)")
     batch: Duration = Field(default=0.05, le=10, description="events that come within this long go in one POST")
     max_batch: int = Field(default=100, ge=1, le=10000, description="at most this many events in one POST")
     timeout: Duration = Field(default=10.0, gt=0, le=300, description="how long one POST may take")
@@ -55,6 +56,8 @@ class PusherOptions(BaseModel):
                                        "may be from the server's clock")
     presence_ttl: Duration = Field(default=60.0, gt=0, description="how long the subscriptions and members of an "
                                    "instance that died outlive it")
+    cache_ttl: Duration = Field(default=1800.0, gt=0, le=86400, description="how long a cache channel keeps its "
+                                "last event for new subscribers (Pusher: 30 minutes)")
     max_presence_members: int = Field(default=100, ge=1, le=100_000, description="the most members (users) a "
                                       "presence channel has; one more gets pusher:subscription_error")
     subscription_count: bool = Field(default=False, description="send pusher_internal:subscription_count to the "
@@ -63,5 +66,6 @@ class PusherOptions(BaseModel):
     subscription_count_interval: Duration = Field(default=0.5, ge=0, le=60, description="at most one "
                                                   "subscription_count event per channel and instance this often")
     webhooks: WebhookOptions | None = Field(default=None, description="POST the app's events (channel_occupied, "
-                                            "channel_vacated, member_added, member_removed, client_event) to a URL, "
+                                            "channel_vacated, member_added, member_removed, client_event, cache_miss) "
+                                            "to a URL, "
                                             "signed as Pusher signs them")
