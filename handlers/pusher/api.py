@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time
+import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from wsgate import BrokerError, HttpAnswer, HttpCall
 
 from .protocol import channel_kind, valid_channel, valid_event_name
 from .signatures import RequestRefused, check_request
+from .users import is_user_channel, valid_user_id
 
 if TYPE_CHECKING:
     from .handler import Pusher
@@ -28,6 +30,11 @@ MAX_CHANNELS = 100  # channels of one trigger
 MAX_BATCH = 10  # events of one batch trigger
 _SOCKET_ID = re.compile(r"[0-9]{1,20}\.[0-9]{1,20}", re.ASCII)
 _INFOS = frozenset({"user_count", "subscription_count"})
+# The pusher SDK for Python (3.3) sends terminate_user_connections to /users/<id>/..., not
+# under /apps/<app_id>/ as Pusher documents it: whichever pusher endpoint the gateway gives
+# that path passes it to the app whose key signed it.
+USERS_PREFIX = "/users/"
+_BY_KEY: weakref.WeakValueDictionary[str, Api] = weakref.WeakValueDictionary()
 
 
 class Bad(Exception):
@@ -59,14 +66,28 @@ class Api:
     def __init__(self, pusher: Pusher) -> None:
         self._p = pusher
 
+    def register(self) -> None:
+        """Answer the app's requests to ``/users/...`` that another pusher endpoint got."""
+        _BY_KEY[self._p.options.key] = self
+
+    def unregister(self) -> None:
+        if _BY_KEY.get(self._p.options.key) is self:
+            del _BY_KEY[self._p.options.key]
+
     async def answer(self, call: HttpCall) -> HttpAnswer:
+        if call.path.startswith(USERS_PREFIX):
+            owner = _BY_KEY.get(call.query.get("auth_key", "")) or self  # self: refused as a wrong key
+            return await owner.answer_own(call, ["users", *call.path[len(USERS_PREFIX):].split("/")])
+        return await self.answer_own(call, call.method.split("/"))
+
+    async def answer_own(self, call: HttpCall, parts: list[str]) -> HttpAnswer:
+        """``call``, whose path below the app is ``parts``, answered by this app."""
         options = self._p.options
         try:
             check_request(options.key, self._p.secret, call.verb, call.path, call.query, call.body,
                           time.time(), options.timestamp_window)
         except RequestRefused as exc:
             return _text(401, str(exc))
-        parts = call.method.split("/")
         try:
             if call.verb == "POST" and parts == ["events"]:
                 return HttpAnswer.json(await self.events(self._body(call)))
@@ -78,6 +99,8 @@ class Api:
                 return HttpAnswer.json(await self.channel(parts[1], call.query))
             if call.verb == "GET" and len(parts) == 3 and parts[0] == "channels" and parts[2] == "users":
                 return HttpAnswer.json(await self.users(parts[1]))
+            if call.verb == "POST" and len(parts) == 3 and parts[0] == "users" and parts[2] == "terminate_connections":
+                return HttpAnswer.json(await self.terminate(parts[1]))
         except Bad as exc:
             return _text(exc.status, str(exc))
         except BrokerError as exc:
@@ -108,7 +131,7 @@ class Api:
         if socket_id is not None and not (isinstance(socket_id, str) and _SOCKET_ID.fullmatch(socket_id)):
             raise Bad("socket_id is a string such as 123.456")
         for channel in channels:
-            if not valid_channel(channel):
+            if not valid_channel(channel) and not is_user_channel(channel):
                 raise Bad(f"invalid channel name {channel!r}: 1 to 164 of A-Z a-z 0-9 _ - = @ , . ;")
         return name, data, socket_id or None
 
@@ -171,6 +194,13 @@ class Api:
         found: dict[str, Any] = {"occupied": channel in await self._p.occupied()}
         found.update(await self._info(channel, infos))
         return found
+
+    async def terminate(self, user_id: str) -> dict[str, Any]:
+        """``terminate_user_connections``: every connection signed in as ``user_id`` is closed."""
+        if not valid_user_id(user_id):
+            raise Bad("a user id is 1 to 200 of A-Z a-z 0-9 _ - = @ , . ;")
+        await self._p.users.terminate(user_id)
+        return {}
 
     async def users(self, channel: str) -> dict[str, Any]:
         if not valid_channel(channel) or channel_kind(channel) != "presence":

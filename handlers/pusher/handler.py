@@ -35,7 +35,7 @@ from typing import Any
 import wsgate
 from wsgate import BrokerError, Connection, Handler, HttpAnswer, HttpCall, Message
 
-from .api import Api
+from .api import USERS_PREFIX, Api
 from .cache import Cache, is_cache
 from .counts import SubscriptionCounts
 from .options import PusherOptions
@@ -58,6 +58,7 @@ from .protocol import (
     valid_channel,
 )
 from .signatures import check_channel_auth
+from .users import SigninRefused, Users, is_user_channel, user_channel
 from .webhooks import Webhooks
 
 __all__ = ["Pusher"]
@@ -125,6 +126,7 @@ class Socket:
     channels: dict[str, Member | None] = field(default_factory=dict)
     tokens: float = 0.0
     refilled: float = 0.0
+    user_id: str | None = None  # once signed in (pusher:signin)
 
 
 @dataclass(eq=False)
@@ -149,7 +151,7 @@ class Pusher(Handler[PusherOptions]):
 
     def __init__(self, options: PusherOptions, context: wsgate.Context) -> None:
         super().__init__(options, context)
-        self.http_prefixes = (f"/apps/{options.app_id}/",)
+        self.http_prefixes = (f"/apps/{options.app_id}/", USERS_PREFIX)
         self.secret = options.secret.get_secret_value()
         self.sockets: dict[Connection, Socket] = {}
         self.local: dict[str, Local] = {}
@@ -159,6 +161,7 @@ class Pusher(Handler[PusherOptions]):
         self.webhooks = None if options.webhooks is None else \
             Webhooks(options.webhooks, options.key, self.secret, context.logger)
         self.cache = Cache(context, options.cache_ttl)
+        self.users = Users(context, options.key, self.secret, self._join_quietly)
         self.counts = None if not options.subscription_count else \
             SubscriptionCounts(context, options.subscription_count_interval, self.subscription_count, self._publish)
 
@@ -166,11 +169,14 @@ class Pusher(Handler[PusherOptions]):
         if not self.context.path.endswith(f"/app/{self.options.key}"):
             raise ValueError(f"a pusher endpoint's path ends with /app/<key>: {self.context.path!r} "
                              f"does not end with /app/{self.options.key}")
+        await self.users.start()
+        self._api.register()
         self.context.spawn(self._reap_forever, "presence reaper")
         if self.webhooks is not None:
             self.context.spawn(self.webhooks.run, "pusher webhooks")
 
     async def shutdown(self) -> None:
+        self._api.unregister()
         if self.webhooks is not None:
             await self.webhooks.flush()  # the last connections' events: one try
 
@@ -256,6 +262,8 @@ class Pusher(Handler[PusherOptions]):
                 pass
             elif name == "pusher:subscribe":
                 await self._subscribe(sock, data)
+            elif name == "pusher:signin":
+                await self.users.signin(sock, data)
             elif name == "pusher:unsubscribe":
                 target = data.get("channel") if isinstance(data, dict) else None
                 if isinstance(target, str) and target in sock.channels:
@@ -266,6 +274,8 @@ class Pusher(Handler[PusherOptions]):
                 raise Refused(f"Unsupported event: {name}")
         except SubscriptionError as exc:
             await conn.send(exc.frame)
+        except SigninRefused as exc:
+            await conn.send(error(str(exc)))
         except Refused as exc:
             await conn.send(error(str(exc), exc.code))
         except BrokerError as exc:
@@ -276,6 +286,7 @@ class Pusher(Handler[PusherOptions]):
         sock = self.sockets.pop(conn, None)
         if sock is None:
             return
+        self.users.forget(sock)
         for channel in list(sock.channels):
             try:
                 await self._leave(sock, channel)
@@ -288,7 +299,12 @@ class Pusher(Handler[PusherOptions]):
         if not isinstance(data, dict):
             raise Refused("Invalid pusher:subscribe: data is not an object")
         channel = data.get("channel")
-        if not isinstance(channel, str) or not valid_channel(channel):
+        if is_user_channel(channel):
+            assert isinstance(channel, str)
+            if sock.user_id is None or channel != user_channel(sock.user_id):
+                raise Refused(f"Invalid subscription to {channel}: it is for the connections signed in as that "
+                              f"user (pusher:signin)")
+        elif not isinstance(channel, str) or not valid_channel(channel):
             raise Refused("Invalid channel name: 1 to 164 of A-Z a-z 0-9 _ - = @ , . ;")
         kind = channel_kind(channel)
         channel_data = data.get("channel_data") if kind == "presence" else None
@@ -303,6 +319,16 @@ class Pusher(Handler[PusherOptions]):
             await sock.conn.send(await self._succeeded(channel))  # Pusher answers a repeat the same way
             return
         member = None if channel_data is None else self._member(channel, channel_data)
+        await self._join(sock, channel, member)
+
+    async def _join_quietly(self, sock: Socket, channel: str) -> None:
+        """Subscribe ``sock`` to ``channel`` unasked (a signed-in user's own channel): nothing is sent."""
+        if channel not in sock.channels:
+            await self._join(sock, channel, None, answer=False)
+
+    async def _join(self, sock: Socket, channel: str, member: Member | None, answer: bool = True) -> None:
+        """Subscribe ``sock``, checked, to ``channel``: answered with subscription_succeeded (and a
+        cache channel's event) unless ``answer`` is False; presence members announced."""
         local = await self._open(channel)  # counts this subscribe as pending
         sock.channels[channel] = None
         try:
@@ -312,8 +338,8 @@ class Pusher(Handler[PusherOptions]):
                 await self._room_for(channel, member.user_id)
                 sock.channels[channel] = member
                 first = await self._join_presence(sock, channel, member)
-            succeeded = await self._succeeded(channel)
-            cached = await self.cache.last(channel) if is_cache(channel) else None
+            succeeded = await self._succeeded(channel) if answer else ""
+            cached = await self.cache.last(channel) if answer and is_cache(channel) else None
         except BaseException:
             local.pending -= 1
             await self._leave(sock, channel)
@@ -321,11 +347,12 @@ class Pusher(Handler[PusherOptions]):
         local.pending -= 1
         if sock.conn.closed:
             return  # on_disconnect leaves the channel
-        await sock.conn.send(succeeded)
-        if is_cache(channel):  # the cached event comes before any live one
-            await sock.conn.send(cached or internal("pusher:cache_miss", {}, channel))
+        if answer:
+            await sock.conn.send(succeeded)
+            if is_cache(channel):  # the cached event comes before any live one
+                await sock.conn.send(cached or internal("pusher:cache_miss", {}, channel))
         local.subscribers[sock.conn] = sock  # no await since the sends: no event comes before it
-        if is_cache(channel) and cached is None:
+        if answer and is_cache(channel) and cached is None:
             self._webhook("cache_miss", channel)
         if self.counts is not None:
             self.counts.changed(channel)
@@ -442,7 +469,7 @@ class Pusher(Handler[PusherOptions]):
             try:
                 await self.context.listen(events_topic(channel), local.callback)
                 await self.context.claim(OCCUPIED, local.occupancy, ttl=self.options.presence_ttl)
-                if self.webhooks is not None:
+                if self.webhooks is not None and not is_user_channel(channel):
                     await self._occupy(channel, local.occupancy)
             except BaseException:
                 local.failed = True
@@ -468,7 +495,7 @@ class Pusher(Handler[PusherOptions]):
         del self.local[channel]
         await self.context.unlisten(events_topic(channel), local.callback)
         await self.context.release(OCCUPIED, local.occupancy)
-        if self.webhooks is not None:
+        if self.webhooks is not None and not is_user_channel(channel):
             await self._vacate(channel, local.occupancy)
 
     async def _occupy(self, channel: str, occupancy: str) -> None:
@@ -522,8 +549,9 @@ class Pusher(Handler[PusherOptions]):
         await self._publish(channel, frame, exclude)
 
     async def occupied(self) -> set[str]:
-        """The channels with subscribers on any instance."""
-        return {member.partition("\n")[0] for member in await self.context.members(OCCUPIED)}
+        """The channels with subscribers on any instance (not the users' own, which the API does not list)."""
+        names = {member.partition("\n")[0] for member in await self.context.members(OCCUPIED)}
+        return {name for name in names if not is_user_channel(name)}
 
     async def subscription_count(self, channel: str) -> int:
         return len(await self.context.members(subs_topic(channel)))

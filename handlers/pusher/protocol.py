@@ -14,7 +14,7 @@ from typing import Any
 
 __all__ = [
     "APP_NOT_FOUND", "CLIENT_EVENT_RATE", "MEMBER_LIMIT", "NO_PROTOCOL", "PROTOCOL", "UNSUPPORTED_PROTOCOL",
-    "ProtocolError", "channel_kind", "dumps", "error", "event", "internal", "new_socket_id",
+    "ProtocolError", "channel_chars", "channel_kind", "dumps", "error", "event", "internal", "new_socket_id",
     "parse_message", "subscription_error", "valid_channel", "valid_event_name",
 ]
 
@@ -97,7 +97,12 @@ def new_socket_id() -> str:
 
 def valid_channel(name: object) -> bool:
     """A channel name Pusher allows: 1-164 of ``A-Za-z0-9_-=@,.;``."""
-    return isinstance(name, str) and 0 < len(name) <= MAX_CHANNEL and all(c in _CHANNEL_CHARS for c in name)
+    return isinstance(name, str) and 0 < len(name) <= MAX_CHANNEL and channel_chars(name)
+
+
+def channel_chars(text: str) -> bool:
+    """Whether ``text`` has only the characters of a channel name (user ids have the same)."""
+    return all(c in _CHANNEL_CHARS for c in text)
 
 
 def valid_event_name(name: object) -> bool:

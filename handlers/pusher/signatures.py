@@ -13,7 +13,8 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 
-__all__ = ["RequestRefused", "channel_signature", "check_channel_auth", "check_request", "sign", "string_to_sign"]
+__all__ = ["RequestRefused", "channel_signature", "check_channel_auth", "check_request", "check_user_auth", "sign",
+           "string_to_sign", "user_signature"]
 
 
 class RequestRefused(Exception):
@@ -38,6 +39,18 @@ def check_channel_auth(key: str, secret: str, socket_id: str, channel: str, auth
         return False
     expected = channel_signature(key, secret, socket_id, channel, channel_data)
     return hmac.compare_digest(auth.encode(), expected.encode())
+
+
+def user_signature(key: str, secret: str, socket_id: str, user_data: str) -> str:
+    """The ``auth`` a ``pusher:signin`` of ``user_data`` from ``socket_id`` must carry."""
+    return f"{key}:{sign(secret, f'{socket_id}::user::{user_data}')}"
+
+
+def check_user_auth(key: str, secret: str, socket_id: str, user_data: str, auth: object) -> bool:
+    """Whether ``auth`` is the signature of this signin (compared in constant time)."""
+    if not isinstance(auth, str):
+        return False
+    return hmac.compare_digest(auth.encode(), user_signature(key, secret, socket_id, user_data).encode())
 
 
 def string_to_sign(verb: str, path: str, query: Mapping[str, str]) -> str:
