@@ -19,6 +19,9 @@ first subscriber claims it (True: ``channel_occupied``) or holds it, its last on
 or releases it when no other instance is left in ``o:<channel>`` (True: ``channel_vacated``);
 the name of a dead instance is reaped by one live one (``channel_vacated``). Members are
 announced where ``member_added``/``member_removed`` are.
+
+Beside it: ``cache.py`` (cache channels' last event), ``counts.py`` (subscription_count
+events), ``users.py`` (pusher:signin, events to a user, terminating a user's connections).
 """
 
 from __future__ import annotations
