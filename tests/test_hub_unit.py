@@ -367,15 +367,8 @@ async def test_a_strict_publish_that_waits_raises_and_nobody_gets_it(at_once: bo
     assert stats.broker_publish_failures == 2
 
 
-_RAISES_WITHOUT_WAIT = pytest.mark.xfail(
-    strict=True, raises=BrokerError,
-    reason="publish_numbered(strict=True, wait=False) raises the BrokerError of a broker known to be down "
-           "(post_numbered raising at once) instead of logging and counting it, and then is never called")
-
-
 @pytest.mark.parametrize(("numbered", "at_once"), [
-    (False, True), (False, False),
-    pytest.param(True, True, marks=_RAISES_WITHOUT_WAIT), (True, False),
+    (False, True), (False, False), (True, True), (True, False),
 ], ids=["plain-fails-when-posted", "plain-fails-later", "numbered-fails-when-posted", "numbered-fails-later"])
 async def test_a_strict_publish_that_does_not_wait_is_counted_and_then_told_and_nobody_gets_it(
         numbered: bool, at_once: bool) -> None:
@@ -392,8 +385,6 @@ async def test_a_strict_publish_that_does_not_wait_is_counted_and_then_told_and_
     assert stats.broker_publish_failures == 1
 
 
-@pytest.mark.xfail(strict=True, reason="a strict plain publish the broker refused is logged as 'delivered "
-                   "locally only' although nobody got it")
 @pytest.mark.parametrize("wait", [True, False])
 async def test_the_log_of_a_refused_strict_publish_does_not_claim_local_delivery(
         wait: bool, caplog: pytest.LogCaptureFixture) -> None:

@@ -287,7 +287,7 @@ class Hub:
             else:
                 posted.add_done_callback(functools.partial(self._posted_plain, channel, payload, strict, then))
         except BrokerError as exc:
-            self._failed(channel, exc)
+            self._failed(channel, exc, local=not strict)
             if strict and wait:
                 raise
             if not strict:
@@ -299,7 +299,7 @@ class Hub:
                       posted: asyncio.Future[None]) -> None:
         exc = None if posted.cancelled() else posted.exception()
         if isinstance(exc, BrokerError):
-            self._failed(channel, exc)
+            self._failed(channel, exc, local=not strict)
             if not strict:
                 self._deliver(channel, payload)
         elif exc is not None:
@@ -324,10 +324,10 @@ class Hub:
         try:
             number = self.broker.post_numbered(channel, head, tail, keep, keep_for)
         except BrokerError as exc:
-            if strict:
+            if strict and wait:
                 self._stats.broker_publish_failures += 1
                 raise
-            self._failed_numbered(channel, head, tail, exc)
+            self._unposted(channel, head, tail, strict, exc)
             if then is not None:
                 then(None)
             return None
@@ -449,6 +449,7 @@ class Hub:
         # local subscriber nothing would tell this instance that the channel changed.
         return channel in self._local and channel not in self._subscribing and self._changes.get(channel, 0) == changes
 
-    def _failed(self, channel: str, exc: BrokerError) -> None:
+    def _failed(self, channel: str, exc: BrokerError, *, local: bool = True) -> None:
         self._stats.broker_publish_failures += 1
-        log.warning("broker publish to %s failed, delivered locally only: %s", channel, exc)
+        log.warning("broker publish to %s failed, %s: %s", channel,
+                    "delivered locally only" if local else "nobody got it", exc)
