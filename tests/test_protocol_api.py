@@ -1,4 +1,5 @@
-"""The plugin API for protocols spoken over an endpoint: ``on_http``, ``listen``/``signal``,
+"""The plugin API for protocols spoken over an endpoint: ``on_http`` (and its
+``HttpAnswer.websocket_close``), ``listen``/``signal``,
 ``preamble``, ``authenticate``, ``stream`` and ids at a key path, through a real gateway."""
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from typing import Any
 
 import jwt
 import pytest
+from aiohttp import WSMsgType
 
-from wsgate import Connection, Handler, HttpAnswer, HttpCall, Message, TokenRejected
+from wsgate import Connection, Context, Handler, HttpAnswer, HttpCall, Message, NoOptions, TokenRejected
 from wsgate.testing import run_gateway
 
 TIMEOUT = 10
@@ -43,6 +45,77 @@ async def test_on_http_answers_posts_under_the_endpoint_path() -> None:
             assert "handler bug" not in await r.text()
         async with gw.connect("/p") as ws:  # the WebSocket of the same path is untouched
             assert not ws.closed
+
+
+class Gone(Handler):
+    """Claims ``/gone/``: a WebSocket handshake there hears why it is refused, then a close."""
+
+    def __init__(self, options: NoOptions, context: Context) -> None:
+        super().__init__(options, context)
+        self.http_prefixes = ("/gone/",)
+
+    async def on_http(self, call: HttpCall) -> HttpAnswer:
+        if call.method == "quiet":
+            return HttpAnswer.websocket_close(4404, "gone")
+        return HttpAnswer.websocket_close(4404, "gone away", f"bye {call.method}")
+
+
+async def test_websocket_close_answers_a_handshake_with_a_message_and_a_close() -> None:
+    async with asyncio.timeout(TIMEOUT), run_gateway({"/g": Gone}) as gw:
+        async with gw.connect("/gone/ann") as ws:
+            assert await ws.receive_str() == "bye ann"
+            closing = await ws.receive()
+            assert (closing.type, closing.data, closing.extra) == (WSMsgType.CLOSE, 4404, "gone away")
+        async with gw.connect("/gone/quiet") as ws:  # no message: the close comes first
+            closing = await ws.receive()
+            assert (closing.type, closing.data, closing.extra) == (WSMsgType.CLOSE, 4404, "gone")
+        assert dict(gw.stats.endpoints["/g"].handshake_closes) == {4404: 2}
+        # Any other request: 404 with the reason, not counted.
+        async with gw.get("/gone/ann") as r:
+            assert (r.status, r.content_type, await r.text()) == (404, "text/plain", "gone away\n")
+        async with gw.session.post(gw.url + "/gone/ann", data=b"{}") as r:
+            assert (r.status, await r.text()) == (404, "gone away\n")
+        assert dict(gw.stats.endpoints["/g"].handshake_closes) == {4404: 2}
+        # A handshake without its key is aiohttp's 400, not a close, and not counted.
+        async with gw.get("/gone/ann", headers={"Upgrade": "websocket", "Connection": "Upgrade"}) as r:
+            assert r.status == 400
+        assert dict(gw.stats.endpoints["/g"].handshake_closes) == {4404: 2}
+        async with gw.connect("/g") as ws:  # the endpoint's own path is untouched
+            await ws.send_str("x")
+            assert not ws.closed
+
+
+async def test_a_client_that_never_answers_the_close_is_let_go() -> None:
+    """The close waits about a second for the client's close frame, not aiohttp's 10 s."""
+    async with asyncio.timeout(TIMEOUT), run_gateway({"/g": Gone}) as gw:
+        host, port = gw.url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /gone/ann HTTP/1.1\r\nHost: " + host.encode() + b"\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     b"Sec-WebSocket-Version: 13\r\n\r\n")
+        started = time.monotonic()
+        async with asyncio.timeout(3):
+            received = await reader.read()  # until the server drops the connection
+        waited = time.monotonic() - started
+        writer.close()
+    assert received.startswith(b"HTTP/1.1 101 ")
+    frames = received.partition(b"\r\n\r\n")[2]
+    assert frames == b"\x81\x07bye ann" + b"\x88\x0b" + (4404).to_bytes(2, "big") + b"gone away"
+    assert 0.5 < waited < 2.5
+
+
+@pytest.mark.parametrize("code", [999, 1004, 1005, 1006, 1015, 2999, 5000])
+def test_websocket_close_refuses_a_code_a_close_frame_cannot_carry(code: int) -> None:
+    with pytest.raises(ValueError, match=f"close code {code} cannot be sent"):
+        HttpAnswer.websocket_close(code, "why")
+
+
+def test_websocket_close_takes_a_reason_of_at_most_123_bytes() -> None:
+    answer = HttpAnswer.websocket_close(4999, "é" * 61 + "x", "hello")  # 123 bytes
+    assert (answer.status, answer.close, answer.close_message) == (404, (4999, "é" * 61 + "x"), "hello")
+    assert HttpAnswer.websocket_close(1000, "").close == (1000, "")
+    with pytest.raises(ValueError, match="at most 123 bytes"):
+        HttpAnswer.websocket_close(4000, "é" * 62)
 
 
 class Signals(Handler):

@@ -33,6 +33,8 @@ __all__ = ["BROKER", "GATEWAY", "STATS", "build_app", "make_runner", "reload_con
 log = logging.getLogger("wsgate.app")
 
 _HANDLER_GRACE = 0.5
+_CLOSE_WAIT = 1.0  # how long a handshake closed at once waits for the client's close frame
+_CLOSE_READ = 64 * 1024  # the largest message read (and dropped) while it waits
 # Answer whatever Host they name: probes often use the pod's IP (see server.allowed_hosts).
 _ANY_HOST = frozenset({"/healthz", "/readyz"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -167,7 +169,7 @@ async def publish(request: web.Request) -> web.Response:
     return web.json_response({"published": True})
 
 
-async def endpoint_api(request: web.Request) -> web.Response:
+async def endpoint_api(request: web.Request) -> web.StreamResponse:
     """``POST <endpoint path>/api/<method>``: the endpoint handler's own HTTP API."""
     gateway = request.app[GATEWAY]
     path, method = "/" + request.match_info["path"], request.match_info["method"]
@@ -177,7 +179,7 @@ async def endpoint_api(request: web.Request) -> web.Response:
     return await _call_handler(request, live, method)
 
 
-async def prefixed_api(request: web.Request) -> web.Response | None:
+async def prefixed_api(request: web.Request) -> web.StreamResponse | None:
     """A GET or POST under a handler's ``http_prefixes``, answered by its ``on_http``;
     None when no handler claims the path (the caller answers as it would have)."""
     if request.method not in ("GET", "POST"):
@@ -194,7 +196,7 @@ async def prefixed_api(request: web.Request) -> web.Response | None:
     return None
 
 
-async def _call_handler(request: web.Request, live: LiveEndpoint, method: str) -> web.Response:
+async def _call_handler(request: web.Request, live: LiveEndpoint, method: str) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     raw = await _read_body(request)
     if isinstance(raw, web.Response):
@@ -207,7 +209,40 @@ async def _call_handler(request: web.Request, live: LiveEndpoint, method: str) -
         live.stats.handler_errors += 1
         live.logger.exception("on_http(%r) of %s failed", method, live.path)
         return web.json_response({"error": "internal error"}, status=500)
+    if answer.close is not None and _is_handshake(request):
+        return await _close_at_once(request, live, answer.close, answer.close_message)
     return web.Response(status=answer.status, body=answer.body, content_type=answer.content_type)
+
+
+def _is_handshake(request: web.Request) -> bool:
+    return request.method == hdrs.METH_GET and request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
+
+
+async def _close_at_once(request: web.Request, live: LiveEndpoint, close: tuple[int, str],
+                         message: str | None) -> web.StreamResponse:
+    """``HttpAnswer.websocket_close``: upgrade, send ``message``, close with ``close``.
+
+    The close waits _CLOSE_WAIT for the client's close frame, and the whole for at most the
+    handshake timeout: a client that never reads nor answers cannot hold the task."""
+    code, reason = close
+    ws = web.WebSocketResponse(timeout=_CLOSE_WAIT, autoping=False, compress=False, max_msg_size=_CLOSE_READ)
+    try:
+        await ws.prepare(request)  # a handshake aiohttp finds malformed raises its 400 here
+    except (UnicodeError, ValueError):
+        return web.Response(status=400, text="malformed WebSocket handshake headers\n")
+    except ConnectionError:
+        return web.Response(status=400)  # the client left during the handshake; nobody reads this
+    live.stats.handshake_closes[code] += 1
+    log.info("handshake on %s closed at once by %s's handler: %d %s (from %s)", request.path, live.path, code,
+             reason, request.app[GATEWAY].client(request)[0])
+    try:
+        async with asyncio.timeout(request.app[GATEWAY].settings.config.server.handshake_timeout):
+            if message is not None:
+                await ws.send_str(message)
+            await ws.close(code=code, message=reason.encode())
+    except (TimeoutError, ConnectionError):
+        pass  # the client left, or would not read: aiohttp ends the connection when this returns
+    return ws
 
 
 async def reload(request: web.Request) -> web.Response:

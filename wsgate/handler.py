@@ -90,18 +90,50 @@ class HttpCall:
         return f"HttpCall(method={self.method!r}, remote={self.remote!r}, body={len(self.body)} bytes)"
 
 
+_MAX_REASON = 123  # a close frame's payload is at most 125 bytes, 2 of them the code
+
+
+def _sendable_close(code: int) -> bool:
+    """A code a close frame may carry (RFC 6455 section 7.4.1 and the IANA registry)."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
 @dataclass(frozen=True, slots=True)
 class HttpAnswer:
-    """What ``Handler.on_http`` answers: a status and a JSON (or other) body."""
+    """What ``Handler.on_http`` answers: a status and a JSON (or other) body; or, for a
+    WebSocket handshake under one of the handler's ``http_prefixes``, an immediate close
+    (``websocket_close``)."""
 
     status: int = 200
     body: bytes = b""
     content_type: str = "application/json"
+    close: tuple[int, str] | None = None
+    """With ``websocket_close``: the close frame's code and reason for a WebSocket handshake."""
+    close_message: str | None = None
+    """With ``websocket_close``: a text message sent before the close frame."""
 
     @classmethod
     def json(cls, obj: Any, status: int = 200) -> HttpAnswer:
         """``obj`` as compact JSON (NaN and infinities refused with ValueError)."""
         return cls(status, json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode())
+
+    @classmethod
+    def websocket_close(cls, code: int, reason: str, message: str | None = None) -> HttpAnswer:
+        """Accept a WebSocket handshake only to send ``message`` (a text message, if given),
+        then close with ``code`` and ``reason``: for a protocol whose clients must hear why
+        they are refused (a WebSocket client sees only "failed" for an HTTP refusal, and
+        may retry forever). Any other request, a plain GET or a POST, gets 404 with
+        ``reason`` as plain text.
+
+        ValueError if ``code`` cannot be sent in a close frame (1000-1003, 1007-1014 and
+        3000-4999 can) or ``reason`` is over 123 bytes in UTF-8.
+        """
+        if not _sendable_close(code):
+            raise ValueError(f"close code {code} cannot be sent: use 1000-1003, 1007-1014 or 3000-4999")
+        if len(reason.encode()) > _MAX_REASON:
+            raise ValueError(f"a close reason is at most {_MAX_REASON} bytes in UTF-8; {reason[:40]!r}... is "
+                             f"{len(reason.encode())}")
+        return cls(404, (reason + "\n").encode(), "text/plain", (code, reason), message)
 
 
 class Context:

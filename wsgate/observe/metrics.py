@@ -61,9 +61,15 @@ class _Collector(Collector):
                                      labels=["endpoint", "limit"])
         auth = CounterMetricFamily("wsgate_auth_refusals", "Handshakes refused by auth, allow or authorize",
                                    labels=["endpoint", "reason"])
+        # The codes are a handler's own (HttpAnswer.websocket_close), never a client's: each is its label.
+        handshake_closes = CounterMetricFamily("wsgate_handshake_closes",
+                                               "Handshakes a handler answered with an immediate close, by close code",
+                                               labels=["endpoint", "code"])
         for path, s in endpoints:
             for reason, n in sorted(s.auth_refusals.items()):
                 auth.add_metric([path, reason], n)
+            for code, n in sorted(s.handshake_closes.items()):
+                handshake_closes.add_metric([path, str(code)], n)
             by_label: Counter[str] = Counter()
             for code, n in s.close_codes.items():
                 by_label[_code_label(code)] += n
@@ -74,6 +80,7 @@ class _Collector(Collector):
         yield closes
         yield limits
         yield auth
+        yield handshake_closes
         yield CounterMetricFamily("wsgate_broker_publish_failures", "Publishes the broker did not take",
                                   value=self._stats.broker_publish_failures)
 

@@ -22,6 +22,7 @@ class EndpointStats:
     origin_rejections: int = 0
     limit_rejections: Counter[str] = field(default_factory=Counter)
     auth_refusals: Counter[str] = field(default_factory=Counter)  # by reason: missing, invalid, ...
+    handshake_closes: Counter[int] = field(default_factory=Counter)  # by code: HttpAnswer.websocket_close
     slow_client_closes: int = 0
     handler_errors: int = 0
     heartbeat_timeouts: int = 0
