@@ -58,6 +58,7 @@ from .protocol import (
     new_socket_id,
     parse_message,
     subscription_error,
+    unknown_app,
     valid_channel,
 )
 from .signatures import check_channel_auth
@@ -154,7 +155,12 @@ class Pusher(Handler[PusherOptions]):
 
     def __init__(self, options: PusherOptions, context: wsgate.Context) -> None:
         super().__init__(options, context)
-        self.http_prefixes = (f"/apps/{options.app_id}/", USERS_PREFIX)
+        # The path pusher-js asks for with any other key (/app/<key> of no endpoint) comes here
+        # too, to be refused as Pusher does (see on_http); startup checks the path's form.
+        path = context.path
+        self._app_prefix = path[:-len(options.key)] if path.endswith(f"/app/{options.key}") else None
+        self.http_prefixes = (f"/apps/{options.app_id}/", USERS_PREFIX,
+                              *((self._app_prefix,) if self._app_prefix else ()))
         self.secret = options.secret.get_secret_value()
         self.sockets: dict[Connection, Socket] = {}
         self.local: dict[str, Local] = {}
@@ -221,6 +227,11 @@ class Pusher(Handler[PusherOptions]):
                     self.context.logger.debug("reaping %s failed: %s", channel, exc)
 
     async def on_http(self, call: HttpCall) -> HttpAnswer:
+        if self._app_prefix is not None and call.path.startswith(self._app_prefix):
+            # No endpoint serves this key: pusher:error 4001 and close 4001, after which pusher-js
+            # stops; an HTTP refusal would be a failed connection it retries forever.
+            code, reason = APP_NOT_FOUND
+            return HttpAnswer.websocket_close(code, reason, error(unknown_app(call.method), code))
         return await self._api.answer(call)
 
     # --- connections ------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 __all__ = [
     "APP_NOT_FOUND", "CLIENT_EVENT_RATE", "MEMBER_LIMIT", "NO_PROTOCOL", "PROTOCOL", "UNSUPPORTED_PROTOCOL",
     "ProtocolError", "channel_chars", "channel_kind", "dumps", "error", "event", "internal", "new_socket_id",
-    "parse_message", "subscription_error", "valid_channel", "valid_event_name",
+    "parse_message", "subscription_error", "unknown_app", "valid_channel", "valid_event_name",
 ]
 
 PROTOCOL = 7  # the version spoken; pusher-js 8 sends ?protocol=7
@@ -31,6 +31,7 @@ MEMBER_LIMIT = 4100  # the status of a presence subscription refused for its mem
 _CHANNEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-=@,.;")
 MAX_CHANNEL = 164  # Pusher's limit on a channel name
 MAX_EVENT_NAME = 200
+_MAX_KEY_SHOWN = 100  # of an unknown app key echoed in pusher:error: it is whatever the client's path said
 
 
 class ProtocolError(ValueError):
@@ -82,6 +83,12 @@ def internal(name: str, data: Any, channel: str | None = None) -> str:
 def error(message: str, code: int | None = None) -> str:
     """A ``pusher:error``: ``code`` is one Pusher documents, or null."""
     return event("pusher:error", {"code": code, "message": message})
+
+
+def unknown_app(key: str) -> str:
+    """The ``pusher:error`` message for a key no app has, as Pusher words it; a long key is cut."""
+    shown = key if len(key) <= _MAX_KEY_SHOWN else key[:_MAX_KEY_SHOWN] + "..."
+    return f"App key {shown} not in this cluster"
 
 
 def subscription_error(channel: str, kind: str, message: str, status: int) -> str:

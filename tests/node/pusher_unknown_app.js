@@ -1,0 +1,71 @@
+"use strict";
+// pusher-js (npm pusher-js 8.6.0, its Node build) pointed at a key no wsgate `pusher`
+// endpoint serves; run by tests/test_pusher_unknown_app.py as
+//
+//   node pusher_unknown_app.js WS_HOST WS_PORT WRONG_KEY RIGHT_KEY OTHER_KEY WATCH_MS
+//
+// The client with WRONG_KEY must report Pusher's error 4001 and stop: its state goes to
+// "disconnected" and stays there for WATCH_MS (pusher-js retries a refused handshake after
+// 0 or 1 s, so a retry would show within that window as another state change), while
+// clients with RIGHT_KEY and OTHER_KEY, two apps of the same gateway, connect.
+// Every state change and connection error is reported with its time in ms since the start.
+// Prints one JSON report as its last line; exits 0, or 1 at a failure or at its bound.
+
+const Pusher = require("pusher-js");
+
+const [host, port, wrongKey, rightKey, otherKey, watchMs] = process.argv.slice(2);
+const started = Date.now();
+const now = () => Date.now() - started;
+const report = { stage: "start", error: null, wrong: { states: [], errors: [] }, right: null, other: null };
+let finished = false;
+
+function finish(code) {
+  if (finished) return;
+  finished = true;
+  process.stdout.write(JSON.stringify(report) + "\n");
+  process.exit(code);
+}
+function fail(err) {
+  report.error = err && err.stack ? String(err.stack) : JSON.stringify(err);
+  finish(1);
+}
+process.on("unhandledRejection", fail);
+process.on("uncaughtException", fail);
+setTimeout(() => fail(new Error(`bound reached at stage ${report.stage}`)), 20000).unref();
+
+async function until(stage, check) {
+  report.stage = stage;
+  while (!check()) await new Promise((r) => setTimeout(r, 10));
+}
+
+function client(key) {
+  return new Pusher(key, {
+    wsHost: host, wsPort: Number(port), forceTLS: false, enabledTransports: ["ws"], disableStats: true,
+    cluster: "wsgate",
+  });
+}
+
+async function connects(key) {
+  const c = client(key);
+  await until(`connected with ${key}`, () => c.connection.state === "connected");
+  const socketId = c.connection.socket_id;
+  c.disconnect();
+  return { state: "connected", socketId };
+}
+
+(async () => {
+  const wrong = client(wrongKey);
+  report.wrong.initialState = wrong.connection.state; // the constructor has begun to connect
+  wrong.connection.bind("state_change", (s) => report.wrong.states.push({ state: s.current, at: now() }));
+  // What pusher-js emits for a pusher:error in the handshake: {type: "WebSocketError",
+  // error: {type: "PusherError", data: {code, message}}}; kept whole.
+  wrong.connection.bind("error", (e) => report.wrong.errors.push({ error: e, at: now() }));
+  await until("refused", () => wrong.connection.state === "disconnected");
+  const watchUntil = Date.now() + Number(watchMs);
+  report.right = await connects(rightKey);
+  report.other = await connects(otherKey);
+  await until("watching the refused client", () => Date.now() >= watchUntil);
+  report.wrong.finalState = wrong.connection.state;
+  report.stage = "done";
+  finish(0);
+})().catch(fail);
