@@ -142,7 +142,7 @@ async def _blast(gw: GatewayServer, slow: RawClient) -> list[list[int]]:
     # to megabytes and absorb the whole broadcast before the gateway's queue is involved.
     session = _slow_session(gw, slow)
     assert session is not None
-    server_sock = session.ws.get_extra_info("socket")
+    server_sock = session.transport.get_extra_info("socket")
     server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
     normal = [await gw.session.ws_connect(gw.url + "/blast") for _ in range(NORMAL_CLIENTS)]
     try:
@@ -160,7 +160,7 @@ async def _blast(gw: GatewayServer, slow: RawClient) -> list[list[int]]:
 def _slow_session(gw: GatewayServer, slow: RawClient) -> Session | None:
     local = slow.sock.getsockname()
     for session in gw.gateway.sessions:
-        if session.ws.get_extra_info("peername") == local:
+        if session.transport.get_extra_info("peername") == local:
             return session
     return None
 

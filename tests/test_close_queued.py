@@ -66,7 +66,7 @@ class QueueOnGo(Handler):
 def _session_of(gw: GatewayServer, client: ClientConnection | socket.socket) -> Session | None:
     local = client.getsockname()[:2] if isinstance(client, socket.socket) else client.local_address[:2]
     for session in gw.gateway.sessions:
-        if session.ws.get_extra_info("peername")[:2] == local:
+        if session.transport.get_extra_info("peername")[:2] == local:
             return session
     return None
 
@@ -102,7 +102,7 @@ async def _small_send_buffer(gw: GatewayServer, client: ClientConnection | socke
     await wait_until(lambda: _session_of(gw, client) is not None)
     session = _session_of(gw, client)
     assert session is not None
-    session.ws.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    session.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
     return session
 
 
@@ -195,7 +195,7 @@ async def test_a_client_that_stops_reading_after_its_close_frame_is_dropped_at_c
             sock = await _raw_open(gw, "/q")
             try:
                 session = await _small_send_buffer(gw, sock)
-                server_socket = session.ws.get_extra_info("socket")
+                server_socket = session.transport.get_extra_info("socket")
                 await loop.sock_sendall(sock, _frame(0x1, b"go"))
                 await wait_until(lambda: _close_waits(session))
                 await loop.sock_sendall(sock, _frame(0x8, struct.pack("!H", 1000)))

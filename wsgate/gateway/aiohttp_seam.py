@@ -1,10 +1,12 @@
 """Everything wsgate relies on in aiohttp beyond its documented API, in one module.
 
-aiohttp is the HTTP server: it parses and answers the opening handshake. After the 101,
-a session reads aiohttp's queue of parsed frames itself (``WebSocketResponse._reader``)
-instead of ``receive()``, which answers a bad frame with a close frame of its own and
-drops TCP at once, resetting a client still sending before it reads why (see
-closing.py). And aiohttp's size limits are one byte off from ours.
+aiohttp is the HTTP server: it parses and answers the opening handshake. After the 101
+the gateway owns the connection: ``take_over`` moves the transport to the session (an
+``asyncio.Protocol``) and lets aiohttp forget it, so aiohttp's request, protocol,
+tasks and WebSocketResponse are freed while the connection lives on. Frames are still
+parsed by aiohttp's compiled reader, which feeds a ``FrameSink`` (a subclass of its
+queue) that hands each message to a callback instead of queueing it for a future.
+And aiohttp's size limits are one byte off from ours.
 
 These are internals: setup.cfg bounds aiohttp to the releases they were checked against
 (``SUPPORTED``), and ``check`` runs before the port binds, so an aiohttp that moved them is
@@ -14,7 +16,9 @@ touches an aiohttp name that starts with ``_`` (tests/test_import_direction.py c
 
 from __future__ import annotations
 
-from typing import Protocol
+import asyncio
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -22,16 +26,86 @@ from aiohttp.http_websocket import WSMessage, WSMessageTextBytes
 
 from ..errors import DependencyError
 
-__all__ = ["SUPPORTED", "FrameQueue", "check", "frame_queue", "inflated_limit", "websocket_response"]
+try:
+    from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
+    _MOVED: str | None = None
+    _COMPILED = WebSocketDataQueue.__module__.endswith("_c")
+except ImportError as exc:  # check() says what to install before anything uses them
+    WebSocketDataQueue = WebSocketReader = object  # type: ignore[assignment]
+    _MOVED = f"aiohttp._websocket.reader ({exc})"
+    _COMPILED = False
+
+__all__ = ["SUPPORTED", "FrameSink", "OwnedWebSocket", "check", "inflated_limit", "take_over"]
 
 SUPPORTED = ((3, 14), (3, 15))  # aiohttp releases from the first to before the second; as in setup.cfg
 
+Frame = WSMessage | WSMessageTextBytes | BaseException  # a message, or why the stream cannot be parsed
 
-class FrameQueue(Protocol):
-    """aiohttp's queue of parsed frames: ``read`` gives the next message (close, ping and pong
-    included) and raises ``EofStream`` at the end or ``WebSocketError`` for a bad frame."""
 
-    async def read(self) -> WSMessage | WSMessageTextBytes: ...
+class FrameSink(WebSocketDataQueue):
+    """Where aiohttp's reader puts each parsed message (or its parse error): straight to
+    ``deliver``, or kept until ``deliver`` is set."""
+
+    __slots__ = ("deliver", "early")
+
+    def __init__(self) -> None:
+        if not _COMPILED:
+            # The pure-Python reader reads the queue's size fields; the compiled one has
+            # them zero already, and its __init__ would make a deque nothing uses.
+            super().__init__(None, 2**16, loop=asyncio.get_running_loop())  # type: ignore[arg-type]
+        self.deliver: Callable[[Frame], None] | None = None
+        self.early: list[Frame] = []
+
+    def feed_data(self, data: Frame, size: int) -> None:
+        if self.deliver is None:
+            self.early.append(data)
+        else:
+            self.deliver(data)
+
+    def set_exception(self, exc: BaseException, exc_cause: BaseException | None = None) -> None:
+        self.feed_data(exc, 0)
+
+    def feed_eof(self) -> None:
+        """The session sees the end of the stream from the transport itself."""
+
+
+class OwnedWebSocket(web.WebSocketResponse):
+    """A WebSocketResponse whose frames go to a ``FrameSink``; aiohttp writes nothing after the 101.
+
+    The session owns pings, pongs and the close handshake, so aiohttp's own are off.
+    """
+
+    def __init__(self, protocols: tuple[str, ...], compress: bool, max_message_size: int) -> None:
+        # aiohttp refuses a message of exactly max_msg_size; ours is the largest allowed.
+        super().__init__(autoping=False, autoclose=False, protocols=protocols, compress=compress,
+                         max_msg_size=max_message_size + 1)
+        self.sink: FrameSink | None = None
+        self.parser: Any = None
+
+    def _post_start(self, request: web.BaseRequest, protocol: str | None, writer: Any) -> None:
+        self._ws_protocol = protocol
+        self._writer = writer
+        self.sink = FrameSink()
+        self.parser = WebSocketReader(self.sink, self._max_msg_size, bool(self._compress), True)
+        request.protocol.set_parser(self.parser)  # parses what came after the handshake, too
+        request.protocol.keep_alive(False)
+
+    async def write_eof(self) -> None:  # type: ignore[override]
+        """aiohttp calls this when the request handler returns; the connection is not its any more."""
+
+
+def take_over(request: web.Request, protocol: asyncio.Protocol) -> asyncio.Transport:
+    """Give ``request``'s transport to ``protocol``; aiohttp forgets the connection once
+    the request handler returns (its protocol, request and tasks are then freed)."""
+    transport = request.transport
+    assert transport is not None
+    aiohttp_protocol = request.protocol
+    transport.set_protocol(protocol)
+    # aiohttp closes the transport of a finished non-keep-alive request; there is none now.
+    aiohttp_protocol.transport = None
+    task = request.task
+    task.add_done_callback(lambda _: aiohttp_protocol.connection_lost(None))
+    return transport
 
 
 def check() -> None:
@@ -46,34 +120,17 @@ def check() -> None:
     if not low <= release < high:
         raise DependencyError(f"aiohttp {version} is installed, but wsgate reads aiohttp internals that were "
                               f"checked only on {wanted}: pip install '{wanted}'")
-    if not hasattr(web.WebSocketResponse, "_reader"):
-        raise DependencyError(f"aiohttp {version} no longer has WebSocketResponse._reader, which wsgate "
-                              f"reads frames from: pip install '{wanted}'")
-
-
-def websocket_response(protocols: tuple[str, ...], compress: bool, max_message_size: int) -> web.WebSocketResponse:
-    """A WebSocketResponse whose reader accepts messages of up to ``max_message_size`` bytes.
-
-    The session owns pings, pongs and the close handshake, so aiohttp's own are off.
-    """
-    return web.WebSocketResponse(
-        autoping=False, autoclose=False, protocols=protocols, compress=compress,
-        # aiohttp refuses a message of exactly max_msg_size; ours is the largest allowed.
-        max_msg_size=max_message_size + 1,
-    )
-
-
-def frame_queue(ws: web.WebSocketResponse) -> FrameQueue:
-    """The prepared ``ws``'s queue of parsed frames."""
-    reader = ws._reader
-    assert reader is not None, "frame_queue() of a WebSocketResponse that is not prepared"
-    return reader
+    moved = _MOVED or next((f"WebSocketResponse.{name}" for name in ("_pre_start", "_post_start")
+                            if not hasattr(web.WebSocketResponse, name)), None)
+    if moved is not None:
+        raise DependencyError(f"aiohttp {version} no longer has {moved}, which wsgate takes connections "
+                              f"over with: pip install '{wanted}'")
 
 
 def inflated_limit(ws: web.WebSocketResponse, max_message_size: int) -> int:
     """The size a received message must be checked against, 0 for none.
 
-    aiohttp's limit is ``max_message_size + 1`` (see ``websocket_response``); it refuses
+    aiohttp's limit is ``max_message_size + 1`` (see ``OwnedWebSocket``); it refuses
     frames at that size, but an inflated message of exactly that size gets through.
     """
     return max_message_size if ws.compress else 0

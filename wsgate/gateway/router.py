@@ -30,7 +30,7 @@ from ..policy.hosts import host_policy
 from ..policy.limits import Admission
 from ..policy.probes import ProbeLimit
 from ..policy.proxies import client_address, client_scheme
-from .aiohttp_seam import websocket_response
+from .aiohttp_seam import OwnedWebSocket
 from .endpoint import LiveEndpoint
 from .hub import Hub
 from .identify import identify, refusal_response, strip_bearer
@@ -181,7 +181,8 @@ class Gateway:
         if isinstance(checked, web.Response):
             return checked
         live, remote, origin = checked
-        del checked  # this frame lives as long as the connection: so would the tuple
+        del checked
+        accepted = False
         try:
             request, offered_token = strip_bearer(request, live.endpoint.policy.subprotocols)
             verdict = await self._identify(request, live, remote, offered_token)
@@ -191,8 +192,7 @@ class Gateway:
             del verdict
             if self.draining:  # authentication may have taken a while
                 return web.Response(status=503, text="the server is shutting down\n")
-            ws = websocket_response((*policy.subprotocols, AUTH_PROTOCOL), policy.compression,
-                                    policy.max_message_size)
+            ws = OwnedWebSocket((*policy.subprotocols, AUTH_PROTOCOL), policy.compression, policy.max_message_size)
             try:
                 await ws.prepare(request)
             except (UnicodeError, ValueError):
@@ -214,16 +214,19 @@ class Gateway:
                     extra={"event": "open", "conn": session.conn.id, "endpoint": live.path, "remote": remote,
                            "origin": origin, "subprotocol": ws.ws_protocol, "query": redact_query(_query(request))},
                 )
-            try:
-                await session.run()
-            finally:
-                self.sessions.discard(session)
-                live.stats.open -= 1
-                if not self.sessions:
-                    self._all_closed.set()
-            return ws
+            session.start(request, ws, self._ended)
+            accepted = True
+            return ws  # aiohttp is done with the request; the session owns the connection
         finally:
-            self.admission.release(request.path, remote)
+            if not accepted:
+                self.admission.release(request.path, remote)
+
+    def _ended(self, session: Session) -> None:
+        self.sessions.discard(session)
+        session.live.stats.open -= 1
+        self.admission.release(session.live.path, session.conn.remote)
+        if not self.sessions:
+            self._all_closed.set()
 
     async def _identify(self, request: web.Request, live: LiveEndpoint, remote: str, offered_token: str | None
                         ) -> web.Response | tuple[Policy, Identity | None]:

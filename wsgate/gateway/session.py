@@ -1,14 +1,25 @@
-"""One accepted WebSocket: the receive loop, keepalive, and the close handshake's I/O."""
+"""One accepted WebSocket after the handshake: the transport's protocol, the message
+pump, keepalive, and the close handshake's I/O.
+
+aiohttp parses and answers the opening handshake; then the session is the transport's
+``asyncio.Protocol`` (``aiohttp_seam.take_over``) and aiohttp keeps nothing of the
+connection. Bytes in go to aiohttp's compiled frame reader, whose messages come back to
+``_frame``; they queue in ``_backlog`` and a pump task, which exists only while there
+is something to handle, runs the handler on them one at a time, in order. An idle
+connection therefore has no task, no request and no aiohttp objects.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from aiohttp import EofStream, WebSocketError, WSMsgType, web
+from aiohttp import WebSocketError, WSMsgType, web
 
 from ..auth.identity import Identity
 from ..closecode import CloseCode
@@ -16,7 +27,7 @@ from ..connection import Connection
 from ..errors import ConnectionClosed
 from ..policy.keepalive import Action, KeepAlive
 from ..policy.limits import TokenBucket
-from .aiohttp_seam import frame_queue, inflated_limit
+from .aiohttp_seam import Frame, OwnedWebSocket, inflated_limit, take_over
 from .closing import CloseHandshake
 from .endpoint import LiveEndpoint
 from .sendqueue import SendQueue
@@ -29,6 +40,10 @@ log = logging.getLogger("wsgate.gateway")
 access_log = logging.getLogger("wsgate.access")
 
 _LINGER_POLL = 0.02
+# Past this many bytes of unhandled messages the transport stops reading until the
+# handler catches up: a client cannot grow memory faster than its handler runs.
+_BACKLOG_BYTES = 64 * 1024
+_EAGER = sys.version_info >= (3, 12)  # the pump's first step runs in the callback that made it
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +58,18 @@ def _byte_length(data: str | bytes) -> int:
     return len(data.encode()) if isinstance(data, str) else len(data)
 
 
+class _End:
+    """The end of the stream, queued behind the messages that came before it."""
+
+
+_EOF = _End()
+
+
+def _size(frame: Frame) -> int:
+    data = frame.data  # type: ignore[union-attr]
+    return len(data) if isinstance(data, str | bytes | bytearray) else 0
+
+
 def _deflate(ws: web.WebSocketResponse) -> Deflate | None:
     """Our compressor for the permessage-deflate parameters aiohttp negotiated, if any."""
     if not ws.compress:
@@ -51,32 +78,39 @@ def _deflate(ws: web.WebSocketResponse) -> Deflate | None:
     return Deflate(int(ws.compress), takeover="server_no_context_takeover" not in offer)
 
 
-class Session:
+class Session(asyncio.Protocol):
     """One accepted WebSocket: its Connection, writer, timers and close handshake."""
 
-    __slots__ = ("_close_timer", "_expiry", "_request", "_slot", "auth", "bucket", "conn", "handshake", "incoming",
-                 "keepalive", "live", "loop", "messages_in", "services", "started", "task", "writer", "ws")
+    __slots__ = ("_backlog", "_backlog_bytes", "_close_timer", "_ended", "_expiry", "_on_end", "_paused", "_slot",
+                 "_url", "auth", "bucket", "conn", "handshake", "keepalive", "live", "loop", "messages_in", "parser",
+                 "services", "size_limit", "started", "task", "transport", "writer")
 
-    def __init__(self, services: Services, live: LiveEndpoint, ws: web.WebSocketResponse,
+    def __init__(self, services: Services, live: LiveEndpoint, ws: OwnedWebSocket,
                  request: web.Request, remote: str, conn_id: str, identity: Identity | None = None,
                  auth: str | None = None) -> None:
         policy = live.endpoint.policy
         self.loop = asyncio.get_running_loop()
         self.services = services
         self.live = live
-        self.ws = ws
-        self.task = asyncio.current_task()
+        self.task: asyncio.Task[None] | None = None  # the pump, while there is something to handle
         self.started = time.monotonic()
         self.handshake = CloseHandshake()
         self._slot: int | None = None
         self._close_timer: asyncio.TimerHandle | None = None
-        self._request = request  # aiohttp keeps it for the connection's life anyway
+        self._url = request.rel_url  # for the query, parsed only if a handler asks
+        self.parser = ws.parser
+        self.size_limit = inflated_limit(ws, policy.max_message_size)
+        self._backlog: deque[Frame | _End] | None = None  # made when a message comes: most connections idle
+        self._backlog_bytes = 0
+        self._paused = False
+        self._ended = False
+        self._on_end: Callable[[Session], None] | None = None
         transport = request.transport
         assert transport is not None
-        self.incoming = frame_queue(ws)
+        self.transport: asyncio.Transport = transport
         queue = SendQueue(policy.send_queue, drop=policy.slow_client == "drop")
-        self.writer = Writer(transport, services.flusher, queue, live.stats, self._overflow, self.handshake.sent,
-                             _deflate(ws))
+        self.writer = Writer(self.transport, services.flusher, queue, live.stats, self._overflow,
+                             self.handshake.sent, _deflate(ws))
         self.conn = Connection._open(self, self.writer.send, id=conn_id, path=live.path, remote=remote,
                                      headers=request.headers, subprotocol=ws.ws_protocol, identity=identity)
         self.auth = auth  # the authenticator that admitted the client, by name
@@ -92,6 +126,24 @@ class Session:
         self.bucket = TokenBucket(rate.messages / rate.per, float(rate.burst or rate.messages), now) if rate else None
         self.messages_in = 0
 
+    def start(self, request: web.Request, ws: OwnedWebSocket, on_end: Callable[[Session], None]) -> None:
+        """Own the transport from now on; ``on_connect``, then each message, run in the pump.
+
+        ``on_end`` is called once the session has ended and ``on_disconnect`` has run.
+        """
+        self._on_end = on_end
+        take_over(request, self)
+        self.live.attach(self.conn)
+        if self.keepalive.enabled:
+            self.on_timer()
+        self._pump_soon(first=True)
+        sink = ws.sink
+        assert sink is not None
+        for frame in sink.early:  # what came with the handshake's bytes
+            self._frame(frame)
+        sink.early = []
+        sink.deliver = self._frame
+
     # --- what Connection asks of us ---
 
     @property
@@ -99,7 +151,7 @@ class Session:
         return not self.handshake.open
 
     def handshake_query(self) -> Mapping[str, str]:
-        return self._request.query
+        return self._url.query
 
     def _overflow(self) -> None:
         self.live.stats.slow_client_closes += 1
@@ -134,24 +186,89 @@ class Session:
         if deadline is not None and action not in (Action.DEAD, Action.IDLE):
             self._slot = self.services.timers.schedule(deadline, self)
 
-    # --- the receive loop ---
+    # --- the transport's protocol ---
 
-    async def run(self) -> None:
-        live, conn = self.live, self.conn
-        live.attach(conn)
-        if self.keepalive.enabled:
-            self.on_timer()
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)  # its messages come back to _frame
+
+    def eof_received(self) -> bool | None:
+        self._frame(_EOF)
+        return None  # the transport closes itself; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._frame(_EOF)
+
+    def _frame(self, frame: Frame | _End) -> None:
+        """Queue a message (or the end, or a parse error) for the pump."""
+        if self._ended:
+            return
+        backlog = self._backlog
+        if backlog is None:
+            backlog = self._backlog = deque()
+        elif backlog and backlog[-1] is _EOF:
+            return  # nothing comes after the end
+        backlog.append(frame)
+        if not isinstance(frame, BaseException | _End):
+            self._backlog_bytes += _size(frame)
+            if self._backlog_bytes > _BACKLOG_BYTES and not self._paused and not self.transport.is_closing():
+                self._paused = True
+                self.transport.pause_reading()
+        if self.task is None:
+            self._pump_soon()
+
+    def _pump_soon(self, first: bool = False) -> None:
+        pump = self._pump(first)
+        if _EAGER:
+            self.task = asyncio.Task(pump, loop=self.loop, eager_start=True)  # type: ignore[call-arg]
+            if self.task.done():
+                self.task = None
+        else:
+            self.task = self.loop.create_task(pump)
+
+    # --- the pump ---
+
+    async def _pump(self, first: bool) -> None:
+        """Handle what is queued, in order, then end; a new pump starts with the next message."""
         try:
-            try:
-                await live.handler.on_connect(conn)
-            except ConnectionClosed:
-                pass  # the handler sent to a connection that is closing: not its fault
-            except Exception:
-                self._crashed("on_connect")
-            live.connected(conn)
-            await self._receive()
+            if first:
+                await self._connect()
+            while self._backlog:
+                frame = self._backlog.popleft()
+                if frame is _EOF:
+                    self.handshake.lost()
+                    await self._end()
+                    return
+                if isinstance(frame, BaseException):
+                    if isinstance(frame, WebSocketError):
+                        await self._fail(frame.code, self._explain(frame))
+                    else:  # a corrupt deflate stream, for one
+                        await self._fail(CloseCode.PROTOCOL_ERROR, f"bad frame: {type(frame).__name__}")
+                    await self._end()
+                    return
+                assert not isinstance(frame, _End)
+                self._backlog_bytes -= _size(frame)
+                if self._paused and self._backlog_bytes <= _BACKLOG_BYTES // 2:
+                    self._paused = False
+                    if not self.transport.is_closing():
+                        self.transport.resume_reading()
+                if await self._message(frame):
+                    await self._end()
+                    return
         finally:
-            await self._finish()
+            if asyncio.current_task() is self.task:
+                self.task = None
+            if not self._backlog:
+                self._backlog = None
+
+    async def _connect(self) -> None:
+        live, conn = self.live, self.conn
+        try:
+            await live.handler.on_connect(conn)
+        except ConnectionClosed:
+            pass  # the handler sent to a connection that is closing: not its fault
+        except Exception:
+            self._crashed("on_connect")
+        live.connected(conn)
 
     def _crashed(self, hook: str) -> None:
         """Log the running exception once and close this connection with 1011."""
@@ -160,72 +277,57 @@ class Session:
                       self.live.endpoint.handler_ref, hook, self.conn.id, self.live.path)
         self.close(CloseCode.INTERNAL_ERROR, "internal error")
 
-    async def _receive(self) -> None:
-        live, conn, handshake, writer = self.live, self.conn, self.handshake, self.writer
-        on_message = live.handler.on_message
-        stats = live.stats
-        accepts = live.handler.accepts
+    async def _message(self, msg: Frame) -> bool:
+        """Handle one message; True once the client's close frame has ended the session."""
+        live, handshake, writer, stats = self.live, self.handshake, self.writer, self.live.stats
         keepalive, bucket, loop = self.keepalive, self.bucket, self.loop
-        track_time = keepalive.enabled or bucket is not None
-        size_limit = inflated_limit(self.ws, live.endpoint.policy.max_message_size)
-        read = self.incoming.read
-        while True:
-            try:
-                msg = await read()
-            except EofStream:
-                handshake.lost()
-                return
-            except WebSocketError as exc:
-                await self._fail(exc.code, self._explain(exc))
-                return
-            except Exception as exc:  # a corrupt deflate stream, for one
-                await self._fail(CloseCode.PROTOCOL_ERROR, f"bad frame: {type(exc).__name__}")
-                return
-            kind = msg.type
-            if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
-                if not handshake.open:
-                    continue  # closing: data is read and discarded until the client's close frame
-                data = msg.data
-                self.messages_in += 1
-                stats.messages_in += 1
-                stats.bytes_in += len(data)
-                if track_time:
-                    now = loop.time()
-                    keepalive.last_seen = keepalive.last_message = now
-                    if bucket is not None and not bucket.take(now):
-                        stats.limit_rejections["rate"] += 1
-                        self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
-                        continue
-                if size_limit and _byte_length(data) > size_limit:
-                    self.close(CloseCode.MESSAGE_TOO_BIG, self._too_big())
-                elif accepts != "any" and (kind is WSMsgType.TEXT) != (accepts == "text"):
-                    self.close(CloseCode.UNSUPPORTED_DATA, f"this endpoint accepts only {accepts} messages")
-                else:
-                    try:
-                        await on_message(conn, data)
-                    except ConnectionClosed:
-                        pass
-                    except Exception:
-                        self._crashed("on_message")
-            elif kind is WSMsgType.PING:
+        kind = msg.type  # type: ignore[union-attr]
+        if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+            if not handshake.open:
+                return False  # closing: data is read and discarded until the client's close frame
+            data = msg.data  # type: ignore[union-attr]
+            self.messages_in += 1
+            stats.messages_in += 1
+            stats.bytes_in += len(data)
+            if keepalive.enabled or bucket is not None:
                 now = loop.time()
-                keepalive.last_seen = now
-                if not handshake.open:
-                    continue
-                # Pings cost a pong each: they draw on the same budget as messages.
+                keepalive.last_seen = keepalive.last_message = now
                 if bucket is not None and not bucket.take(now):
                     stats.limit_rejections["rate"] += 1
                     self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
-                    continue
-                writer.pong(msg.data)
-            elif kind is WSMsgType.PONG:
-                keepalive.last_seen = loop.time()
-            elif kind is WSMsgType.CLOSE:
-                answer = handshake.received(msg.data or None, msg.extra or "")
-                if answer is not None:
-                    writer.answer_close(answer.code, answer.reason, drop_queued=answer.drop_queued)
-                writer.close()
-                return
+                    return False
+            accepts = live.handler.accepts
+            if self.size_limit and _byte_length(data) > self.size_limit:
+                self.close(CloseCode.MESSAGE_TOO_BIG, self._too_big())
+            elif accepts != "any" and (kind is WSMsgType.TEXT) != (accepts == "text"):
+                self.close(CloseCode.UNSUPPORTED_DATA, f"this endpoint accepts only {accepts} messages")
+            else:
+                try:
+                    await live.handler.on_message(self.conn, data)
+                except ConnectionClosed:
+                    pass
+                except Exception:
+                    self._crashed("on_message")
+        elif kind is WSMsgType.PING:
+            now = loop.time()
+            keepalive.last_seen = now
+            if not handshake.open:
+                return False
+            # Pings cost a pong each: they draw on the same budget as messages.
+            if bucket is not None and not bucket.take(now):
+                stats.limit_rejections["rate"] += 1
+                self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+                return False
+            writer.pong(msg.data)  # type: ignore[union-attr]
+        elif kind is WSMsgType.PONG:
+            keepalive.last_seen = loop.time()
+        elif kind is WSMsgType.CLOSE:
+            answer = handshake.received(msg.data or None, msg.extra or "")  # type: ignore[union-attr]
+            if answer is not None:
+                writer.answer_close(answer.code, answer.reason, drop_queued=answer.drop_queued)
+            writer.close()
+            return True
+        return False
 
     def _too_big(self) -> str:
         return f"message too big: the limit is {self.live.endpoint.policy.max_message_size} bytes"
@@ -250,6 +352,17 @@ class Session:
             await asyncio.sleep(_LINGER_POLL)
         if not self.writer.closed:
             self.writer.abort()
+
+    async def _end(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._backlog = None
+        try:
+            await self._finish()
+        finally:
+            if self._on_end is not None:
+                self._on_end(self)
 
     async def _finish(self) -> None:
         if self._slot is not None:
