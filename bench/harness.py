@@ -56,9 +56,14 @@ class ServerSpec:
     # A module the server needs that wsgate does not: without it, the server is left out
     # of the default list (and unavailable when asked for by name).
     needs: str | None = None
+    # For what is not a Python module: None when the server can run here, else what is
+    # missing and what to run about it. Also leaves the server out of the default list.
+    missing: Callable[[], str | None] | None = None
 
     def installed(self) -> bool:
-        return self.needs is None or importlib.util.find_spec(self.needs) is not None
+        if self.needs is not None and importlib.util.find_spec(self.needs) is None:
+            return False
+        return self.missing is None or self.missing() is None
 
 
 def _script(name: str) -> Callable[[int], list[str]]:
@@ -80,6 +85,38 @@ def _wsgate(port: int) -> list[str]:
     ]
 
 
+NODE_DIR = REPO_DIR / "tests" / "node"
+NODE_SERVER = BENCH_DIR / "servers" / "node_ws.js"
+NODE_INSTALL = "npm install --prefix tests/node --no-save --no-package-lock (scripts/test does it)"
+
+
+def _node(port: int) -> list[str]:
+    return [shutil.which("node") or "node", str(NODE_SERVER), "--host", HOST, "--port", str(port)]
+
+
+def node_missing() -> str | None:
+    """Why the `node` server cannot run here (with what to run), or None."""
+    if shutil.which("node") is None:
+        return "node is not on the PATH: install Node.js 18 or later (Debian: apt-get install nodejs npm), then " + (
+            NODE_INSTALL)
+    if not (NODE_DIR / "node_modules" / "ws" / "package.json").is_file():
+        return f"Node's ws package is not in tests/node/node_modules: run {NODE_INSTALL}"
+    return None
+
+
+def node_versions() -> dict[str, str | None]:
+    """The versions of node and of the `ws` package the `node` server runs, if present."""
+    versions: dict[str, str | None] = {"node": None, "ws": None}
+    if node_missing() is not None:
+        return versions
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired, json.JSONDecodeError, IndexError):
+        done = subprocess.run(
+            [*_node(0)[:2], "--check"], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30
+        )
+        versions.update(json.loads(done.stdout.strip().splitlines()[-1]))
+    return versions
+
+
 SERVERS: dict[str, ServerSpec] = {
     "wsgate": ServerSpec(
         name="wsgate",
@@ -92,6 +129,9 @@ SERVERS: dict[str, ServerSpec] = {
     "websockets": ServerSpec(name="websockets", command=_script("websockets_server.py")),
     "picows": ServerSpec(name="picows", command=_script("picows_server.py"), many_path="/chat", needs="picows",
                          check=lambda: [sys.executable, "-c", "import picows"]),
+    # Node's ws package (the version pinned in tests/node/package.json): bench/servers/node_ws.js
+    "node": ServerSpec(name="node", command=_node, many_path="/chat", missing=node_missing,
+                       check=lambda: [*_node(0)[:2], "--check"]),
 }
 
 
@@ -346,6 +386,9 @@ class RedisServer:
 
 def check_server(spec: ServerSpec, timeout: float = 30.0) -> str | None:
     """Run the server's config check, if it has one; return an error text or None."""
+    reason = spec.missing() if spec.missing is not None else None
+    if reason is not None:
+        return reason
     if spec.check is None:
         return None
     try:

@@ -1,4 +1,4 @@
-"""wsgate benchmark: wsgate vs a bare aiohttp server vs the websockets library.
+"""wsgate benchmark: wsgate vs a bare aiohttp server, the websockets library, picows and Node's ws.
 
 Run from the repository root:  python -m bench   (or: python bench/run.py)
 See bench/README.md for what is measured and how.
@@ -36,6 +36,7 @@ from bench.harness import (
     ServerSpec,
     build_loadgen,
     check_server,
+    node_versions,
     run_loadgen,
     tail,
     wait_quiet,
@@ -570,7 +571,7 @@ def _version(package: str) -> str | None:
         return None
 
 
-def machine_info() -> dict[str, Any]:
+def machine_info(servers: Sequence[str]) -> dict[str, Any]:
     cpu_model = None
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -597,7 +598,10 @@ def machine_info() -> dict[str, Any]:
         "cpu_model": cpu_model,
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
-        "packages": {p: _version(p) for p in ("aiohttp", "websockets", "uvloop")},
+        "packages": {
+            **{p: _version(p) for p in ("aiohttp", "websockets", "uvloop", "picows")},
+            **(node_versions() if "node" in servers else {}),
+        },
     }
 
 
@@ -624,7 +628,7 @@ def run_wsgate_only(scenarios: Sequence[str], s: Settings, smoke: bool, server_c
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmark wsgate against a bare aiohttp server and the websockets library.",
+        description="Benchmark wsgate against a bare aiohttp server, the websockets library, picows and Node's ws.",
     )
     parser.add_argument("--repeat", type=int, help="runs per case (default 3); medians are reported")
     parser.add_argument("--quick", action="store_true", help="1 repeat, 1 s windows, full matrix")
@@ -760,7 +764,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     document = {
         "meta": {
-            **machine_info(),
+            **machine_info(args.servers),
             "elapsed_s": round(elapsed, 1),
             "interrupted": interrupted,
             "server_cpu": server_cpu,
