@@ -12,80 +12,34 @@
 // and an end-to-end encrypted channel whose events wsgate relays without reading them.
 // Prints one JSON report as its last line; exits 0, or 1 at a failure or at its bound.
 
-const Pusher = require("pusher-js");
 const nacl = require("tweetnacl"); // pusher-js's own dependency: decrypts private-encrypted- channels
+const { report, scenario, finish, fail, until, step, client: kitClient, has } = require("./pusher_kit");
 
-const [host, port, backend, key] = process.argv.slice(2);
-const report = { stage: "start", error: null, alice: { events: [] }, bob: { events: [] } };
-let finished = false;
+scenario({ fields: { alice: { events: [] }, bob: { events: [] } } });
 
-function finish(code) {
-  if (finished) return;
-  finished = true;
-  process.stdout.write(JSON.stringify(report) + "\n");
-  process.exit(code);
-}
-function fail(err) {
-  report.error = err && err.stack ? String(err.stack) : JSON.stringify(err);
-  finish(1);
-}
-process.on("unhandledRejection", fail);
-process.on("uncaughtException", fail);
-setTimeout(() => fail(new Error(`bound reached at stage ${report.stage}`)), 20000).unref();
-
-async function until(stage, check) {
-  report.stage = stage;
-  while (!check()) await new Promise((r) => setTimeout(r, 10));
+// Members by id and info, a presence channel's members when subscribed, a refusal's status.
+function describe(channel, event, data) {
+  if (event.startsWith("pusher:member")) {
+    return { channel: channel.name, event, member: data && data.id, info: data && data.info };
+  } else if (event === "pusher:subscription_succeeded") {
+    const entry = { channel: channel.name, event };
+    if (channel.members) {
+      entry.count = channel.members.count;
+      entry.me = channel.members.me;
+      entry.ids = Object.keys(channel.members.members).sort();
+    }
+    return entry;
+  } else if (event === "pusher:subscription_error") {
+    return { channel: channel.name, event, status: data.status, type: data.type };
+  }
+  return { channel: channel.name, event, data };
 }
 
-async function step(name, body) {
-  const r = await fetch(`${backend}/step/${name}`, {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body || {}),
-  });
-  if (!r.ok) throw new Error(`step ${name}: ${r.status} ${await r.text()}`);
-  return r.json();
-}
-
-function client(name, user) {
-  const pusher = new Pusher(key, {
-    wsHost: host, wsPort: Number(port), forceTLS: false, enabledTransports: ["ws"], disableStats: true,
-    cluster: "wsgate", nacl,
-    channelAuthorization: { endpoint: `${backend}/pusher/auth`, transport: "ajax",
-                            params: { user } },
-  });
-  const record = report[name];
-  record.states = [];
-  pusher.connection.bind("state_change", (s) => record.states.push(s.current));
-  pusher.connection.bind("error", (e) => (record.errors = record.errors || []).push(e));
-  const listen = (channel) => {
-    channel.bind_global((event, data) => {
-      if (event.startsWith("pusher:member")) {
-        record.events.push({ channel: channel.name, event, member: data && data.id, info: data && data.info });
-      } else if (event === "pusher:subscription_succeeded") {
-        const entry = { channel: channel.name, event };
-        if (channel.members) {
-          entry.count = channel.members.count;
-          entry.me = channel.members.me;
-          entry.ids = Object.keys(channel.members.members).sort();
-        }
-        record.events.push(entry);
-      } else if (event === "pusher:subscription_error") {
-        record.events.push({ channel: channel.name, event, status: data.status, type: data.type });
-      } else {
-        record.events.push({ channel: channel.name, event, data });
-      }
-    });
-    return channel;
-  };
-  return { pusher, record, listen, sub: (c) => listen(pusher.subscribe(c)) };
-}
-
-function has(record, match) {
-  return record.events.some((e) => Object.keys(match).every((k) => JSON.stringify(e[k]) === JSON.stringify(match[k])));
-}
+// The report holds "errors" only where there were some.
+const client = (name) => kitClient(name, { options: { nacl }, describe, record: { events: [], states: [] } });
 
 (async () => {
-  const alice = client("alice", "alice");
+  const alice = client("alice");
   await until("alice connected", () => alice.pusher.connection.state === "connected");
   report.alice.socketId = alice.pusher.connection.socket_id;
   alice.sub("news");
@@ -97,7 +51,7 @@ function has(record, match) {
     (c) => has(alice.record, { channel: c, event: "pusher:subscription_succeeded" })));
   await until("alice refused", () => has(alice.record, { channel: "private-forbidden-x", event: "pusher:subscription_error" }));
 
-  const bob = client("bob", "bob");
+  const bob = client("bob");
   const bobPrivate = bob.sub("private-room");
   bob.sub("presence-lobby");
   await until("bob subscribed", () => ["private-room", "presence-lobby"].every(

@@ -11,67 +11,36 @@
 // "from-b" through instance B. alice sends a client event to bob, then bob leaves, then alice.
 // Prints one JSON report as its last line; exits 0, or 1 at a failure or at its bound.
 
-const Pusher = require("pusher-js");
+const kit = require("./pusher_kit");
+const { report, finish, fail, until, step, connect, listen } = kit;
 
-const [host, portA, portB, backend, key] = process.argv.slice(2);
+const { portA, portB } = kit.scenario({
+  argNames: ["host", "portA", "portB", "backend", "key"], boundMs: 25000,
+  fields: { alice: { events: [] }, bob: { events: [] } },
+});
 const CHANNELS = ["news", "private-chat", "presence-room"];
-const report = { stage: "start", error: null, alice: { events: [] }, bob: { events: [] } };
-let finished = false;
 
-function finish(code) {
-  if (finished) return;
-  finished = true;
-  process.stdout.write(JSON.stringify(report) + "\n");
-  process.exit(code);
-}
-function fail(err) {
-  report.error = err && err.stack ? String(err.stack) : JSON.stringify(err);
-  finish(1);
-}
-process.on("unhandledRejection", fail);
-process.on("uncaughtException", fail);
-setTimeout(() => fail(new Error(`bound reached at stage ${report.stage}`)), 25000).unref();
-
-async function until(stage, check) {
-  report.stage = stage;
-  while (!check()) await new Promise((r) => setTimeout(r, 10));
-}
-
-async function step(name) {
-  const r = await fetch(`${backend}/step/${name}`, { method: "POST" });
-  if (!r.ok) throw new Error(`step ${name}: ${r.status} ${await r.text()}`);
-  return r.json();
+// A presence channel's members when subscribed, a member by id, any other event's data.
+function describe(channel, event, data) {
+  const entry = { channel: channel.name, event };
+  if (event === "pusher:subscription_succeeded" && channel.members) {
+    entry.ids = Object.keys(channel.members.members).sort();
+  } else if (event.startsWith("pusher:member")) {
+    entry.member = data.id;
+  } else {
+    entry.data = data;
+  }
+  return entry;
 }
 
 function client(user, port) {
-  const pusher = new Pusher(key, {
-    wsHost: host, wsPort: Number(port), forceTLS: false, enabledTransports: ["ws"], disableStats: true,
-    cluster: "wsgate",
-    channelAuthorization: { endpoint: `${backend}/pusher/auth`, transport: "ajax", params: { user } },
-  });
-  const record = report[user];
+  const pusher = connect(user, {}, port);
   const channels = {};
-  for (const name of CHANNELS) {
-    const channel = pusher.subscribe(name);
-    channels[name] = channel;
-    channel.bind_global((event, data) => {
-      const entry = { channel: name, event };
-      if (event === "pusher:subscription_succeeded" && channel.members) {
-        entry.ids = Object.keys(channel.members.members).sort();
-      } else if (event.startsWith("pusher:member")) {
-        entry.member = data.id;
-      } else {
-        entry.data = data;
-      }
-      record.events.push(entry);
-    });
-  }
+  for (const name of CHANNELS) channels[name] = listen(pusher.subscribe(name), report[user].events, describe);
   return { pusher, channels };
 }
 
-function has(user, match) {
-  return report[user].events.some((e) => Object.keys(match).every((k) => e[k] === match[k]));
-}
+const has = (user, match) => kit.has(report[user], match);
 const subscribed = (user) => CHANNELS.every((c) => has(user, { channel: c, event: "pusher:subscription_succeeded" }));
 
 (async () => {

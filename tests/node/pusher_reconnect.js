@@ -13,46 +13,13 @@
 // Every state change and connection error is reported with its time in ms since the start.
 // Prints one JSON report as its last line; exits 0, or 1 at a failure or at its bound.
 
-const Pusher = require("pusher-js");
+const { report, scenario, finish, fail, now, until, step, connect } = require("./pusher_kit");
 
-const [host, port, backend, key] = process.argv.slice(2);
+scenario({ boundMs: 45000, fields: { states: [], errors: [], subscribed: {}, events: [], socketIds: [] } });
 const CHANNELS = ["news", "private-feed", "presence-room"];
-const started = Date.now();
-const now = () => Date.now() - started;
-const report = { stage: "start", error: null, states: [], errors: [], subscribed: {}, events: [], socketIds: [] };
-let finished = false;
-
-function finish(code) {
-  if (finished) return;
-  finished = true;
-  process.stdout.write(JSON.stringify(report) + "\n");
-  process.exit(code);
-}
-function fail(err) {
-  report.error = err && err.stack ? String(err.stack) : JSON.stringify(err);
-  finish(1);
-}
-process.on("unhandledRejection", fail);
-process.on("uncaughtException", fail);
-setTimeout(() => fail(new Error(`bound reached at stage ${report.stage}`)), 45000).unref();
-
-async function until(stage, check) {
-  report.stage = stage;
-  while (!check()) await new Promise((r) => setTimeout(r, 10));
-}
-
-async function step(name) {
-  const r = await fetch(`${backend}/step/${name}`, { method: "POST" });
-  if (!r.ok) throw new Error(`step ${name}: ${r.status} ${await r.text()}`);
-  return r.json();
-}
 
 (async () => {
-  const client = new Pusher(key, {
-    wsHost: host, wsPort: Number(port), forceTLS: false, enabledTransports: ["ws"], disableStats: true,
-    cluster: "wsgate",
-    channelAuthorization: { endpoint: `${backend}/pusher/auth`, transport: "ajax", params: { user: "alice" } },
-  });
+  const client = connect("alice");
   client.connection.bind("state_change", (s) => {
     report.states.push({ state: s.current, at: now() });
     if (s.current === "connected") report.socketIds.push(client.connection.socket_id);

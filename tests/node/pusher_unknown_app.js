@@ -11,39 +11,14 @@
 // Every state change and connection error is reported with its time in ms since the start.
 // Prints one JSON report as its last line; exits 0, or 1 at a failure or at its bound.
 
-const Pusher = require("pusher-js");
+const { Pusher, report, scenario, finish, fail, now, until, options } = require("./pusher_kit");
 
-const [host, port, wrongKey, rightKey, otherKey, watchMs] = process.argv.slice(2);
-const started = Date.now();
-const now = () => Date.now() - started;
-const report = { stage: "start", error: null, wrong: { states: [], errors: [] }, right: null, other: null };
-let finished = false;
+const { wrongKey, rightKey, otherKey, watchMs } = scenario({
+  argNames: ["host", "port", "wrongKey", "rightKey", "otherKey", "watchMs"],
+  fields: { wrong: { states: [], errors: [] }, right: null, other: null },
+});
 
-function finish(code) {
-  if (finished) return;
-  finished = true;
-  process.stdout.write(JSON.stringify(report) + "\n");
-  process.exit(code);
-}
-function fail(err) {
-  report.error = err && err.stack ? String(err.stack) : JSON.stringify(err);
-  finish(1);
-}
-process.on("unhandledRejection", fail);
-process.on("uncaughtException", fail);
-setTimeout(() => fail(new Error(`bound reached at stage ${report.stage}`)), 20000).unref();
-
-async function until(stage, check) {
-  report.stage = stage;
-  while (!check()) await new Promise((r) => setTimeout(r, 10));
-}
-
-function client(key) {
-  return new Pusher(key, {
-    wsHost: host, wsPort: Number(port), forceTLS: false, enabledTransports: ["ws"], disableStats: true,
-    cluster: "wsgate",
-  });
-}
+const client = (key) => new Pusher(key, options()); // no backend: nothing here is signed
 
 async function connects(key) {
   const c = client(key);
