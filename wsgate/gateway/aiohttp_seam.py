@@ -11,7 +11,7 @@ And aiohttp's size limits are one byte off from ours.
 These are internals: setup.cfg bounds aiohttp to the releases they were checked against
 (``SUPPORTED``), and ``check`` runs before the port binds, so an aiohttp that moved them is
 a clear error at startup, not a crash at the first connection. No other module of wsgate
-touches an aiohttp name that starts with ``_`` (tests/test_import_direction.py checks).
+touches an aiohttp name that starts with ``_`` (tests/test_aiohttp_seam.py checks).
 """
 
 from __future__ import annotations
