@@ -10,6 +10,7 @@ import asyncio
 import functools
 import heapq
 import itertools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -263,3 +264,23 @@ async def test_on_a_real_loop_a_target_fires_after_its_time() -> None:
         await fired.wait()
     assert at[0] >= when
     wheel.close()
+
+
+def test_a_target_that_raises_costs_the_others_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    """The rest of its slot still fires, later slots too, and the failure is logged."""
+    loop = ManualLoop()
+    wheel = wheel_on(loop)
+
+    def explode(_: Target) -> None:
+        raise RuntimeError("boom")
+
+    first, bad, last, later = Target(loop), Target(loop, then=explode), Target(loop), Target(loop)
+    for target in (first, bad, last):
+        wheel.schedule(1.0, target)
+    wheel.schedule(2.0, later)
+    with caplog.at_level(logging.ERROR, "wsgate.gateway"):
+        loop.advance(1.0)
+        loop.advance(2.0)
+    assert (first.fired, bad.fired, last.fired, later.fired) == ([1.0], [1.0], [1.0], [2.0])
+    assert "on_timer of" in caplog.text
+    assert "boom" in caplog.text

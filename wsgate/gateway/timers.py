@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 import math
 from typing import Protocol
 
 __all__ = ["Timed", "TimerWheel"]
+
+log = logging.getLogger("wsgate.gateway")
 
 
 class Timed(Protocol):
@@ -61,7 +64,12 @@ class TimerWheel:
         heap = self._heap
         while heap and heap[0] * self._resolution <= now:
             for target in self._slots.pop(heapq.heappop(heap)):
-                target.on_timer()
+                try:
+                    target.on_timer()
+                except Exception:
+                    # One target's bug must not cost the others of its slot their
+                    # heartbeat, nor leave the wheel unarmed.
+                    log.exception("on_timer of %r raised", target)
         if heap:
             self._arm(heap[0])
 
