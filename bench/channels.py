@@ -296,9 +296,10 @@ class ChannelsRun:
         if self.by_scenario.get("ch-fanout") and self.s.ch_redis:
             self.fanout_redis(self.by_scenario["ch-fanout"], rnd)
 
-    def run_group(self, group: Sequence[Case], rnd: int, profile: str | None) -> None:
+    def run_group(self, group: Sequence[Case], rnd: int, profile: str | None, endpoint: str = "channels") -> None:
+        """Each case of ``group`` against one wsgate serving ``endpoint``, by the method named as its scenario."""
         try:
-            server = self.start("channels", {"WSGATE_BROKER": "memory"}, profile)
+            server = self.start(endpoint, {"WSGATE_BROKER": "memory"}, profile)
         except BenchError as exc:
             self.fail_all([(c, n) for c in group for n in self.names(c)], str(exc), rnd)
             return

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from bench.channels import ChannelsRun, _publisher
-from bench.harness import HOST, BenchError, ServerProcess, tail, wait_quiet
+from bench.harness import HOST, BenchError, ServerProcess, wait_quiet
 
 if TYPE_CHECKING:
     from bench.run import Bench, Case, Settings
@@ -189,26 +189,7 @@ class PusherRun(ChannelsRun):
             if profile_dir:
                 os.makedirs(profile_dir, exist_ok=True)
                 profile = os.path.join(profile_dir, f"wsgate-{scenario}-{self.bench.starts + 1}.prof")
-            self.run_pusher_group(group, rnd, profile)
-
-    def run_pusher_group(self, group: Sequence[Case], rnd: int, profile: str | None) -> None:
-        try:
-            server = self.start("pusher", {"WSGATE_BROKER": "memory"}, profile)
-        except BenchError as exc:
-            self.fail_all([(c, n) for c in group for n in self.names(c)], str(exc), rnd)
-            return
-        try:
-            for case in group:
-                if not server.alive():
-                    self.fail_all([(case, n) for n in self.names(case)],
-                                  f"wsgate exited:\n{tail(server.log_path)}", rnd)
-                    continue
-                if case.scenario == "pu-fanout":
-                    self.pu_fanout(case, server, rnd)
-                else:
-                    self.pu_api(case, server, rnd)
-        finally:
-            server.stop()
+            self.run_group(group, rnd, profile, "pusher")
 
     def pu_fanout(self, case: Case, server: ServerProcess, rnd: int) -> None:
         s = self.s
