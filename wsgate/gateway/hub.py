@@ -361,8 +361,7 @@ class Hub:
 
     def _unposted(self, channel: str, head: bytes, tail: bytes, strict: bool, exc: BrokerError) -> None:
         if strict:
-            self._stats.broker_publish_failures += 1
-            log.warning("broker publish to %s failed; nobody got it: %s", channel, exc)
+            self._failed(channel, exc, local=False)
         else:
             self._failed_numbered(channel, head, tail, exc)
 
