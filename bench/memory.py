@@ -45,11 +45,13 @@ from bench.run import raise_fd_limit
 
 # Allocation sites by file, most specific first: what the bytes are for.
 COMPONENTS: tuple[tuple[str, str], ...] = (
-    ("wsgate/gateway/session.py", "wsgate Session (+ CloseHandshake, KeepAlive)"),
+    ("wsgate/gateway/session.py", "wsgate Session and Core (+ CloseHandshake, KeepAlive)"),
+    ("wsgate/gateway/core.py", "wsgate Session and Core (+ CloseHandshake, KeepAlive)"),
+    ("wsgate/gateway/aiohttp_seam.py", "aiohttp's frame reader and its sink (made in the seam)"),
     ("wsgate/gateway/writer.py", "wsgate Writer"),
     ("wsgate/gateway/sendqueue.py", "wsgate SendQueue"),
-    ("wsgate/gateway/closing.py", "wsgate Session (+ CloseHandshake, KeepAlive)"),
-    ("wsgate/policy/keepalive.py", "wsgate Session (+ CloseHandshake, KeepAlive)"),
+    ("wsgate/gateway/closing.py", "wsgate Session and Core (+ CloseHandshake, KeepAlive)"),
+    ("wsgate/policy/keepalive.py", "wsgate Session and Core (+ CloseHandshake, KeepAlive)"),
     ("wsgate/gateway/timers.py", "wsgate heartbeat timer wheel"),
     ("wsgate/connection.py", "wsgate Connection"),
     ("wsgate/gateway/hub.py", "wsgate hub (topics, subscribers)"),

@@ -43,7 +43,7 @@ class Blaster(Handler):
         for i in range(COUNT):
             self.context.broadcast(numbered(i))
             for other in self.context.connections:
-                Blaster.peak_pending = max(Blaster.peak_pending, other._link.writer.queue.pending)
+                Blaster.peak_pending = max(Blaster.peak_pending, other._link.core.writer.queue.pending)
             await asyncio.sleep(0)
         assert Blaster.done is not None
         Blaster.done.set()

@@ -73,7 +73,7 @@ def _session_of(gw: GatewayServer, client: ClientConnection | socket.socket) -> 
 
 def _close_waits(session: Session) -> bool:
     """The gateway began a close whose frame still waits behind queued data."""
-    return not session.handshake.open and session.writer.queue.pending > 0
+    return not session.core.handshake.open and session.core.writer.queue.pending > 0
 
 
 async def _read_slowly(client: ClientConnection) -> tuple[int, ConnectionClosed]:

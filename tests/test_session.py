@@ -18,7 +18,8 @@ import struct
 from aiohttp import web
 
 from wsgate import Connection, Handler, Message
-from wsgate.gateway.session import _BACKLOG_BYTES, Session
+from wsgate.gateway.core import BACKLOG_BYTES
+from wsgate.gateway.session import Session
 from wsgate.testing import GatewayServer, run_gateway, wait_until
 
 POLICY = {"heartbeat": {"interval": 0}, "rate_limit": None}
@@ -121,7 +122,7 @@ async def test_frames_sent_with_the_handshake_are_handled_after_on_connect() -> 
 
 async def test_a_client_that_outruns_its_handler_stops_being_read() -> None:
     """What a flooding client has sent waits in the kernel, not in the gateway: past
-    _BACKLOG_BYTES of unhandled messages the transport stops reading."""
+    BACKLOG_BYTES of unhandled messages the transport stops reading."""
     async with run_gateway({"/stalled": Stalled}, policy={**POLICY, "max_message_size": "64KiB"}) as gw:
         _, writer = await open_raw(gw, "/stalled")
         (session,) = sessions(gw)
@@ -139,6 +140,6 @@ async def test_a_client_that_outruns_its_handler_stops_being_read() -> None:
                 break
         await asyncio.sleep(0.2)
         assert writer.transport.get_write_buffer_size() > 0, "the gateway read everything"
-        assert session._backlog_bytes <= _BACKLOG_BYTES + 256 * 1024 + 64 * 1024, session._backlog_bytes
+        assert session.core._backlog_bytes <= BACKLOG_BYTES + 256 * 1024 + 64 * 1024, session.core._backlog_bytes
         Stalled.release.set()
         writer.close()

@@ -35,7 +35,7 @@ except ImportError as exc:  # check() says what to install before anything uses 
     _MOVED = f"aiohttp._websocket.reader ({exc})"
     _COMPILED = False
 
-__all__ = ["SUPPORTED", "FrameSink", "OwnedWebSocket", "check", "inflated_limit", "take_over"]
+__all__ = ["SUPPORTED", "FrameSink", "OwnedWebSocket", "check", "frame_reader", "inflated_limit", "take_over"]
 
 SUPPORTED = ((3, 14), (3, 15))  # aiohttp releases from the first to before the second; as in setup.cfg
 
@@ -69,6 +69,16 @@ class FrameSink(WebSocketDataQueue):
         """The session sees the end of the stream from the transport itself."""
 
 
+def frame_reader(max_msg_size: int, compress: bool) -> tuple[FrameSink, Any]:
+    """aiohttp's compiled frame reader, standalone: ``feed_data(bytes)`` on the second parses
+    client frames (inflating them with ``compress``) into messages for the first.
+
+    ``max_msg_size`` is aiohttp's: it refuses a message of exactly that size.
+    """
+    sink = FrameSink()
+    return sink, WebSocketReader(sink, max_msg_size, compress, True)
+
+
 class OwnedWebSocket(web.WebSocketResponse):
     """A WebSocketResponse whose frames go to a ``FrameSink``; aiohttp writes nothing after the 101.
 
@@ -85,8 +95,7 @@ class OwnedWebSocket(web.WebSocketResponse):
     def _post_start(self, request: web.BaseRequest, protocol: str | None, writer: Any) -> None:
         self._ws_protocol = protocol
         self._writer = writer
-        self.sink = FrameSink()
-        self.parser = WebSocketReader(self.sink, self._max_msg_size, bool(self._compress), True)
+        self.sink, self.parser = frame_reader(self._max_msg_size, bool(self._compress))
         request.protocol.set_parser(self.parser)  # parses what came after the handshake, too
         request.protocol.keep_alive(False)
 

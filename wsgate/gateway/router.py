@@ -214,7 +214,7 @@ class Gateway:
                     extra={"event": "open", "conn": session.conn.id, "endpoint": live.path, "remote": remote,
                            "origin": origin, "subprotocol": ws.ws_protocol, "query": redact_query(_query(request))},
                 )
-            session.start(request, ws, self._ended)
+            session.start(request, self._ended)
             accepted = True
             return ws  # aiohttp is done with the request; the session owns the connection
         finally:

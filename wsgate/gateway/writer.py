@@ -16,17 +16,40 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections.abc import Callable
+from typing import Protocol
 
 from ..observe.stats import EndpointStats
 from .frames import CLOSE, PING, PONG, RSV1, close_payload, encode_frame, split_frame
 from .sendqueue import Push, SendQueue
 
-__all__ = ["TRANSPORT_HIGH_WATER", "Deflate", "Flusher", "Writer"]
+__all__ = ["TRANSPORT_HIGH_WATER", "Deflate", "Flusher", "Wire", "Writer"]
 
 TRANSPORT_HIGH_WATER = 64 * 1024
 _QUEUED = Push.QUEUED  # a module constant: this comparison runs once per frame
 _RETRY_DELAY = 0.01
 _DEFLATE_TAIL = b"\x00\x00\xff\xff"
+
+
+class Wire(Protocol):
+    """What a connection's bytes go to: its asyncio transport, or a recorder in tests."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def write_eof(self) -> None: ...
+
+    def can_write_eof(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+    def get_write_buffer_size(self) -> int: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
 
 
 class Flusher:
@@ -89,7 +112,7 @@ class Writer:
     __slots__ = ("_deflate", "_eof_after_last", "_flusher", "_last", "_on_close_sent", "_on_overflow", "_scheduled",
                  "_stats", "_transport", "frames", "queue")
 
-    def __init__(self, transport: asyncio.Transport, flusher: Flusher, queue: SendQueue, stats: EndpointStats,
+    def __init__(self, transport: Wire, flusher: Flusher, queue: SendQueue, stats: EndpointStats,
                  on_overflow: Callable[[], None], on_close_sent: Callable[[], None],
                  deflate: Deflate | None = None) -> None:
         self._transport = transport
