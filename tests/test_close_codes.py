@@ -278,6 +278,8 @@ async def test_invalid_utf8_is_1007(wsgate_gateway: Start) -> None:
         pytest.param([(PING, b"", {"fin": False})], id="fragmented-control"),
         pytest.param([(TEXT, b"a", {"fin": False}), (TEXT, b"b", {})], id="new-message-inside-fragmented"),
         pytest.param([(PING, b"p" * 126, {})], id="control-payload-over-125"),
+        pytest.param([(TEXT, b"unmasked", {"mask": False})], id="unmasked"),
+        pytest.param([(CLOSE, struct.pack("!H", 1000), {"mask": False})], id="unmasked-close"),
     ],
 )
 async def test_protocol_errors_are_1002(wsgate_gateway: Start, frames: list[tuple[int, bytes, dict[str, Any]]]) -> None:

@@ -437,6 +437,19 @@ def test_a_malformed_frame_gets_1002() -> None:
         assert c.code == 1002
 
 
+@pytest.mark.parametrize("cut", [1, 2, 3, 7, 50])
+def test_an_unmasked_frame_gets_1002_after_the_frames_before_it_however_the_bytes_are_cut(cut: int) -> None:
+    """RFC 6455 section 5.1; aiohttp's reader would accept it."""
+    c = Conn()
+    wire = text("a" * 200) + text("b") + bytes((0x81, 2)) + b"hi" + text("after")
+    got: list[object] = []
+    for at in range(0, len(wire), cut):
+        got += c.feed(wire[at:at + cut])
+    assert got == ["a" * 200, "b"]
+    assert c.wire.close_frame() == (1002, "client frames must be masked")
+    assert c.wire.calls[-1] == "eof"
+
+
 def test_the_wrong_message_type_gets_1003_and_later_data_is_discarded() -> None:
     c = Conn(accepts="text")
     assert c.feed(client_frame(b"\x00", BINARY) + text("after")) == []
@@ -540,7 +553,8 @@ def test_without_keepalive_or_expiry_no_timer_is_armed() -> None:
 
 # --- the frame parser, under any chunking and any bytes ---
 
-messages = st.lists(st.one_of(st.text(max_size=300), st.binary(max_size=300)), max_size=8)
+messages = st.lists(st.one_of(st.text(max_size=300), st.binary(max_size=300), st.binary(min_size=65536,
+                                                                                    max_size=65600)), max_size=8)
 
 
 @settings(max_examples=150, deadline=None)

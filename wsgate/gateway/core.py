@@ -83,9 +83,9 @@ def _byte_length(data: str | bytes) -> int:
 class Core:
     """One connection's WebSocket state after the handshake, and every decision about it."""
 
-    __slots__ = ("_accepts", "_backlog", "_backlog_bytes", "_clock", "_close_by", "_done", "_expires", "_parser",
-                 "_paused", "_policy", "_reading", "_sink", "_slot", "_stats", "_timers", "_wire", "bucket",
-                 "handshake", "keepalive", "messages_in", "size_limit", "writer")
+    __slots__ = ("_accepts", "_backlog", "_backlog_bytes", "_clock", "_close_by", "_done", "_expires", "_head",
+                 "_parser", "_paused", "_policy", "_reading", "_sink", "_skip", "_slot", "_stats", "_timers", "_wire",
+                 "bucket", "handshake", "keepalive", "messages_in", "size_limit", "writer")
 
     def __init__(self, policy: Policy, wire: Wire, reader: tuple[FrameSink, _Parser], *, flusher: Flusher,
                  timers: Timers, clock: Callable[[], float], stats: EndpointStats,
@@ -117,6 +117,8 @@ class Core:
         self._backlog_bytes = 0
         self._paused = False
         self._reading = True  # False once a frame could not be parsed: the rest is discarded
+        self._skip = 0  # bytes of the frame being received that are still to come
+        self._head = b""  # the start of a frame header that a read cut in two
         self._done = False
         self._slot: int | None = None
         self._close_by: float | None = None  # when TCP is dropped if the client has not ended it
@@ -137,8 +139,47 @@ class Core:
     def receive(self, data: bytes) -> bool:
         """Bytes from the client; True if a message (or the end) waits for ``next``."""
         if self._reading:
-            self._parser.feed_data(data)  # its messages come back to _frame
+            unmasked = self._first_unmasked(data)
+            if unmasked < 0:
+                self._parser.feed_data(data)  # its messages come back to _frame
+            else:
+                if unmasked:
+                    self._parser.feed_data(data[:unmasked])
+                self._reading = False
+                # RFC 6455 section 5.1: the server must close; queued after the frames before it.
+                self._frame(WebSocketError(CloseCode.PROTOCOL_ERROR, "client frames must be masked"))
         return bool(self._backlog)
+
+    def _first_unmasked(self, data: bytes) -> int:
+        """Where in ``data`` the first frame without a mask starts (0 if its header began
+        in an earlier read), or -1. aiohttp's reader accepts such frames; only the frame
+        headers are looked at here, the payloads are skipped."""
+        head = self._head
+        if head:
+            data, pos, offset = head + data, 0, len(head)
+        else:
+            pos, offset = self._skip, 0
+        n = len(data)
+        while n - pos >= 2:
+            second = data[pos + 1]
+            if not second & 0x80:
+                return max(0, pos - offset)
+            length = second & 0x7F
+            if length < 126:
+                pos += 6 + length
+            elif length == 126:
+                if n - pos < 4:
+                    break
+                pos += 8 + int.from_bytes(data[pos + 2:pos + 4])
+            else:
+                if n - pos < 10:
+                    break
+                pos += 14 + int.from_bytes(data[pos + 2:pos + 10])
+        if pos < n:
+            self._head, self._skip = data[pos:], 0
+        else:
+            self._head, self._skip = b"", pos - n
+        return -1
 
     def receive_eof(self) -> None:
         """The client's stream ended (or TCP is gone): ``next`` returns ``END`` after what came before."""
