@@ -24,24 +24,26 @@ admitting its tokens.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
 from joserfc import jws
-from joserfc.errors import JoseError
-from joserfc.jwa import EdDSAAlgorithm
+from joserfc.errors import DecodeError, JoseError
+from joserfc.jwa import EdDSAAlgorithm, JWSAlgModel
 from joserfc.jwk import ECKey, JWKRegistry, Key, OctKey, OKPKey, RSAKey
 
 from ..config.auth import JwtConfig
+from .b64url import b64url_decode
 from .identity import AuthFailure, Identity, display_url, redact
 from .times import is_number, unix_time
 
@@ -52,6 +54,7 @@ FIRST_RETRY = 1.0  # seconds after a failed JWKS fetch; doubles per failure up t
 FETCH_TIMEOUT = 5.0
 MAX_JWKS_BYTES = 1 << 20
 VERIFIED_CACHE = 4096  # tokens; a few MiB at most
+HEADER_CACHE = 64  # distinct token headers whose checks are remembered
 
 _KeyId = str | None
 
@@ -77,6 +80,14 @@ class _Registry(jws.JWSRegistry):
     algorithms = {**jws.JWSRegistry.algorithms, "EdDSA": _EdDSA()}
     max_header_length = 8192
     max_signature_length = 2048
+
+
+class _Times(NamedTuple):
+    """A token's time claims in unix seconds (None: absent), read once per token."""
+
+    exp: float | None
+    nbf: float | None
+    iat: float | None
 
 
 def _fits(alg: str, key: object) -> bool:
@@ -134,11 +145,18 @@ class JwtVerifier:
         self._config = config
         self._algorithms: list[str] = list(dict.fromkeys(config.algorithms))
         self._registry = _Registry(algorithms=self._algorithms, strict_check_header=False)
+        # Looked up once: get_alg applies the registry's allow-list (and would warn per call).
+        self._alg_models: dict[str, JWSAlgModel] = {alg: self._registry.get_alg(alg) for alg in self._algorithms}
         self._key: Key | None = None
         if config.secret is not None:
             self._key = self._hmac_key(config.secret.get_secret_value())
         elif config.public_key is not None:
             self._key = self._pem_key(base / Path(config.public_key).expanduser())
+        if self._key is not None:
+            for model in self._alg_models.values():
+                # joserfc's own key-to-algorithm check (use, key type, the key's alg),
+                # once here for the key's life rather than per token.
+                model.check_key(self._key)
         self._jwks_url = config.jwks_url
         self._session = session
         self._owns_session = session is None
@@ -150,7 +168,8 @@ class JwtVerifier:
         self._fetched_at: float | None = None
         self._last_unknown_kid_refetch: float | None = None
         self._lock = asyncio.Lock()
-        self._verified: OrderedDict[str, dict[str, Any]] = OrderedDict()  # token -> its claims
+        self._headers: dict[bytes, dict[str, Any]] = {}  # header segment -> the header, checked
+        self._verified: OrderedDict[str, tuple[Identity, _Times]] = OrderedDict()  # token -> what it vouched for
         self._completed = 0
         self._last_error: AuthFailure | None = None
         self._failures = 0  # failed fetches in a row
@@ -200,51 +219,86 @@ class JwtVerifier:
         ``now`` is unix seconds (default: the wall clock). A JWKS that cannot be
         fetched gives AuthFailure(503, "backend_error").
         """
+        if now is None:
+            now = time.time()
         remembered = self._verified.get(token)
         if remembered is not None and (self._jwks_url is None or not self._jwks_expired()):
             self._verified.move_to_end(token)
-            return self._identity(remembered, time.time() if now is None else now)
-        signed = self._parse(token)
-        header = signed.protected
+            identity, times = remembered
+            self._check_times(times, now)
+            return identity
+        header, signing_input, payload_segment, signature_segment = self._parse(token)
+        alg = header["alg"]
         if self._jwks_url is None:
             assert self._key is not None
             key = self._key
         else:
-            key = await self._jwks_key(header.get("kid"), header["alg"], token)
-        detail: str | None = None
+            key = await self._jwks_key(header.get("kid"), alg, token)
+        self._check_signature(alg, signing_input, signature_segment, key, token)
         try:
-            if not jws.validate_compact(signed, key, registry=self._registry):
-                detail = "Signature verification failed"
-        except JoseError as exc:
-            detail = redact(f"{type(exc).__name__}: {exc.description}", token)
-        if detail is not None:
-            raise AuthFailure(401, "invalid", detail)
-        try:
-            claims = json.loads(signed.payload)
+            claims = json.loads(b64url_decode(payload_segment).decode())
+        except binascii.Error:
+            raise AuthFailure(401, "invalid", "malformed token: Invalid payload") from None
         except (ValueError, RecursionError):
             raise AuthFailure(401, "invalid", "token payload is not JSON") from None
         if not isinstance(claims, dict):
             raise AuthFailure(401, "invalid", "token payload is not a JSON object")
         self._check_claims(claims, token)
-        identity = self._identity(claims, time.time() if now is None else now)
-        self._verified[token] = claims
+        times = _Times(*(_claim_time(claims, name) if name in claims else None for name in ("exp", "nbf", "iat")))
+        self._check_times(times, now)
+        exp = times.exp
+        # One Identity per token, shared by every connection that presents it: frozen,
+        # and its claims read-only.
+        identity = Identity(user=self._user(claims), claims=MappingProxyType(claims),
+                            expires_at=None if exp is None else exp + self._config.leeway)
+        self._verified[token] = (identity, times)
         if len(self._verified) > VERIFIED_CACHE:
             self._verified.popitem(last=False)
         return identity
 
-    def _identity(self, claims: dict[str, Any], now: float) -> Identity:
-        self._check_times(claims, now)
-        return Identity(user=self._user(claims), claims=MappingProxyType(claims), expires_at=self._expires_at(claims))
+    def _parse(self, token: str) -> tuple[dict[str, Any], bytes, bytes, bytes]:
+        """The token's header and its segments (signing input, payload, signature), if it
+        is well formed and its header passes (see ``_header``); else AuthFailure.
 
-    def _parse(self, token: str) -> jws.CompactSignature:
-        """The token split and decoded, if it is well formed and names one of our algorithms; else AuthFailure."""
+        The compact serialization is split as joserfc's ``extract_compact`` splits it
+        (its registry's size limits, strict base64url), without decoding the payload
+        before the signature is checked.
+        """
+        registry = self._registry
         try:
-            signed = jws.extract_compact(token.encode(), registry=self._registry)
-        except (JoseError, ValueError) as exc:
+            value = token.encode()
+            registry.validate_compact_value_size(value)
+            parts = value.split(b".")
+            if len(parts) != 3:
+                raise DecodeError("Invalid JSON Web Signature")
+            header_segment, payload_segment, signature_segment = parts
+            registry.validate_header_size(header_segment)
+            registry.validate_signature_size(signature_segment)
+            registry.validate_payload_size(payload_segment)
+        except (JoseError, ValueError) as exc:  # ValueError: a str that encodes to no bytes (a lone surrogate)
             description = exc.description if isinstance(exc, JoseError) else type(exc).__name__
             raise AuthFailure(401, "invalid", f"malformed token: {redact(description, token)}") from None
-        header = signed.protected
-        alg = header.get("alg")
+        header = self._headers.get(header_segment)
+        if header is None:
+            header = self._header(header_segment, token)
+            if len(self._headers) < HEADER_CACHE:
+                self._headers[header_segment] = header
+        return header, value[: len(header_segment) + 1 + len(payload_segment)], payload_segment, signature_segment
+
+    def _header(self, segment: bytes, token: str) -> dict[str, Any]:
+        """The header ``segment`` decoded, if it names one of our algorithms and passes
+        joserfc's checks of the registered header members and ours; else AuthFailure.
+
+        A pure function of the segment, so its verdict on a header that passes is
+        remembered (``HEADER_CACHE``): an issuer's tokens mostly share one header.
+        """
+        try:
+            header = json.loads(b64url_decode(segment).decode())
+        except (binascii.Error, ValueError, RecursionError):
+            header = None
+        if not isinstance(header, dict) or "alg" not in header:
+            raise AuthFailure(401, "invalid", "malformed token: Invalid header")
+        alg = header["alg"]
         if alg not in self._algorithms:
             raise AuthFailure(
                 401, "invalid",
@@ -256,7 +310,33 @@ class JwtVerifier:
             # No critical extension is implemented here, so none may be required;
             # b64 (RFC 7797, an unencoded payload) is not for JWTs.
             raise AuthFailure(401, "invalid", "token header has 'crit' or 'b64', which no JWT needs")
-        return signed
+        try:
+            self._registry.check_header(header)  # the types of jku, x5c, typ, ... (as validate_compact does)
+        except JoseError as exc:
+            raise AuthFailure(401, "invalid", redact(f"{type(exc).__name__}: {exc.description}", token)) from None
+        return header
+
+    def _check_signature(self, alg: str, signing_input: bytes, signature_segment: bytes, key: Key,
+                         token: str) -> None:
+        """AuthFailure unless ``key`` signed ``signing_input`` under ``alg``.
+
+        The signature is checked by joserfc's algorithm model, as ``jws.validate_compact``
+        checks it; the header was checked by ``_header``, and the key's fitness for
+        the algorithm (joserfc's ``check_key``) once, when the key was loaded.
+        """
+        detail: str | None = None
+        try:
+            signature = b64url_decode(signature_segment)
+        except binascii.Error:
+            detail = "Signature verification failed"
+        else:
+            try:
+                if not self._alg_models[alg].verify(signing_input, signature, key):
+                    detail = "Signature verification failed"
+            except JoseError as exc:
+                detail = redact(f"{type(exc).__name__}: {exc.description}", token)
+        if detail is not None:
+            raise AuthFailure(401, "invalid", detail)
 
     def _check_claims(self, claims: Mapping[str, Any], token: str) -> None:
         """aud and iss when configured, and sub and jti as RFC 7519 types them."""
@@ -281,15 +361,15 @@ class JwtVerifier:
             if name in claims and not isinstance(claims[name], str):
                 raise AuthFailure(401, "invalid", f"claim {name!r} is not a string")
 
-    def _check_times(self, claims: Mapping[str, Any], now: float) -> None:
+    def _check_times(self, times: _Times, now: float) -> None:
         leeway = self._config.leeway
-        times = {name: _claim_time(claims, name) for name in ("exp", "nbf", "iat") if name in claims}
+        exp, nbf, iat = times
         # As RFC 7519 (and PyJWT): exp is exclusive, nbf and iat inclusive.
-        if (exp := times.get("exp")) is not None and exp <= now - leeway:
+        if exp is not None and exp <= now - leeway:
             raise AuthFailure(401, "expired", f"token expired {now - exp:.0f}s ago")
-        if (nbf := times.get("nbf")) is not None and nbf > now + leeway:
+        if nbf is not None and nbf > now + leeway:
             raise AuthFailure(401, "invalid", f"token not valid for another {nbf - now:.0f}s (nbf)")
-        if (iat := times.get("iat")) is not None and iat > now + leeway:
+        if iat is not None and iat > now + leeway:
             raise AuthFailure(401, "invalid", f"token issued {iat - now:.0f}s in the future (iat)")
 
     def _user(self, claims: Mapping[str, Any]) -> str:
@@ -300,10 +380,6 @@ class JwtVerifier:
         if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
             raise AuthFailure(401, "invalid", f"claim {name!r} is not a non-empty string")
         return str(value)
-
-    def _expires_at(self, claims: Mapping[str, Any]) -> float | None:
-        exp = _claim_time(claims, "exp") if "exp" in claims else None
-        return None if exp is None else exp + self._config.leeway
 
     # --- JWKS -------------------------------------------------------------------------
 
@@ -437,6 +513,10 @@ class JwtVerifier:
                 # Many issuers omit "alg"; the key then serves every configured
                 # algorithm its type fits, which is why keys are indexed per algorithm.
                 if (declared is None or declared == alg) and _fits(alg, native):
+                    try:
+                        self._alg_models[alg].check_key(key)  # once per fetch, not per token
+                    except JoseError:
+                        continue
                     keys.setdefault((kid, alg), key)
         if not keys:
             raise AuthFailure(

@@ -20,7 +20,9 @@ def unix_time(value: object) -> float | None:
     parses as infinity; both are refused here rather than by an ``OverflowError`` in
     whatever does arithmetic with the time later. Booleans and NaN are not times.
     """
-    if not is_number(value):
+    if type(value) is float:  # the common cases first: a time is read for every fresh token
+        return value if math.isfinite(value) else None
+    if type(value) is not int and not is_number(value):
         return None
     try:
         seconds = float(value)
