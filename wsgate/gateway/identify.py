@@ -10,6 +10,7 @@ other than by ``authorize`` itself.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
@@ -112,9 +113,10 @@ def _with_expiry(identity: Identity, authenticator: str) -> Identity:
     A hook may return any number (``10**400``); the expiry timer's arithmetic would
     fail on it later, in the connection's code rather than in the authenticator's.
     """
-    if identity.expires_at is None:
-        return identity
-    seconds = unix_time(identity.expires_at)
+    expires_at = identity.expires_at
+    if expires_at is None or (type(expires_at) is float and math.isfinite(expires_at)):
+        return identity  # already so (a JWT's identity always is): no copy
+    seconds = unix_time(expires_at)
     if seconds is None:
         raise AuthFailure(401, "invalid", f"authenticator {authenticator!r} gave user {identity.user!r} an "
                                           "expires_at that is not a representable time")
