@@ -5,8 +5,15 @@ holds either a shared secret or public keys, never both, so neither ``alg: none`
 an HS256 token signed with the public key can pass. A public key serves an algorithm
 only if its type (and curve) fits it, checked here on the cryptography key itself.
 
-joserfc checks the signature (compact JWS: base64url with strict padding, the header,
-the allow-listed algorithm, the key's type). The claims are checked here: ``aud``,
+joserfc checks the signature and the header: its registry allow-lists the algorithms,
+bounds the segments' sizes and checks the header's registered members, its algorithm
+models verify, and its ``check_key`` matches each key to its algorithms (once, when the
+key is loaded). The compact serialization is split here rather than by
+``jws.extract_compact`` and ``validate_compact``, whose layers (the payload decoded
+before the signature is checked, the header copied and checked again, the key guessed
+and checked per call) cost a fresh HS256 token more than the HMAC and JSON together;
+base64url is decoded as strictly as joserfc decodes it (:mod:`.b64url`), and a header
+that passed is remembered by its segment. The claims are checked here: ``aud``,
 ``iss``, the types of ``sub`` and ``jti``, and the time claims (``exp``, ``nbf``,
 ``iat``) against ``now`` when given, so that expiry is testable and a handshake's
 verdict does not depend on when it happened to be decoded. (joserfc rather than PyJWT:
