@@ -7,7 +7,9 @@ which the server selects), in the ``access_token`` query parameter, or in a cook
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+
+from multidict import CIMultiDict, CIMultiDictProxy
 
 __all__ = ["AUTH_PROTOCOL", "BEARER_PROTOCOL_PREFIX", "extract_token", "split_offer"]
 
@@ -43,13 +45,13 @@ def split_offer(header_values: Sequence[str]) -> tuple[list[str], str | None]:
     return protocols, token
 
 
-def _header_values(headers: Mapping[str, str], name: str) -> Iterator[str]:
+def _header_values(headers: Mapping[str, str], name: str) -> Iterable[str]:
     """Every value of header ``name`` (lower-case), whatever the mapping's key case."""
-    # A scan rather than headers.get(): aiohttp's CIMultiDict is case-insensitive and
-    # may hold a header twice, a plain dict is neither.
-    for key, value in headers.items():
-        if key.lower() == name:
-            yield value
+    if isinstance(headers, CIMultiDictProxy | CIMultiDict):
+        # aiohttp's request headers: case-insensitive, and getall keeps every value.
+        return headers.getall(name, ())
+    # A scan rather than headers.get() for any other mapping: a plain dict is case-sensitive.
+    return [value for key, value in headers.items() if key.lower() == name]
 
 
 def _bearer(value: str) -> str | None:

@@ -102,7 +102,10 @@ async def identify(headers: Mapping[str, str], query: Callable[[], Mapping[str, 
 
 
 def _without_cookies(headers: Mapping[str, str]) -> Mapping[str, str]:
-    if not any(key.lower() == "cookie" for key in headers):
+    if isinstance(headers, CIMultiDictProxy | CIMultiDict):
+        if hdrs.COOKIE not in headers:  # case-insensitive: one lookup, not a scan
+            return headers
+    elif not any(key.lower() == "cookie" for key in headers):
         return headers
     return CIMultiDictProxy(CIMultiDict((key, value) for key, value in headers.items() if key.lower() != "cookie"))
 
