@@ -251,7 +251,9 @@ class JwtVerifier:
         if not isinstance(claims, dict):
             raise AuthFailure(401, "invalid", "token payload is not a JSON object")
         self._check_claims(claims, token)
-        times = _Times(*(_claim_time(claims, name) if name in claims else None for name in ("exp", "nbf", "iat")))
+        times = _Times(_claim_time(claims, "exp") if "exp" in claims else None,
+                       _claim_time(claims, "nbf") if "nbf" in claims else None,
+                       _claim_time(claims, "iat") if "iat" in claims else None)
         self._check_times(times, now)
         exp = times.exp
         # One Identity per token, shared by every connection that presents it: frozen,
