@@ -25,7 +25,8 @@ Reported: µs per token (median of ``--repeat`` passes, the order of the rows ro
 between passes), and each row's speed relative to ``pyjwt`` (> 1 is faster).
 ``--profile`` adds where PyJWT's decode spends its time: its parts timed alone, and
 cProfile's top functions (the profiler adds a fixed cost per call, so it overstates
-PyJWT's per-character base64 check; the timed parts do not).
+PyJWT's per-character base64 check; the timed parts do not); and the same parts for
+``JwtVerifier.verify`` with HS256.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import ECKey, OctKey, OKPKey, RSAKey
 
+from wsgate.auth.b64url import b64url_decode
 from wsgate.auth.jwt import JwtVerifier
 from wsgate.config.auth import JwtConfig
 
@@ -280,6 +282,48 @@ def pyjwt_parts(count: int, repeat: int) -> dict[str, float]:
     return parts
 
 
+def timed_parts(steps: dict[str, Callable[[], Callable[[int], object]]], count: int, repeat: int) -> dict[str, float]:
+    """µs per token of each step (a factory, called once per pass), median of ``repeat``
+    passes over ``count`` tokens, the steps in rotated order; no profiler."""
+    names = list(steps)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for rnd in range(repeat):
+        for name in names[rnd % len(names):] + names[:rnd % len(names)]:
+            step = steps[name]()
+            start = time.process_time()
+            for i in range(count):
+                step(i)
+            samples[name].append((time.process_time() - start) * 1e6 / count)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+WSGATE_TOTAL = "JwtVerifier.verify, end to end (a new verifier per pass)"
+
+
+def wsgate_parts(count: int, repeat: int, folder: Path) -> dict[str, float]:
+    """``JwtVerifier.verify`` with HS256 and fresh tokens, timed part by part."""
+    private, _, material = keys("HS256")
+    tokens = mint("HS256", private, count)
+    verifier = wsgate_verifier("HS256", material, folder)
+    key = verifier._key
+    assert key is not None
+    parsed = [verifier._parse(token) for token in tokens]
+    steps: dict[str, Callable[[], Callable[[int], object]]] = {
+        WSGATE_TOTAL: lambda: (lambda v: lambda i: run_verify(v, tokens[i]))(
+            wsgate_verifier("HS256", material, folder)),
+        "_parse: split, size limits, the header (checked once, then remembered by its segment)":
+            lambda: lambda i: verifier._parse(tokens[i]),
+        "the signature: base64url, joserfc's HMAC model": lambda: lambda i: verifier._check_signature(
+            "HS256", parsed[i][1], parsed[i][3], key, tokens[i]),
+        "the payload: base64url, json.loads": lambda: lambda i: json.loads(b64url_decode(parsed[i][2]).decode()),
+    }
+    parts = timed_parts(steps, count, repeat)
+    parts["the rest: claims, time claims, the Identity, the cache, the coroutine"] = parts[WSGATE_TOTAL] - sum(
+        v for k, v in parts.items() if k != WSGATE_TOTAL
+    )
+    return parts
+
+
 def pyjwt_profile(count: int) -> str:
     private, public, _ = keys("HS256")
     tokens = mint("HS256", private, count)
@@ -309,6 +353,8 @@ def measure(count: int, repeat: int, profile: bool) -> dict[str, Any]:
     if profile:
         result["pyjwt_parts_us"] = pyjwt_parts(count, repeat)
         result["pyjwt_profile"] = pyjwt_profile(count)
+        with tempfile.TemporaryDirectory(prefix="wsgate-bench-jwt-") as tmp:
+            result["wsgate_parts_us"] = wsgate_parts(count, repeat, Path(tmp))
     return result
 
 
@@ -326,6 +372,8 @@ def report(result: dict[str, Any]) -> str:
         lines += [f"  {v:6.1f}  {k}" for k, v in result["pyjwt_parts_us"].items()]
         lines.append("\ncProfile of the same decode (CPU clock; top 10 by own time):")
         lines.append(result["pyjwt_profile"])
+        lines.append("\nwsgate's HS256 JwtVerifier.verify, part by part (µs per token):")
+        lines += [f"  {v:6.1f}  {k}" for k, v in result["wsgate_parts_us"].items()]
     return "\n".join(lines)
 
 
@@ -333,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.jwt_libs", description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=2000, help="fresh tokens per algorithm")
     parser.add_argument("--repeat", type=int, default=5, help="passes over the tokens per row")
-    parser.add_argument("--profile", action="store_true", help="also show where PyJWT's decode spends its time")
+    parser.add_argument("--profile", action="store_true",
+                        help="also show where PyJWT's and wsgate's HS256 checks spend their time")
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args(argv)
     result = measure(args.tokens, args.repeat, args.profile)
