@@ -153,12 +153,17 @@ def test_the_header_rules_hold_on_every_token() -> None:
     assert refusal(v, tampered).detail == "Signature verification failed"
 
 
-def test_the_header_cache_is_bounded() -> None:
+def test_the_header_cache_is_bounded_and_holds_only_signed_headers() -> None:
     v = verifier()
+    forged = signed({"alg": "HS256", "kid": "junk"}, {"sub": "alice"}, secret="not-the-secret-" + "z" * 40)
+    assert refusal(v, forged).detail == "Signature verification failed"
+    assert v._headers == {}  # a header passes its checks without any key: not a reason to keep it
     for i in range(HEADER_CACHE + 20):
-        assert verify(v, signed({"alg": "HS256", "kid": f"k{i}"}, {"sub": "alice"})).user == "alice"
-    assert len(v._headers) == HEADER_CACHE
-    # Past the bound, headers are still checked: just not remembered.
+        token = signed({"alg": "HS256", "kid": f"k{i}"}, {"sub": "alice"})
+        assert verify(v, token).user == "alice"
+        assert token.split(".")[0].encode() in v._headers
+        assert len(v._headers) <= HEADER_CACHE
+    # Past the bound, headers are still checked.
     assert "'kid'" in refusal(v, signed({"alg": "HS256", "kid": 1}, {"sub": "alice"})).detail
 
 

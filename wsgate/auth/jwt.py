@@ -12,8 +12,8 @@ key is loaded). The compact serialization is split here rather than by
 ``jws.extract_compact`` and ``validate_compact``, whose layers (the payload decoded
 before the signature is checked, the header copied and checked again, the key guessed
 and checked per call) cost a fresh HS256 token more than the HMAC and JSON together;
-base64url is decoded as strictly as joserfc decodes it (:mod:`.b64url`), and a header
-that passed is remembered by its segment. The claims are checked here: ``aud``,
+base64url is decoded as strictly as joserfc decodes it (:mod:`.b64url`), and the
+header of a token whose signature held is remembered by its segment. The claims are checked here: ``aud``,
 ``iss``, the types of ``sub`` and ``jti``, and the time claims (``exp``, ``nbf``,
 ``iat``) against ``now`` when given, so that expiry is testable and a handshake's
 verdict does not depend on when it happened to be decoded. (joserfc rather than PyJWT:
@@ -61,7 +61,7 @@ FIRST_RETRY = 1.0  # seconds after a failed JWKS fetch; doubles per failure up t
 FETCH_TIMEOUT = 5.0
 MAX_JWKS_BYTES = 1 << 20
 VERIFIED_CACHE = 4096  # tokens; a few MiB at most
-HEADER_CACHE = 64  # distinct token headers whose checks are remembered
+HEADER_CACHE = 64  # distinct signed token headers whose checks are remembered
 
 _KeyId = str | None
 
@@ -235,6 +235,7 @@ class JwtVerifier:
             self._check_times(times, now)
             return identity
         header, signing_input, payload_segment, signature_segment = self._parse(token)
+        header_segment = signing_input[: -len(payload_segment) - 1]
         alg = header["alg"]
         if self._jwks_url is None:
             assert self._key is not None
@@ -242,6 +243,11 @@ class JwtVerifier:
         else:
             key = await self._jwks_key(header.get("kid"), alg, token)
         self._check_signature(alg, signing_input, signature_segment, key, token)
+        if header_segment not in self._headers:
+            # Only a header the key signed: junk tokens cannot crowd out the issuer's.
+            if len(self._headers) >= HEADER_CACHE:
+                self._headers.clear()
+            self._headers[header_segment] = header
         try:
             claims = json.loads(b64url_decode(payload_segment).decode())
         except binascii.Error:
@@ -290,16 +296,14 @@ class JwtVerifier:
         header = self._headers.get(header_segment)
         if header is None:
             header = self._header(header_segment, token)
-            if len(self._headers) < HEADER_CACHE:
-                self._headers[header_segment] = header
         return header, value[: len(header_segment) + 1 + len(payload_segment)], payload_segment, signature_segment
 
     def _header(self, segment: bytes, token: str) -> dict[str, Any]:
         """The header ``segment`` decoded, if it names one of our algorithms and passes
         joserfc's checks of the registered header members and ours; else AuthFailure.
 
-        A pure function of the segment, so its verdict on a header that passes is
-        remembered (``HEADER_CACHE``): an issuer's tokens mostly share one header.
+        A pure function of the segment, so the header of a token whose signature held
+        is remembered (``HEADER_CACHE`` of them): an issuer's tokens mostly share one.
         """
         try:
             header = json.loads(b64url_decode(segment).decode())
