@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 from conftest import WsgateProcess, run_node
+from rawframes import client_frame
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Data
@@ -82,17 +83,7 @@ def describe(closed: ConnectionClosed) -> str:
 
 def frame(opcode: int, payload: bytes = b"") -> bytes:
     """One masked client frame, FIN set."""
-    n = len(payload)
-    first = 0x80 | opcode
-    if n < 126:
-        head = struct.pack("!BB", first, 0x80 | n)
-    elif n < 65536:
-        head = struct.pack("!BBH", first, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", first, 0x80 | 127, n)
-    key = os.urandom(4)
-    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-    return head + key + masked
+    return client_frame(payload, opcode)
 
 
 async def raw_open(gw: WsgateProcess, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -10,7 +10,6 @@ a heartbeat timeout, 1007 invalid UTF-8, 1008 rate and slow consumers, 1009 too 
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import Any, cast
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rawframes import client_frame, server_frames
 
 from wsgate.closecode import CloseCode
 from wsgate.config.models import Policy
@@ -33,41 +33,12 @@ from wsgate.observe.stats import EndpointStats
 BINARY = 0x2
 
 
-def client_frame(payload: bytes, opcode: int = TEXT, *, fin: bool = True, rsv: int = 0) -> bytes:
-    """A masked client frame."""
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    first = (0x80 if fin else 0) | rsv | opcode
-    n = len(payload)
-    if n < 126:
-        head = struct.pack("!BB", first, 0x80 | n)
-    elif n < 65536:
-        head = struct.pack("!BBH", first, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", first, 0x80 | 127, n)
-    return head + mask + masked
-
-
 def text(s: str) -> bytes:
     return client_frame(s.encode())
 
 
 def close(code: int | None = None, reason: str = "") -> bytes:
     return client_frame(b"" if code is None else struct.pack("!H", code) + reason.encode(), CLOSE)
-
-
-def server_frames(data: bytes) -> list[tuple[int, bytes]]:
-    """Server frames (unmasked) as (opcode, payload)."""
-    out = []
-    while data:
-        n, start = data[1] & 0x7F, 2
-        if n == 126:
-            n, start = struct.unpack("!H", data[2:4])[0], 4
-        elif n == 127:
-            n, start = struct.unpack("!Q", data[2:10])[0], 10
-        out.append((data[0] & 0x0F, data[start:start + n]))
-        data = data[start + n:]
-    return out
 
 
 class Wire:

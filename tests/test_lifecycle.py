@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 from conftest import free_port
+from rawframes import server_frames
 
 PROBE = '''
 import asyncio
@@ -117,19 +118,6 @@ async def raw_client(host: str, port: int, path: str) -> tuple[socket.socket, by
     return sock, buf.partition(b"\r\n\r\n")[2]
 
 
-def frames(data: bytes) -> list[tuple[int, bytes]]:
-    out = []
-    while len(data) >= 2:
-        n, start = data[1] & 0x7F, 2
-        if n == 126:
-            n, start = struct.unpack("!H", data[2:4])[0], 4
-        elif n == 127:
-            n, start = struct.unpack("!Q", data[2:10])[0], 10
-        out.append((data[0] & 0x0F, data[start:start + n]))
-        data = data[start + n:]
-    return out
-
-
 async def test_sigterm_drains_hundreds_of_clients_with_1001(
     wsgate_process: Start, write_config: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -202,7 +190,7 @@ async def test_clients_that_never_answer_do_not_hold_the_exit(
             async with asyncio.timeout(5):
                 while chunk := await loop.sock_recv(sock, 65536):
                     data += chunk
-            got = frames(data)
+            got = server_frames(data)
             assert got[0] == (0x1, b"hello")
             assert got[-1][0] == 0x8
             assert struct.unpack("!H", got[-1][1][:2])[0] == 1001

@@ -126,7 +126,9 @@ async def subscribe(page: Page, channel: str) -> None:
 async def test_channels_panel_against_the_server_api_and_another_client(
     browser: Browser, wsgate_process: Start, write_config: WriteConfig, artifacts: Path
 ) -> None:
-    gw = wsgate_process(write_config(config(ping_interval="2s", pong_timeout="1s")))
+    # Pings come for everyone at once, so one can reach a client just connected: 2 s to
+    # answer is room for a loaded machine, and one comes every 3 s for the log to show.
+    gw = wsgate_process(write_config(config(ping_interval="3s", pong_timeout="2s")))
     async with open_page(browser, gw.url + "/") as page:
         await expect(page.locator("#channelsPanel")).to_be_hidden()  # /ws (echo) comes first
         await page.select_option("#endpointPicker", PATH)

@@ -8,8 +8,9 @@ process for the whole module, spoken to with raw sockets.
 - After a valid handshake on ``/ws`` (echo): arbitrary bytes, and frame soups with random
   opcodes, RSV bits, mask bits and lying lengths, get echoes and at most one close frame,
   with a code the gateway may send, then the end of TCP. Scripts built deliberately
-  (valid messages, fragmented or not, with pings, then one violation) get exactly the
-  echoes and pongs owed and the RFC 6455 close code for that violation.
+  (valid messages, fragmented or not, with pings, then one violation, an unmasked frame
+  among them) get exactly the echoes and pongs owed and the RFC 6455 close code for that
+  violation.
 - On ``/chat`` (text only): arbitrary rooms, names and texts, JSON or not; a binary
   message closes with 1003, and every data frame the server sends is a JSON object.
 
@@ -451,7 +452,7 @@ def test_unfinished_or_idle_requests_are_dropped_after_the_handshake_timeout(
 
 # --- (b) frames after the handshake ---------------------------------------------------------
 
-masks = st.none() | st.binary(min_size=4, max_size=4)
+masks = st.binary(min_size=4, max_size=4)  # a client masks every frame; an unmasked one is a violation
 
 
 @st.composite
@@ -467,7 +468,7 @@ def frame_soup(draw: st.DrawFn) -> bytes:
             form = "64"
         out += Frame(
             opcode=draw(st.integers(0, 15)), payload=payload, fin=draw(st.booleans()), rsv=draw(st.integers(0, 7)),
-            mask=draw(masks), declared=declared, form=form,
+            mask=draw(st.none() | masks), declared=declared, form=form,
         ).wire()
     return out
 
@@ -600,7 +601,7 @@ def scripts(draw: st.DrawFn) -> Script:
     ending = draw(st.sampled_from([
         "close", "close-empty", "close-mid-message", "close-bad-code", "close-one-byte", "close-bad-utf8",
         "reserved-opcode", "rsv-bits", "big-control", "fragmented-control", "orphan-continuation",
-        "new-message-mid-message", "text-bad-utf8", "too-big", "too-big-fragmented", "truncated",
+        "new-message-mid-message", "text-bad-utf8", "too-big", "too-big-fragmented", "truncated", "unmasked",
     ]))
     script.what = ending
     reason_text = st.text(max_size=40).map(str.encode).filter(lambda r: len(r) <= 123)
@@ -659,6 +660,10 @@ def scripts(draw: st.DrawFn) -> Script:
         f = [Frame(op, b"a" * first, fin=False, mask=mask),
              Frame(CONT, b"a" * 4, declared=rest, form="16", mask=mask, cut=min(4, rest))]
         script.code = 1009
+    elif ending == "unmasked":  # RFC 6455 section 5.1: the server must close
+        op = draw(st.sampled_from([TEXT, BINARY, PING, PONG, CLOSE]))
+        body = close_payload(1000) if op == CLOSE else draw(st.binary(max_size=20))
+        f, script.code, script.reason = [Frame(op, body, mask=None)], 1002, b"client frames must be masked"
     else:  # truncated: the length announces more than is ever sent, then FIN
         declared = draw(st.integers(1, MAX_MESSAGE))
         body = b"a" * declared
