@@ -487,6 +487,19 @@ def test_a_heartbeat_pings_at_its_interval_and_a_pong_keeps_the_client() -> None
     assert c.core.handshake.open
 
 
+def test_a_pong_with_nothing_waiting_is_taken_at_once_and_one_behind_a_message_in_its_turn() -> None:
+    c = Conn(heartbeat={"interval": 10, "timeout": 5})
+    c.timers.advance(3)
+    assert not c.core.receive(client_frame(b"", PONG))  # nothing for the pump to do
+    assert c.core._backlog is None
+    assert c.core.keepalive.last_seen == 1003
+    c.timers.advance(1)
+    assert c.core.receive(text("m") + client_frame(b"", PONG))
+    assert c.core.keepalive.last_seen == 1003  # not before the message is handled
+    assert c.drain() == ["m"]
+    assert c.core.keepalive.last_seen == 1004
+
+
 def test_no_pong_within_the_timeout_drops_the_client_as_1006() -> None:
     c = Conn(heartbeat={"interval": 10, "timeout": 5})
     c.timers.advance(14.9)

@@ -189,9 +189,15 @@ class Core:
         if self._done:
             return
         backlog = self._backlog
-        if backlog is None:
-            backlog = self._backlog = deque()
-        elif backlog and backlog[-1] is END:
+        if not backlog:
+            if not isinstance(frame, _End | BaseException) and frame.type is _PONG:
+                # Nothing waits to be handled before it, so a heartbeat's answer is taken
+                # here: an idle connection's pong makes no backlog and no pump.
+                self.keepalive.last_seen = self._clock()
+                return
+            if backlog is None:
+                backlog = self._backlog = deque()
+        elif backlog[-1] is END:
             return  # nothing comes after the end
         backlog.append(frame)
         if frame is not END and not isinstance(frame, BaseException):
