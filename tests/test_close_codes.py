@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from aiohttp import WSMsgType
+from rawframes import client_frame
 
 from wsgate import Connection, Handler, Message
 from wsgate.testing import GatewayServer, wait_until
@@ -45,20 +46,7 @@ class RawWebSocket:
 
     def send_frame(self, opcode: int, payload: bytes = b"", *, fin: bool = True, mask: bool = True,
                    rsv: int = 0) -> None:
-        first = (0x80 if fin else 0) | (rsv << 4) | opcode
-        n = len(payload)
-        mask_bit = 0x80 if mask else 0
-        if n < 126:
-            head = struct.pack("!BB", first, mask_bit | n)
-        elif n < 65536:
-            head = struct.pack("!BBH", first, mask_bit | 126, n)
-        else:
-            head = struct.pack("!BBQ", first, mask_bit | 127, n)
-        if mask:
-            key = os.urandom(4)
-            payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-            head += key
-        self.writer.write(head + payload)
+        self.writer.write(client_frame(payload, opcode, fin=fin, rsv=rsv << 4, mask=mask))
 
     def send_close(self, code: int | None = None, reason: bytes = b"") -> None:
         self.send_frame(CLOSE, b"" if code is None else struct.pack("!H", code) + reason)

@@ -10,16 +10,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from conn_kit import PATH, Client
 
 from wsgate.broker import MemoryBroker
 from wsgate.broker.base import Replay
 from wsgate.config import Endpoint, Policy
-from wsgate.connection import Connection
 from wsgate.errors import BrokerError
 from wsgate.gateway.endpoint import LiveEndpoint
 from wsgate.gateway.frames import TEXT
@@ -28,54 +28,9 @@ from wsgate.gateway.hub import Hub
 from wsgate.handler import Context, Handler, NoOptions, Recovery
 from wsgate.observe.stats import EndpointStats, GatewayStats
 
-PATH = "/room"
-
 
 class Plain(Handler):
     """A handler that does nothing: the tests call the Context themselves."""
-
-
-class Link:
-    closing = False
-
-    def close(self, code: int, reason: str) -> None:
-        raise AssertionError("the endpoint closed a connection")
-
-    def handshake_query(self) -> Mapping[str, str]:
-        return {}
-
-
-@dataclass(eq=False)
-class Client:
-    """A connection and the frames delivered to it; ``refuse`` makes deliver say no."""
-
-    name: str
-    refuse: bool = False
-    frames: list[bytes] = field(default_factory=list)
-    conn: Connection = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.conn = Connection._open(Link(), self._deliver, id=self.name, path=PATH, remote="127.0.0.1",
-                                     headers={}, subprotocol=None)
-
-    def _deliver(self, frame: bytes) -> bool:
-        if self.refuse:
-            return False
-        self.frames.append(frame)
-        return True
-
-    @property
-    def texts(self) -> list[str]:
-        out = []
-        for frame in self.frames:
-            assert frame[:1] == bytes([0x80 | TEXT]), frame
-            assert frame[1] == len(frame) - 2, frame
-            out.append(frame[2:].decode())
-        return out
-
-    @property
-    def ids(self) -> list[Any]:
-        return [json.loads(t)["id"] if t.startswith("{") else t for t in self.texts]
 
 
 class GatedBroker(MemoryBroker):

@@ -11,71 +11,16 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
+from conn_kit import PATH, Client
 
 from wsgate.broker import MemoryBroker
 from wsgate.broker.base import Delivery
-from wsgate.connection import Connection
 from wsgate.errors import BrokerError
 from wsgate.gateway.frames import BINARY, TEXT, encode_frame
 from wsgate.gateway.hub import Hub, channel_name, signal_channel
 from wsgate.observe.stats import GatewayStats
-
-PATH = "/room"
-
-
-class Link:
-    """The session side of a Connection: open, never closed here."""
-
-    closing = False
-
-    def close(self, code: int, reason: str) -> None:
-        raise AssertionError("the hub closed a connection")
-
-    def handshake_query(self) -> Mapping[str, str]:
-        return {}
-
-
-@dataclass(eq=False)
-class Client:
-    """A connection and the frames delivered to it."""
-
-    name: str
-    frames: list[bytes] = field(default_factory=list)
-    conn: Connection = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.conn = Connection._open(Link(), self._deliver, id=self.name, path=PATH, remote="127.0.0.1",
-                                     headers={}, subprotocol=None)
-
-    def _deliver(self, frame: bytes) -> bool:
-        self.frames.append(frame)
-        return True
-
-    @property
-    def texts(self) -> list[str]:
-        return [text_of(frame) for frame in self.frames]
-
-    @property
-    def events(self) -> list[Any]:
-        return [json.loads(text) for text in self.texts]
-
-    @property
-    def ids(self) -> list[Any]:
-        return [event["id"] for event in self.events]
-
-
-def text_of(frame: bytes) -> str:
-    assert frame[0] == 0x80 | TEXT, frame
-    n, start = frame[1], 2
-    if n == 126:
-        n, start = int.from_bytes(frame[2:4]), 4
-    assert len(frame) == start + n
-    return frame[start:].decode()
 
 
 class CountingBroker(MemoryBroker):
